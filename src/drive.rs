@@ -1,0 +1,79 @@
+//! Physical drive types and the extents virtual drives are carved from.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// The flash type of a physical drive. TLC is the fast tier, QLC the dense one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriveType {
+    Tlc,
+    Qlc,
+}
+
+impl DriveType {
+    /// Allocation order: TLC first, then QLC (as the drive-sharing spec requires).
+    pub const ALL: [DriveType; 2] = [DriveType::Tlc, DriveType::Qlc];
+
+    /// Lower-case name used on the wire, in flags and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriveType::Tlc => "tlc",
+            DriveType::Qlc => "qlc",
+        }
+    }
+
+    /// Upper-case name used in messages for people ("insufficient TLC capacity").
+    pub fn label(self) -> &'static str {
+        match self {
+            DriveType::Tlc => "TLC",
+            DriveType::Qlc => "QLC",
+        }
+    }
+}
+
+impl fmt::Display for DriveType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for DriveType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "tlc" => Ok(DriveType::Tlc),
+            "qlc" => Ok(DriveType::Qlc),
+            other => Err(format!("unknown drive type {other:?}: use tlc or qlc")),
+        }
+    }
+}
+
+/// A contiguous run of whole GiB on one physical drive, counted from the start of
+/// the drive's data area (after the signature header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset_gib: u64,
+    pub size_gib: u64,
+}
+
+impl Extent {
+    pub fn new(offset_gib: u64, size_gib: u64) -> Self {
+        Extent {
+            offset_gib,
+            size_gib,
+        }
+    }
+
+    /// One past the last GiB of the extent.
+    pub fn end_gib(&self) -> u64 {
+        self.offset_gib + self.size_gib
+    }
+
+    pub fn overlaps(&self, other: &Extent) -> bool {
+        self.offset_gib < other.end_gib() && other.offset_gib < self.end_gib()
+    }
+}
