@@ -115,8 +115,11 @@ impl fmt::Display for NoLayout {
                 "no layout fits: cannot place {capacity} GiB of {label}: this node has no {label} drive with free space. Add or sign {label} drives, or adjust driveTypesRatio"
             ),
             Some(free) => {
-                let mut listed: Vec<String> =
-                    free.iter().take(LISTED_EXTENTS).map(u64::to_string).collect();
+                let mut listed: Vec<String> = free
+                    .iter()
+                    .take(LISTED_EXTENTS)
+                    .map(u64::to_string)
+                    .collect();
                 if free.len() > LISTED_EXTENTS {
                     listed.push(format!("and {} more", free.len() - LISTED_EXTENTS));
                 }

@@ -306,10 +306,7 @@ impl Plan {
     }
 
     pub fn total_gib(&self) -> u64 {
-        DriveType::ALL
-            .iter()
-            .flat_map(|&t| self.sizes(t))
-            .sum()
+        DriveType::ALL.iter().flat_map(|&t| self.sizes(t)).sum()
     }
 
     fn set(&mut self, drive_type: DriveType, found: Found) {
@@ -348,7 +345,9 @@ pub fn plan(request: &Request, drives: Option<&[FreeDrive]>) -> Result<Plan, All
         let sizes = vec![drive_capacity_gib; num_drives as usize];
         let found = search
             .place(DriveType::Tlc, sizes, Strategy::Even)
-            .ok_or_else(|| search.no_layout(DriveType::Tlc, split.tlc_gib, num_drives, num_drives))?;
+            .ok_or_else(|| {
+                search.no_layout(DriveType::Tlc, split.tlc_gib, num_drives, num_drives)
+            })?;
         let mut plan = Plan::default();
         plan.set(DriveType::Tlc, found);
         return Ok(plan);
@@ -379,7 +378,12 @@ pub fn plan(request: &Request, drives: Option<&[FreeDrive]>) -> Result<Plan, All
 
 /// Combined constraint: TLC starts with one drive; QLC must bring the total to
 /// `driveCores`; when QLC cannot, TLC's minimum is raised and both are tried again.
-fn plan_combined(search: &mut Search<'_>, split: Split, cores: u32, max_drives: u32) -> Result<Plan, AllocError> {
+fn plan_combined(
+    search: &mut Search<'_>,
+    split: Split,
+    cores: u32,
+    max_drives: u32,
+) -> Result<Plan, AllocError> {
     let mut failure = None;
     for tlc_min in 1..=cores {
         let Some(tlc) = search.one_type(DriveType::Tlc, split.tlc_gib, tlc_min, max_drives) else {
@@ -396,7 +400,9 @@ fn plan_combined(search: &mut Search<'_>, split: Split, cores: u32, max_drives: 
                 plan.set(DriveType::Qlc, qlc);
                 return Ok(plan);
             }
-            None => failure = Some(search.no_layout(DriveType::Qlc, split.qlc_gib, qlc_min, qlc_max)),
+            None => {
+                failure = Some(search.no_layout(DriveType::Qlc, split.qlc_gib, qlc_min, qlc_max))
+            }
         }
     }
     // cores ≥ 1, so the loop ran and recorded why it failed.
@@ -483,7 +489,13 @@ struct Search<'a> {
 
 impl Search<'_> {
     /// Even distribution for n = lo…hi, then fit-to-physical; the first that places.
-    fn one_type(&mut self, drive_type: DriveType, capacity: u64, lo: u32, hi: u32) -> Option<Found> {
+    fn one_type(
+        &mut self,
+        drive_type: DriveType,
+        capacity: u64,
+        lo: u32,
+        hi: u32,
+    ) -> Option<Found> {
         let min = self.min_drive_gib;
         let biggest_extent = self.space.as_ref().map(|s| s.max_extent_gib(drive_type));
         for n in strategy::even_counts(capacity, lo, hi, min) {
@@ -497,12 +509,18 @@ impl Search<'_> {
             }
         }
         let space = self.space.as_ref()?;
-        let sizes = strategy::fit_to_physical(capacity, lo, hi, min, space.largest_by_drive(drive_type))?;
+        let sizes =
+            strategy::fit_to_physical(capacity, lo, hi, min, space.largest_by_drive(drive_type))?;
         self.place(drive_type, sizes, Strategy::FitToPhysical)
     }
 
     /// Places `sizes` (descending); without physical drives every layout places.
-    fn place(&mut self, drive_type: DriveType, sizes: Vec<u64>, strategy: Strategy) -> Option<Found> {
+    fn place(
+        &mut self,
+        drive_type: DriveType,
+        sizes: Vec<u64>,
+        strategy: Strategy,
+    ) -> Option<Found> {
         let mut placements = Vec::new();
         if let Some(space) = self.space.as_mut()
             && !space.try_place(drive_type, &sizes, &mut placements)
@@ -520,7 +538,10 @@ impl Search<'_> {
 
     fn no_layout(&self, drive_type: DriveType, capacity: u64, lo: u32, hi: u32) -> AllocError {
         let largest_free_gib = self.space.as_ref().map(|space| {
-            let mut free: Vec<u64> = space.largest_by_drive(drive_type).filter(|&f| f > 0).collect();
+            let mut free: Vec<u64> = space
+                .largest_by_drive(drive_type)
+                .filter(|&f| f > 0)
+                .collect();
             free.sort_by(|a, b| b.cmp(a));
             free
         });

@@ -13,7 +13,12 @@ pub fn even_distribution(capacity_gib: u64, n: u32) -> Vec<u64> {
 /// The even-distribution drive counts worth trying: from `lo` up to `hi`, stopping
 /// at the first count whose base size falls below `min_drive_gib` (more drives would
 /// only be smaller).
-pub fn even_counts(capacity_gib: u64, lo: u32, hi: u32, min_drive_gib: u64) -> impl Iterator<Item = u32> {
+pub fn even_counts(
+    capacity_gib: u64,
+    lo: u32,
+    hi: u32,
+    min_drive_gib: u64,
+) -> impl Iterator<Item = u32> {
     (lo.max(1)..=hi).take_while(move |&n| capacity_gib / u64::from(n) >= min_drive_gib)
 }
 
@@ -52,7 +57,10 @@ pub fn fit_to_physical(
 
     let lo = lo as usize;
     while pieces.len() < lo {
-        let (index, &largest) = pieces.iter().enumerate().max_by_key(|&(i, &p)| (p, std::cmp::Reverse(i)))?;
+        let (index, &largest) = pieces
+            .iter()
+            .enumerate()
+            .max_by_key(|&(i, &p)| (p, std::cmp::Reverse(i)))?;
         if largest < 2 * min_drive_gib {
             break;
         }
@@ -82,10 +90,20 @@ mod tests {
     #[test]
     fn even_counts_stop_when_drives_get_smaller_than_the_minimum() {
         // 1000 GiB: 1000, 500 are ≥ 384; 333 is not, so 3 drives and beyond are never tried.
-        assert_eq!(even_counts(1000, 1, 24, 384).collect::<Vec<_>>(), vec![1, 2]);
+        assert_eq!(
+            even_counts(1000, 1, 24, 384).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
         assert_eq!(even_counts(500, 2, 24, 384).count(), 0);
-        assert_eq!(even_counts(21000, 3, 24, 384).collect::<Vec<_>>(), (3..=24).collect::<Vec<_>>());
-        assert_eq!(even_counts(5000, 5, 4, 384).count(), 0, "lo above hi tries nothing");
+        assert_eq!(
+            even_counts(21000, 3, 24, 384).collect::<Vec<_>>(),
+            (3..=24).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            even_counts(5000, 5, 4, 384).count(),
+            0,
+            "lo above hi tries nothing"
+        );
     }
 
     #[test]
@@ -119,15 +137,24 @@ mod tests {
     #[test]
     fn fit_to_physical_has_no_layout_when_a_piece_would_be_too_small() {
         // 1000 + a 100 GiB tail: the tail piece is below 384, so the pieces cannot cover.
-        assert_eq!(fit_to_physical(1100, 1, 8, 384, [1000, 1000].into_iter()), None);
+        assert_eq!(
+            fit_to_physical(1100, 1, 8, 384, [1000, 1000].into_iter()),
+            None
+        );
         // drives below the minimum never count
-        assert_eq!(fit_to_physical(600, 1, 8, 384, [300, 300].into_iter()), None);
+        assert_eq!(
+            fit_to_physical(600, 1, 8, 384, [300, 300].into_iter()),
+            None
+        );
     }
 
     #[test]
     fn fit_to_physical_respects_the_drive_count_bounds() {
         // too many pieces for hi
-        assert_eq!(fit_to_physical(1600, 1, 3, 400, [400, 400, 400, 400].into_iter()), None);
+        assert_eq!(
+            fit_to_physical(1600, 1, 3, 400, [400, 400, 400, 400].into_iter()),
+            None
+        );
         // cannot split below 2 × min to reach lo
         assert_eq!(fit_to_physical(700, 2, 8, 384, [700].into_iter()), None);
     }

@@ -17,7 +17,9 @@ fn per_type(capacity: u64, r: Ratio, cores: u32) -> Request {
 }
 
 fn drives(spec: &[(DriveType, u64)]) -> Vec<FreeDrive> {
-    spec.iter().map(|&(t, free)| FreeDrive::whole(t, free)).collect()
+    spec.iter()
+        .map(|&(t, free)| FreeDrive::whole(t, free))
+        .collect()
 }
 
 fn sizes(plan: &Plan, t: DriveType) -> Vec<u64> {
@@ -30,7 +32,13 @@ fn sizes(plan: &Plan, t: DriveType) -> Vec<u64> {
 fn mixed_12000_at_4_to_1_with_6_cores_gets_6_drives_of_each_type() {
     // "TLC capacity: 12000 × 4/(4+1) = 9600 … QLC 2400 … Minimum 6 TLC drives AND 6 QLC drives"
     let request = per_type(12000, ratio(4, 1), 6);
-    assert_eq!(request.split(), Split { tlc_gib: 9600, qlc_gib: 2400 });
+    assert_eq!(
+        request.split(),
+        Split {
+            tlc_gib: 9600,
+            qlc_gib: 2400
+        }
+    );
     let plan = plan(&request, None).unwrap();
     assert_eq!(sizes(&plan, Tlc), vec![1600; 6]);
     assert_eq!(sizes(&plan, Qlc), vec![400; 6]);
@@ -87,7 +95,13 @@ fn single_type_uses_the_total_message_even_when_enforcing_per_type() {
 fn example_7000_at_1_to_4_with_3_cores_is_1_tlc_and_2_qlc() {
     // The first example under maxVirtualDrivesPerCore is the combined constraint.
     let request = combined(7000, ratio(1, 4), 3);
-    assert_eq!(request.split(), Split { tlc_gib: 1400, qlc_gib: 5600 });
+    assert_eq!(
+        request.split(),
+        Split {
+            tlc_gib: 1400,
+            qlc_gib: 5600
+        }
+    );
     let plan = plan(&request, None).unwrap();
     assert_eq!(sizes(&plan, Tlc), vec![1400]);
     assert_eq!(sizes(&plan, Qlc), vec![2800, 2800]);
@@ -115,7 +129,10 @@ fn minimum_viable_1152_at_1_to_2_is_three_drives_of_384() {
     assert_eq!(sizes(&plan, Tlc), vec![384]);
     assert_eq!(sizes(&plan, Qlc), vec![384, 384]);
     // one GiB less is below the minimum for 3 cores
-    assert_eq!(plan_kind(&combined(1151, ratio(1, 2), 3)), "insufficient_total_capacity");
+    assert_eq!(
+        plan_kind(&combined(1151, ratio(1, 2), 3)),
+        "insufficient_total_capacity"
+    );
 }
 
 #[test]
@@ -147,7 +164,13 @@ fn qlc_only_uses_drive_cores_as_its_minimum() {
 fn default_ratio_is_1_to_10() {
     assert_eq!(Ratio::default(), ratio(1, 10));
     let request = Request::with_ratio(11000, Ratio::default(), 2);
-    assert_eq!(request.split(), Split { tlc_gib: 1000, qlc_gib: 10000 });
+    assert_eq!(
+        request.split(),
+        Split {
+            tlc_gib: 1000,
+            qlc_gib: 10000
+        }
+    );
 }
 
 #[test]
@@ -171,7 +194,11 @@ fn heterogeneous_drives_fall_back_to_fit_to_physical() {
     let tlc = plan.tlc.as_ref().unwrap();
     assert_eq!(tlc.strategy, Strategy::FitToPhysical);
     assert_eq!(tlc.sizes_gib, vec![20000, 500, 500]);
-    let on: Vec<(u64, usize)> = plan.placements.iter().map(|p| (p.size_gib, p.physical_index)).collect();
+    let on: Vec<(u64, usize)> = plan
+        .placements
+        .iter()
+        .map(|p| (p.size_gib, p.physical_index))
+        .collect();
     assert_eq!(on, vec![(20000, 0), (500, 1), (500, 2)]);
 }
 
@@ -185,7 +212,10 @@ fn fit_to_physical_splits_the_largest_drive_for_4_cores() {
         .iter()
         .map(|p| (p.size_gib, p.physical_index, p.offset_gib))
         .collect();
-    assert_eq!(on, vec![(10000, 0, 0), (10000, 0, 10000), (500, 1, 0), (500, 2, 0)]);
+    assert_eq!(
+        on,
+        vec![(10000, 0, 0), (10000, 0, 10000), (500, 1, 0), (500, 2, 0)]
+    );
 }
 
 // ---- Mode 1 -------------------------------------------------------------------
@@ -218,7 +248,10 @@ fn fixed_mode_places_on_tlc_drives_only() {
     let on: Vec<usize> = plan.placements.iter().map(|p| p.physical_index).collect();
     assert_eq!(on, vec![1, 2, 1, 2, 1, 2]);
     let err = plan_err(&Request::fixed(7, 1000, 3), &physical);
-    assert_eq!(err.to_string(), "Insufficient TLC drives: need 7000 GiB, available 6000 GiB");
+    assert_eq!(
+        err.to_string(),
+        "Insufficient TLC drives: need 7000 GiB, available 6000 GiB"
+    );
 }
 
 // ---- capacity errors with physical drives ------------------------------------------
@@ -229,7 +262,10 @@ fn insufficient_drive_capacity_message() {
     let physical = drives(&[(Tlc, 0), (Tlc, 0), (Tlc, 1000), (Tlc, 3360)]);
     let err = plan_err(&per_type(8000, ratio(1, 0), 1), &physical);
     assert_eq!(err.kind(), "insufficient_drive_capacity");
-    assert_eq!(err.to_string(), "Insufficient drive capacity: need 8000 GiB, available 4360 GiB");
+    assert_eq!(
+        err.to_string(),
+        "Insufficient drive capacity: need 8000 GiB, available 4360 GiB"
+    );
 }
 
 #[test]
@@ -237,18 +273,27 @@ fn insufficient_drives_of_one_type_message() {
     let physical = drives(&[(Tlc, 3000), (Qlc, 30000)]);
     let err = plan_err(&per_type(6000, ratio(1, 0), 3), &physical);
     assert_eq!(err.kind(), "insufficient_drives");
-    assert_eq!(err.to_string(), "Insufficient TLC drives: need 6000 GiB, available 3000 GiB");
+    assert_eq!(
+        err.to_string(),
+        "Insufficient TLC drives: need 6000 GiB, available 3000 GiB"
+    );
 }
 
 #[test]
 fn total_capacity_is_checked_before_per_type_capacity() {
     let physical = drives(&[(Tlc, 100), (Qlc, 100)]);
-    assert_eq!(plan_err(&per_type(6000, ratio(1, 0), 1), &physical).kind(), "insufficient_drive_capacity");
+    assert_eq!(
+        plan_err(&per_type(6000, ratio(1, 0), 1), &physical).kind(),
+        "insufficient_drive_capacity"
+    );
 }
 
 #[test]
 fn validation_comes_before_any_look_at_physical_drives() {
-    assert_eq!(plan_err(&per_type(5000, ratio(4, 1), 5), &[]).kind(), "insufficient_type_capacity");
+    assert_eq!(
+        plan_err(&per_type(5000, ratio(4, 1), 5), &[]).kind(),
+        "insufficient_type_capacity"
+    );
 }
 
 #[test]
@@ -273,7 +318,11 @@ fn no_layout_without_physical_drives_explains_the_split() {
     // combined, 1:10 of 1200 → TLC 109 GiB can never be a 384 GiB drive
     let err = plan(&combined(1200, ratio(1, 10), 3), None).unwrap_err();
     assert_eq!(err.kind(), "no_layout_fits");
-    assert!(err.to_string().starts_with("no layout fits: 109 GiB of TLC cannot be split into"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("no layout fits: 109 GiB of TLC cannot be split into"),
+        "{err}"
+    );
 }
 
 // ---- placement rules --------------------------------------------------------
@@ -294,7 +343,10 @@ fn placement_chooses_the_best_fitting_extent_inside_a_drive() {
         extents: vec![Extent::new(0, 2000), Extent::new(3000, 500)],
     }];
     let plan = plan(&per_type(450, ratio(1, 0), 1).with_min(1), Some(&physical)).unwrap();
-    assert_eq!(plan.placements[0].offset_gib, 3000, "the 500 GiB hole, not the 2000 GiB one");
+    assert_eq!(
+        plan.placements[0].offset_gib, 3000,
+        "the 500 GiB hole, not the 2000 GiB one"
+    );
 }
 
 #[test]
@@ -303,7 +355,10 @@ fn even_distribution_is_tried_with_more_drives_before_fit_to_physical() {
     let physical = drives(&[(Tlc, 700), (Tlc, 700), (Tlc, 700)]);
     let plan = plan(&per_type(2100, ratio(1, 0), 2), Some(&physical)).unwrap();
     let tlc = plan.tlc.as_ref().unwrap();
-    assert_eq!((tlc.strategy, tlc.sizes_gib.clone()), (Strategy::Even, vec![700, 700, 700]));
+    assert_eq!(
+        (tlc.strategy, tlc.sizes_gib.clone()),
+        (Strategy::Even, vec![700, 700, 700])
+    );
 }
 
 #[test]
@@ -315,15 +370,28 @@ fn qlc_drive_budget_is_what_tlc_left() {
     let physical = drives(&[(Tlc, 1000), (Qlc, 1000), (Qlc, 1000)]);
     let err = plan_err(&request, &physical);
     assert_eq!(err.kind(), "no_layout_fits");
-    assert!(err.to_string().contains("2000 GiB of QLC as 1 virtual drive of at least"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("2000 GiB of QLC as 1 virtual drive of at least"),
+        "{err}"
+    );
 }
 
 #[test]
 fn invalid_requests_are_invalid_arguments() {
-    assert_eq!(plan_kind(&per_type(1000, ratio(0, 0), 1)), "invalid_argument");
-    assert_eq!(plan_kind(&per_type(1000, ratio(1, 0), 0)), "invalid_argument");
+    assert_eq!(
+        plan_kind(&per_type(1000, ratio(0, 0), 1)),
+        "invalid_argument"
+    );
+    assert_eq!(
+        plan_kind(&per_type(1000, ratio(1, 0), 0)),
+        "invalid_argument"
+    );
     assert_eq!(plan_kind(&per_type(0, ratio(1, 0), 1)), "invalid_argument");
-    assert_eq!(plan_kind(&per_type(1000, ratio(1, 0), 1).with_min(0)), "invalid_argument");
+    assert_eq!(
+        plan_kind(&per_type(1000, ratio(1, 0), 1).with_min(0)),
+        "invalid_argument"
+    );
 }
 
 // ---- helpers --------------------------------------------------------------------

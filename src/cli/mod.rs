@@ -1,1 +1,3 @@
+//! Command-line front ends over the core modules.
 
+pub mod plan;

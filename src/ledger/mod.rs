@@ -1,1 +1,385 @@
+//! The capacity ledger: per node, the signed physical drives and the claims
+//! (virtual drives) carved from them.
+//!
+//! Every change to a node's ledger is computed from a fresh snapshot and committed
+//! with one compare-and-swap on that node's revision; the swap is the commit point.
+//! Within one process changes to a node are also serialised by a per-node lock, so
+//! concurrent requests queue instead of spinning on conflicts; across processes
+//! (several controllers, one Kubernetes API) the revision check keeps extents from
+//! being double-booked and a conflict is retried with jittered backoff.
 
+mod embedded;
+mod error;
+mod model;
+mod store;
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use uuid::Uuid;
+
+pub use embedded::EmbeddedStore;
+pub use error::{LedgerError, PoolLabel};
+pub use model::{Claim, NodeLedger, PhysicalDrive, Volume, VolumeExtent};
+pub use store::{LedgerStore, Revision, Snapshot, StoreError};
+
+use crate::allocator::{self, Plan, Request};
+#[cfg(test)]
+use crate::drive::Extent;
+use crate::pools::{Pool, PoolSettings, node_allowance_gib};
+
+/// How often a change is recomputed after losing a compare-and-swap.
+const MAX_ATTEMPTS: u32 = 16;
+
+/// A request to claim capacity for one volume on one node.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The volume's name; claiming the same name again returns the same volume.
+    pub volume_name: String,
+    /// Who the volume is for (`namespace:pvc`); the volume name when empty.
+    pub owner: String,
+    /// The pool whose share the volume counts against, if any.
+    pub pool: Option<Pool>,
+    pub layout: Request,
+}
+
+/// The outcome of registering a node's drives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveSync {
+    pub ledger: NodeLedger,
+    /// Drives the node no longer reports but that still hold claims.
+    pub missing_with_claims: Vec<Uuid>,
+}
+
+/// What a change function decided.
+enum Change<T> {
+    /// Nothing to write; return this.
+    Unchanged(T),
+    /// Write the modified ledger, then return this.
+    Write(T),
+}
+
+/// The capacity ledger over a store.
+pub struct Ledger<S> {
+    store: S,
+    pools: PoolSettings,
+    node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl<S: LedgerStore> Ledger<S> {
+    pub fn new(store: S, pools: PoolSettings) -> Self {
+        Ledger {
+            store,
+            pools,
+            node_locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn pool_settings(&self) -> &PoolSettings {
+        &self.pools
+    }
+
+    pub async fn node(&self, node: &str) -> Result<NodeLedger, LedgerError> {
+        Ok(self.store.load(node).await?.ledger)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeLedger>, LedgerError> {
+        let mut ledgers = Vec::new();
+        for name in self.store.node_names().await? {
+            ledgers.push(self.node(&name).await?);
+        }
+        Ok(ledgers)
+    }
+
+    /// Records the drives a node reports now. New drives are added, known ones
+    /// updated; a drive no longer reported is dropped if it holds no claims and kept,
+    /// marked missing, if it does. A drive may not shrink below its claims.
+    pub async fn sync_drives(
+        &self,
+        node: &str,
+        reported: Vec<PhysicalDrive>,
+    ) -> Result<DriveSync, LedgerError> {
+        for (i, drive) in reported.iter().enumerate() {
+            if reported[..i].iter().any(|d| d.uuid == drive.uuid) {
+                return Err(invalid_drive(node, drive.uuid, "reported twice"));
+            }
+            if drive.capacity_gib == 0 {
+                return Err(invalid_drive(
+                    node,
+                    drive.uuid,
+                    "has no whole GiB of capacity after the signature header",
+                ));
+            }
+        }
+        self.update(node, |ledger| {
+            let mut drives = Vec::with_capacity(reported.len());
+            let mut missing = Vec::new();
+            for known in &ledger.drives {
+                let holds_claims = ledger.claims.iter().any(|c| c.physical_uuid == known.uuid);
+                if let Some(now) = reported.iter().find(|d| d.uuid == known.uuid) {
+                    let claimed_end = ledger
+                        .claims
+                        .iter()
+                        .filter(|c| c.physical_uuid == known.uuid)
+                        .map(|c| c.extent().end_gib())
+                        .max()
+                        .unwrap_or(0);
+                    if now.capacity_gib < claimed_end {
+                        return Err(invalid_drive(
+                            node,
+                            known.uuid,
+                            &format!(
+                                "now reports {} GiB but claims reach {claimed_end} GiB; release those volumes before replacing the drive",
+                                now.capacity_gib
+                            ),
+                        ));
+                    }
+                    drives.push(PhysicalDrive { missing: false, ..now.clone() });
+                } else if holds_claims {
+                    missing.push(known.uuid);
+                    drives.push(PhysicalDrive { missing: true, ..known.clone() });
+                }
+            }
+            for new in &reported {
+                if !ledger.drives.iter().any(|d| d.uuid == new.uuid) {
+                    drives.push(PhysicalDrive { missing: false, ..new.clone() });
+                }
+            }
+            let changed = drives != ledger.drives;
+            ledger.drives = drives;
+            let result = DriveSync {
+                ledger: ledger.clone(),
+                missing_with_claims: missing,
+            };
+            Ok(if changed { Change::Write(result) } else { Change::Unchanged(result) })
+        })
+        .await
+    }
+
+    /// Sets the node's pool label (in Kubernetes the label is the Node's own).
+    pub async fn set_pool(&self, node: &str, pool: Option<Pool>) -> Result<(), LedgerError> {
+        self.update(node, |ledger| {
+            if ledger.pool == pool {
+                return Ok(Change::Unchanged(()));
+            }
+            ledger.pool = pool;
+            Ok(Change::Write(()))
+        })
+        .await
+    }
+
+    /// What a claim would get on `node` now, without claiming anything.
+    pub async fn plan(&self, node: &str, layout: &Request) -> Result<Plan, LedgerError> {
+        let ledger = self.node(node).await?;
+        Ok(allocator::plan(layout, Some(&ledger.free_drives()))?)
+    }
+
+    /// Claims a volume's virtual drives on `node`: all of them in one atomic step,
+    /// or none. Claiming a name that exists returns the existing volume if it has the
+    /// same size and pool, and a [`LedgerError::NameConflict`] otherwise.
+    pub async fn claim(&self, node: &str, request: &ClaimRequest) -> Result<Volume, LedgerError> {
+        request.layout.validate()?;
+        if let Some(existing) = self.volume_by_name(&request.volume_name).await? {
+            return same_volume(existing, request);
+        }
+        let owner = if request.owner.is_empty() {
+            &request.volume_name
+        } else {
+            &request.owner
+        };
+        self.update(node, |ledger| {
+            if let Some(existing) = ledger.volume_by_name(&request.volume_name) {
+                return same_volume(existing, request).map(Change::Unchanged);
+            }
+            if let Some(pool) = request.pool {
+                self.check_pool_share(ledger, pool, request.layout.capacity_gib())?;
+            }
+            let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))?;
+            let volume_id = Uuid::new_v4().to_string();
+            for (part, placement) in plan.placements.iter().enumerate() {
+                let drive = &ledger.drives[placement.physical_index];
+                let claim = Claim {
+                    virtual_uuid: Uuid::new_v4(),
+                    volume_id: volume_id.clone(),
+                    volume_name: request.volume_name.clone(),
+                    owner: owner.clone(),
+                    pool: request.pool,
+                    physical_uuid: drive.uuid,
+                    offset_gib: placement.offset_gib,
+                    size_gib: placement.size_gib,
+                    part: part as u32,
+                };
+                ledger.claims.push(claim);
+            }
+            let volume = ledger
+                .volume(&volume_id)
+                .ok_or_else(|| LedgerError::Invariant {
+                    node: node.to_string(),
+                    reason: "a plan without placements".into(),
+                })?;
+            Ok(Change::Write(volume))
+        })
+        .await
+    }
+
+    /// Releases every claim of `volume_id`. Releasing an unknown volume is not an
+    /// error (it may have been released already): it returns None.
+    pub async fn release(&self, volume_id: &str) -> Result<Option<Volume>, LedgerError> {
+        for name in self.store.node_names().await? {
+            if let Some(volume) = self.release_on(&name, volume_id).await? {
+                return Ok(Some(volume));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Releases `volume_id` on a known node.
+    pub async fn release_on(
+        &self,
+        node: &str,
+        volume_id: &str,
+    ) -> Result<Option<Volume>, LedgerError> {
+        self.update(node, |ledger| {
+            let Some(volume) = ledger.volume(volume_id) else {
+                return Ok(Change::Unchanged(None));
+            };
+            ledger.claims.retain(|c| c.volume_id != volume_id);
+            Ok(Change::Write(Some(volume)))
+        })
+        .await
+    }
+
+    pub async fn volume(&self, volume_id: &str) -> Result<Option<Volume>, LedgerError> {
+        Ok(self.nodes().await?.iter().find_map(|n| n.volume(volume_id)))
+    }
+
+    pub async fn volume_by_name(&self, name: &str) -> Result<Option<Volume>, LedgerError> {
+        Ok(self
+            .nodes()
+            .await?
+            .iter()
+            .find_map(|n| n.volume_by_name(name)))
+    }
+
+    pub async fn volumes(&self) -> Result<Vec<Volume>, LedgerError> {
+        Ok(self
+            .nodes()
+            .await?
+            .iter()
+            .flat_map(NodeLedger::volumes)
+            .collect())
+    }
+
+    fn check_pool_share(
+        &self,
+        ledger: &NodeLedger,
+        pool: Pool,
+        need_gib: u64,
+    ) -> Result<(), LedgerError> {
+        if ledger.pool != Some(pool) {
+            return Err(LedgerError::NotInPool {
+                node: ledger.node.clone(),
+                pool,
+                label: PoolLabel(ledger.pool),
+            });
+        }
+        let left = node_allowance_gib(ledger, pool, &self.pools);
+        if need_gib > left {
+            return Err(LedgerError::PoolShareExhausted {
+                node: ledger.node.clone(),
+                pool,
+                need_gib,
+                left_gib: left,
+                share_gib: self.pools.capacity_per_server_gib,
+            });
+        }
+        Ok(())
+    }
+
+    /// Loads the node's ledger, lets `change` decide, and swaps the result in if the
+    /// revision is unchanged; recomputes from a fresh load when another writer won.
+    async fn update<T>(
+        &self,
+        node: &str,
+        mut change: impl FnMut(&mut NodeLedger) -> Result<Change<T>, LedgerError>,
+    ) -> Result<T, LedgerError> {
+        let lock = self.node_lock(node);
+        let _serialised = lock.lock().await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let Snapshot {
+                revision,
+                mut ledger,
+            } = self.store.load(node).await?;
+            match change(&mut ledger)? {
+                Change::Unchanged(value) => return Ok(value),
+                Change::Write(value) => {
+                    ledger
+                        .check_invariants()
+                        .map_err(|reason| LedgerError::Invariant {
+                            node: node.to_string(),
+                            reason,
+                        })?;
+                    if self.store.compare_and_swap(&revision, &ledger).await? {
+                        return Ok(value);
+                    }
+                    tracing::debug!(node, attempt, "ledger changed under us; retrying");
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+            }
+        }
+        Err(LedgerError::Contended {
+            node: node.to_string(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    fn node_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
+        // A poisoned map only means another thread panicked while inserting; the
+        // map itself is still a valid map of locks.
+        let mut locks = self
+            .node_locks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        locks.entry(node.to_string()).or_default().clone()
+    }
+}
+
+/// Idempotency: the same name with the same size and pool is the same volume.
+fn same_volume(existing: Volume, request: &ClaimRequest) -> Result<Volume, LedgerError> {
+    let requested_gib = request.layout.capacity_gib();
+    if existing.capacity_gib == requested_gib && existing.pool == request.pool {
+        Ok(existing)
+    } else {
+        Err(LedgerError::NameConflict {
+            name: existing.name,
+            existing_gib: existing.capacity_gib,
+            requested_gib,
+            existing_pool: PoolLabel(existing.pool),
+            requested_pool: PoolLabel(request.pool),
+        })
+    }
+}
+
+fn invalid_drive(node: &str, uuid: Uuid, reason: &str) -> LedgerError {
+    LedgerError::InvalidDrive {
+        node: node.to_string(),
+        uuid,
+        reason: reason.to_string(),
+    }
+}
+
+/// Exponential backoff with full jitter: 1 ms, 2 ms, … capped at 256 ms.
+fn backoff(attempt: u32) -> Duration {
+    let ceiling_us = 1000u64 << attempt.min(8);
+    let jitter = RandomState::new().hash_one(attempt) % ceiling_us;
+    Duration::from_micros(jitter.max(100))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,83 @@
+//! What can go wrong when reading or changing the ledger.
+
+use thiserror::Error;
+use uuid::Uuid;
+
+use super::store::StoreError;
+use crate::allocator::AllocError;
+use crate::pools::Pool;
+
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    /// The allocator found no layout (or the request was malformed).
+    #[error(transparent)]
+    Allocation(#[from] AllocError),
+
+    /// A claim request reused a volume name with a different size or pool.
+    #[error(
+        "volume {name:?} already exists with {existing_gib} GiB in pool {existing_pool}; a request for {requested_gib} GiB in pool {requested_pool} under the same name conflicts. Use another name, or delete the existing volume first"
+    )]
+    NameConflict {
+        name: String,
+        existing_gib: u64,
+        requested_gib: u64,
+        existing_pool: PoolLabel,
+        requested_pool: PoolLabel,
+    },
+
+    /// A pool volume was asked for on a node that is not in that pool.
+    #[error(
+        "node {node} is not in the {pool} pool (its pool label is {label}). Label it with `kubectl label node {node} pool={pool}`, or place the volume on a node of that pool"
+    )]
+    NotInPool {
+        node: String,
+        pool: Pool,
+        label: PoolLabel,
+    },
+
+    /// The node's share of the pool has less room left than requested.
+    #[error(
+        "node {node} has {left_gib} GiB left of its {share_gib} GiB {pool} pool share, but {need_gib} GiB were requested. Request less capacity, free volumes on this node, or add servers to the {pool} pool"
+    )]
+    PoolShareExhausted {
+        node: String,
+        pool: Pool,
+        need_gib: u64,
+        left_gib: u64,
+        share_gib: u64,
+    },
+
+    /// A drive list handed to the ledger is inconsistent with itself or the claims.
+    #[error("drive {uuid} on node {node}: {reason}")]
+    InvalidDrive {
+        node: String,
+        uuid: Uuid,
+        reason: String,
+    },
+
+    /// Other writers kept changing the node's ledger; nothing was written by this call.
+    #[error(
+        "the ledger of node {node} changed under this request {attempts} times in a row; nothing was written, try again"
+    )]
+    Contended { node: String, attempts: u32 },
+
+    /// A change would have broken a ledger invariant; it was not written. A bug, never input.
+    #[error("refusing to write the ledger of node {node}: {reason}")]
+    Invariant { node: String, reason: String },
+
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A node's or volume's pool for messages: the pool name, or "none".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolLabel(pub Option<Pool>);
+
+impl std::fmt::Display for PoolLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(pool) => write!(f, "{pool}"),
+            None => f.write_str("none"),
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! What the ledger records for one node: its signed drives and the claims on them.
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::allocator::FreeDrive;
+use crate::drive::{DriveType, Extent};
+use crate::pools::Pool;
+
+/// A physical drive signed for shared use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhysicalDrive {
+    pub uuid: Uuid,
+    pub serial: String,
+    #[serde(rename = "type")]
+    pub drive_type: DriveType,
+    /// Whole GiB after the signature header.
+    pub capacity_gib: u64,
+    /// The node no longer sees this drive, but claims still point at it: it stays in
+    /// the ledger (never silently dropped) and takes no new claims.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub missing: bool,
+}
+
+/// One virtual drive: a contiguous extent of a physical drive owned by one volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub virtual_uuid: Uuid,
+    pub volume_id: String,
+    pub volume_name: String,
+    /// Who asked, `namespace:name` (a PVC), or the volume name when no owner is known.
+    pub owner: String,
+    pub pool: Option<Pool>,
+    pub physical_uuid: Uuid,
+    pub offset_gib: u64,
+    pub size_gib: u64,
+    /// Position of this virtual drive within its volume's linear device.
+    pub part: u32,
+}
+
+impl Claim {
+    pub fn extent(&self) -> Extent {
+        Extent::new(self.offset_gib, self.size_gib)
+    }
+}
+
+/// One node's ledger: the unit that changes in one atomic step.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct NodeLedger {
+    pub node: String,
+    /// The node's `pool` label.
+    pub pool: Option<Pool>,
+    pub drives: Vec<PhysicalDrive>,
+    pub claims: Vec<Claim>,
+}
+
+/// One extent of a volume, with what the node needs to build the device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeExtent {
+    pub virtual_uuid: Uuid,
+    pub physical_uuid: Uuid,
+    #[serde(rename = "type")]
+    pub drive_type: Option<DriveType>,
+    pub offset_gib: u64,
+    pub size_gib: u64,
+}
+
+/// A volume as the ledger knows it: its claims gathered in device order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub node: String,
+    pub owner: String,
+    pub pool: Option<Pool>,
+    pub capacity_gib: u64,
+    /// TLC extents first, then QLC: the order of the volume's linear device.
+    pub extents: Vec<VolumeExtent>,
+}
+
+impl NodeLedger {
+    pub fn new(node: impl Into<String>) -> Self {
+        NodeLedger {
+            node: node.into(),
+            ..NodeLedger::default()
+        }
+    }
+
+    pub fn drive(&self, uuid: &Uuid) -> Option<&PhysicalDrive> {
+        self.drives.iter().find(|d| d.uuid == *uuid)
+    }
+
+    pub fn capacity_gib(&self) -> u64 {
+        self.drives.iter().map(|d| d.capacity_gib).sum()
+    }
+
+    pub fn claimed_gib(&self) -> u64 {
+        self.claims.iter().map(|c| c.size_gib).sum()
+    }
+
+    /// GiB claimed for `pool` (None: claims made outside any pool).
+    pub fn claimed_for_pool_gib(&self, pool: Option<Pool>) -> u64 {
+        self.claims
+            .iter()
+            .filter(|c| c.pool == pool)
+            .map(|c| c.size_gib)
+            .sum()
+    }
+
+    /// The free extents of each drive, in drive order: the gaps between its claims.
+    pub fn free_drives(&self) -> Vec<FreeDrive> {
+        self.drives
+            .iter()
+            .map(|drive| FreeDrive {
+                drive_type: drive.drive_type,
+                extents: if drive.missing {
+                    Vec::new()
+                } else {
+                    self.free_extents(drive)
+                },
+            })
+            .collect()
+    }
+
+    /// Gaps between the claims on `drive`, from offset 0 to its capacity.
+    pub fn free_extents(&self, drive: &PhysicalDrive) -> Vec<Extent> {
+        let mut used: Vec<Extent> = self
+            .claims
+            .iter()
+            .filter(|c| c.physical_uuid == drive.uuid)
+            .map(Claim::extent)
+            .collect();
+        used.sort_unstable();
+        let mut free = Vec::with_capacity(used.len() + 1);
+        let mut cursor = 0u64;
+        for extent in used {
+            if extent.offset_gib > cursor {
+                free.push(Extent::new(cursor, extent.offset_gib - cursor));
+            }
+            cursor = cursor.max(extent.end_gib());
+        }
+        if drive.capacity_gib > cursor {
+            free.push(Extent::new(cursor, drive.capacity_gib - cursor));
+        }
+        free
+    }
+
+    pub fn has_volume(&self, volume_id: &str) -> bool {
+        self.claims.iter().any(|c| c.volume_id == volume_id)
+    }
+
+    /// The volume `volume_id` as recorded on this node, if any.
+    pub fn volume(&self, volume_id: &str) -> Option<Volume> {
+        self.assemble(|c| c.volume_id == volume_id)
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Option<Volume> {
+        self.assemble(|c| c.volume_name == name)
+    }
+
+    /// Every volume on this node, in the order their first claim was made.
+    pub fn volumes(&self) -> Vec<Volume> {
+        let mut ids: Vec<&str> = Vec::new();
+        for claim in &self.claims {
+            if !ids.contains(&claim.volume_id.as_str()) {
+                ids.push(&claim.volume_id);
+            }
+        }
+        ids.into_iter().filter_map(|id| self.volume(id)).collect()
+    }
+
+    fn assemble(&self, belongs: impl Fn(&Claim) -> bool) -> Option<Volume> {
+        let mut claims: Vec<&Claim> = self.claims.iter().filter(|c| belongs(c)).collect();
+        let first = *claims.first()?;
+        claims.sort_by_key(|c| c.part);
+        Some(Volume {
+            id: first.volume_id.clone(),
+            name: first.volume_name.clone(),
+            node: self.node.clone(),
+            owner: first.owner.clone(),
+            pool: first.pool,
+            capacity_gib: claims.iter().map(|c| c.size_gib).sum(),
+            extents: claims
+                .iter()
+                .map(|c| VolumeExtent {
+                    virtual_uuid: c.virtual_uuid,
+                    physical_uuid: c.physical_uuid,
+                    drive_type: self.drive(&c.physical_uuid).map(|d| d.drive_type),
+                    offset_gib: c.offset_gib,
+                    size_gib: c.size_gib,
+                })
+                .collect(),
+        })
+    }
+
+    /// Checks the ledger's invariants: drive uuids are unique, every claim lies within
+    /// a known drive, and no two claims overlap. Returns the first violation found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut drives: Vec<&PhysicalDrive> = self.drives.iter().collect();
+        drives.sort_unstable_by_key(|d| d.uuid);
+        if let Some(pair) = drives.windows(2).find(|w| w[0].uuid == w[1].uuid) {
+            return Err(format!("drive {} is listed twice", pair[0].uuid));
+        }
+        let mut claims: Vec<&Claim> = self.claims.iter().collect();
+        claims.sort_unstable_by_key(|c| (c.physical_uuid, c.offset_gib));
+        for (i, claim) in claims.iter().enumerate() {
+            let drive = drives
+                .binary_search_by_key(&claim.physical_uuid, |d| d.uuid)
+                .map(|at| drives[at])
+                .map_err(|_| {
+                    format!(
+                        "claim {} is on drive {}, which is not signed on {}",
+                        claim.virtual_uuid, claim.physical_uuid, self.node
+                    )
+                })?;
+            if claim.size_gib == 0 || claim.extent().end_gib() > drive.capacity_gib {
+                return Err(format!(
+                    "claim {} ({} GiB at {} GiB) does not fit drive {} of {} GiB",
+                    claim.virtual_uuid,
+                    claim.size_gib,
+                    claim.offset_gib,
+                    drive.uuid,
+                    drive.capacity_gib
+                ));
+            }
+            if let Some(previous) = i.checked_sub(1).map(|p| claims[p])
+                && previous.physical_uuid == claim.physical_uuid
+                && previous.extent().overlaps(&claim.extent())
+            {
+                return Err(format!(
+                    "claims {} and {} overlap on drive {}",
+                    previous.virtual_uuid, claim.virtual_uuid, claim.physical_uuid
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,50 @@
+//! Where ledgers live. One node's ledger changes in one atomic compare-and-swap;
+//! a backend only has to load a node's ledger with its revision and replace it if
+//! the revision is still the same.
+
+use std::future::Future;
+
+use thiserror::Error;
+
+use super::model::NodeLedger;
+
+/// Opaque version of one node's ledger (a counter in the embedded store, a
+/// resourceVersion in Kubernetes). Compared only for equality.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Revision(pub String);
+
+/// A node's ledger as loaded, with the revision a later swap must match.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub ledger: NodeLedger,
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("node {0:?} is not known to the ledger store")]
+    NodeNotFound(String),
+    #[error(
+        "the ledger of node {node:?} cannot be read: {reason}. Restore it from a backup or remove the node's record"
+    )]
+    Corrupt { node: String, reason: String },
+    #[error("the ledger store at {path} cannot be used: {reason}")]
+    Unavailable { path: String, reason: String },
+}
+
+/// A backend for node ledgers.
+pub trait LedgerStore: Send + Sync + 'static {
+    /// The node's ledger and its revision. A node never written yet loads empty.
+    fn load(&self, node: &str) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
+
+    /// Replaces `ledger.node`'s ledger if its revision is still `expected`.
+    /// Ok(false) means someone else wrote first: load again and retry.
+    fn compare_and_swap(
+        &self,
+        expected: &Revision,
+        ledger: &NodeLedger,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
+    /// Names of all nodes that have a ledger.
+    fn node_names(&self) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send;
+}

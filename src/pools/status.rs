@@ -1,0 +1,217 @@
+//! Pool status and health, derived from node ledgers (which carry each node's
+//! `pool` label) and the settings. Values are whole GiB, under the `_gb` keys of
+//! the pool API.
+
+use serde::Serialize;
+
+use super::{Pool, PoolSettings};
+use crate::ledger::NodeLedger;
+
+/// One pool in `GET /api/v1/pools/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolStatus {
+    pub servers: u64,
+    pub total_capacity_gb: u64,
+    pub used_capacity_gb: u64,
+    pub available_capacity_gb: u64,
+    pub usage_percentage: f64,
+}
+
+/// The system reserve in `GET /api/v1/pools/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReserveStatus {
+    pub total_servers: u64,
+    pub total_capacity_gb: u64,
+    pub used_capacity_gb: u64,
+    pub available_capacity_gb: u64,
+    pub usage_percentage: f64,
+}
+
+/// The whole body of `GET /api/v1/pools/status`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolsStatus {
+    pub k8s_pool: PoolStatus,
+    pub vm_pool: PoolStatus,
+    pub system_reserve: ReserveStatus,
+}
+
+impl PoolsStatus {
+    pub fn pool(&self, pool: Pool) -> &PoolStatus {
+        match pool {
+            Pool::K8s => &self.k8s_pool,
+            Pool::Vm => &self.vm_pool,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    Healthy,
+    Warning,
+    Critical,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PoolHealths {
+    pub k8s_pool: Health,
+    pub vm_pool: Health,
+}
+
+/// The whole body of `GET /api/v1/pools/health`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthReport {
+    pub status: Health,
+    pub pools: PoolHealths,
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// What `node` may still place for `pool`: its share minus what the pool's volumes
+/// already hold there; nothing when the node is not in that pool.
+pub fn node_allowance_gib(node: &NodeLedger, pool: Pool, settings: &PoolSettings) -> u64 {
+    if node.pool != Some(pool) {
+        return 0;
+    }
+    settings
+        .capacity_per_server_gib
+        .saturating_sub(node.claimed_for_pool_gib(Some(pool)))
+}
+
+pub fn pools_status(nodes: &[NodeLedger], settings: &PoolSettings) -> PoolsStatus {
+    let pool_status = |pool: Pool| {
+        let members = nodes.iter().filter(|n| n.pool == Some(pool));
+        let servers = members.clone().count() as u64;
+        let used: u64 = members.map(|n| n.claimed_for_pool_gib(Some(pool))).sum();
+        let total = servers * settings.capacity_per_server_gib;
+        PoolStatus {
+            servers,
+            total_capacity_gb: total,
+            used_capacity_gb: used,
+            available_capacity_gb: total.saturating_sub(used),
+            usage_percentage: percentage(used, total),
+        }
+    };
+    // A pool server's reserve holds whatever is on it outside its own pool: volumes
+    // of no pool, and volumes of a pool the server has left.
+    let pool_servers: Vec<&NodeLedger> = nodes.iter().filter(|n| n.pool.is_some()).collect();
+    let reserve_total = pool_servers.len() as u64 * settings.system_reserve_per_server_gib;
+    let reserve_used: u64 = pool_servers
+        .iter()
+        .map(|n| n.claimed_gib() - n.claimed_for_pool_gib(n.pool))
+        .sum();
+    PoolsStatus {
+        k8s_pool: pool_status(Pool::K8s),
+        vm_pool: pool_status(Pool::Vm),
+        system_reserve: ReserveStatus {
+            total_servers: pool_servers.len() as u64,
+            total_capacity_gb: reserve_total,
+            used_capacity_gb: reserve_used,
+            available_capacity_gb: reserve_total.saturating_sub(reserve_used),
+            usage_percentage: percentage(reserve_used, reserve_total),
+        },
+    }
+}
+
+pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthReport {
+    let status = pools_status(nodes, settings);
+    let mut warnings = Vec::new();
+    let mut errors = Vec::new();
+
+    let mut pool_health = |pool: Pool| {
+        let s = status.pool(pool);
+        let key = pool.api_key();
+        let usage = format!(
+            "{key} usage is {:.2}% ({} of {} GiB)",
+            s.usage_percentage, s.used_capacity_gb, s.total_capacity_gb
+        );
+        let fix =
+            format!("add servers with `kubectl label node <node> pool={pool}` or delete volumes");
+        if s.used_capacity_gb > 0 && s.total_capacity_gb == 0 {
+            errors.push(format!("{key} has volumes but no servers: {fix}"));
+            Health::Critical
+        } else if s.usage_percentage > settings.critical_percent {
+            errors.push(format!(
+                "{usage}, above the {}% critical threshold: {fix}",
+                settings.critical_percent
+            ));
+            Health::Critical
+        } else if s.usage_percentage > settings.warning_percent {
+            warnings.push(format!(
+                "{usage}, above the {}% warning threshold: {fix}",
+                settings.warning_percent
+            ));
+            Health::Warning
+        } else {
+            Health::Healthy
+        }
+    };
+    let pools = PoolHealths {
+        k8s_pool: pool_health(Pool::K8s),
+        vm_pool: pool_health(Pool::Vm),
+    };
+
+    for node in nodes {
+        for pool in Pool::ALL {
+            let held = node.claimed_for_pool_gib(Some(pool));
+            if held > 0 && node.pool != Some(pool) {
+                let volumes = node
+                    .volumes()
+                    .iter()
+                    .filter(|v| v.pool == Some(pool))
+                    .count();
+                warnings.push(format!(
+                    "node {} is not in the {pool} pool but still holds {held} GiB of its volumes ({volumes} volumes): move or delete them, or label the node pool={pool} again",
+                    node.node
+                ));
+            }
+        }
+        let physical = node.capacity_gib();
+        if node.pool.is_some() && physical < settings.needed_per_server_gib() {
+            warnings.push(format!(
+                "node {} has {physical} GiB of signed drives, less than the {} GiB a pool server needs ({} GiB pool share + {} GiB system reserve): sign more drives on it",
+                node.node,
+                settings.needed_per_server_gib(),
+                settings.capacity_per_server_gib,
+                settings.system_reserve_per_server_gib
+            ));
+        }
+        for drive in node.drives.iter().filter(|d| d.missing) {
+            let held: u64 = node
+                .claims
+                .iter()
+                .filter(|c| c.physical_uuid == drive.uuid)
+                .map(|c| c.size_gib)
+                .sum();
+            errors.push(format!(
+                "node {}: drive {} (serial {}) is missing but holds {held} GiB of claims: reattach the drive, or delete the volumes on it",
+                node.node, drive.uuid, drive.serial
+            ));
+        }
+    }
+
+    let mut overall = pools.k8s_pool.max(pools.vm_pool);
+    if !warnings.is_empty() {
+        overall = overall.max(Health::Warning);
+    }
+    if !errors.is_empty() {
+        overall = Health::Critical;
+    }
+    HealthReport {
+        status: overall,
+        pools,
+        warnings,
+        errors,
+    }
+}
+
+/// `used / total` in percent, rounded to two decimals; 0 for an empty pool.
+fn percentage(used: u64, total: u64) -> f64 {
+    if total == 0 {
+        return 0.0;
+    }
+    (used as f64 * 10000.0 / total as f64).round() / 100.0
+}
+
+#[cfg(test)]
+mod tests;
