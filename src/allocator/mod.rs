@@ -133,12 +133,11 @@ impl Request {
                 ratio,
             } => {
                 let parts = u128::from(ratio.tlc) + u128::from(ratio.qlc);
-                let tlc = if parts == 0 {
-                    0
-                } else {
-                    // C ≤ 2^40 and t ≤ 2^32, so the product fits u128 and the quotient ≤ C.
-                    (u128::from(capacity_gib) * u128::from(ratio.tlc) / parts) as u64
-                };
+                // The product fits u128 and the quotient is at most C; a 0:0 ratio
+                // (rejected by validate) splits as all QLC rather than dividing by zero.
+                let tlc = (u128::from(capacity_gib) * u128::from(ratio.tlc))
+                    .checked_div(parts)
+                    .map_or(0, |tlc| tlc as u64);
                 Split {
                     tlc_gib: tlc,
                     qlc_gib: capacity_gib - tlc,

@@ -1,34 +1,58 @@
 //! The embedded ledger store: one crash-safe redb file, the default for
 //! `vdrive all-in-one` and for tests. Every swap is a redb write transaction
 //! committed with immediate durability (fsync) before it returns.
+//!
+//! Each node is a small header row (revision, pool label, drives) plus one row per
+//! claim, so a commit writes only what changed, not the node's whole ledger.
+//!
+//! redb locks the file, so this process is its only writer. The store reads every
+//! node once when it opens and then serves loads from memory; swaps are serialised
+//! by a writer lock and update memory only after the commit succeeded, so memory
+//! never runs ahead of the file.
 
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use super::model::NodeLedger;
+use super::model::{Claim, NodeLedger, PhysicalDrive};
 use super::store::{LedgerStore, Revision, Snapshot, StoreError};
+use crate::pools::Pool;
 
-/// node name → JSON of [`Record`].
+/// node name → JSON of [`Header`].
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+/// (node name, virtual drive uuid) → JSON of [`Claim`].
+const CLAIMS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("claims");
 
 #[derive(Serialize, Deserialize)]
-struct Record {
+struct Header {
     revision: u64,
-    ledger: NodeLedger,
+    pool: Option<Pool>,
+    drives: Vec<PhysicalDrive>,
 }
+
+/// A node's committed revision and ledger.
+type Committed = (u64, Arc<NodeLedger>);
 
 #[derive(Clone)]
 pub struct EmbeddedStore {
-    db: Arc<Database>,
-    path: Arc<PathBuf>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    path: PathBuf,
+    /// Every node in the file, as last committed.
+    nodes: Mutex<HashMap<String, Committed>>,
+    /// Held across a whole swap: revision check, commit and memory update.
+    writer: Mutex<()>,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the ledger file. redb locks the file, so a second process
-    /// opening the same ledger fails here instead of corrupting it.
+    /// Opens (or creates) the ledger file and reads it. A second process opening
+    /// the same ledger fails here instead of corrupting it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let unavailable = |reason: String| StoreError::Unavailable {
@@ -42,117 +66,177 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(|e| unavailable(e.to_string()))?;
         txn.open_table(NODES)
             .map_err(|e| unavailable(e.to_string()))?;
+        txn.open_table(CLAIMS)
+            .map_err(|e| unavailable(e.to_string()))?;
         txn.commit().map_err(|e| unavailable(e.to_string()))?;
+        let nodes = read_all(&db).map_err(|e| match e {
+            ReadError::Db(reason) => unavailable(reason),
+            ReadError::Corrupt { node, reason } => StoreError::Corrupt { node, reason },
+        })?;
         Ok(EmbeddedStore {
-            db: Arc::new(db),
-            path: Arc::new(path),
+            inner: Arc::new(Inner {
+                db,
+                path,
+                nodes: Mutex::new(nodes),
+                writer: Mutex::new(()),
+            }),
         })
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.inner.path
     }
 
     fn unavailable(&self, err: impl ToString) -> StoreError {
         StoreError::Unavailable {
-            path: self.path.display().to_string(),
+            path: self.inner.path.display().to_string(),
             reason: err.to_string(),
         }
     }
 
-    fn decode(node: &str, bytes: &[u8]) -> Result<Record, StoreError> {
-        serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-            node: node.to_string(),
-            reason: e.to_string(),
-        })
+    fn nodes(&self) -> MutexGuard<'_, HashMap<String, Committed>> {
+        // Entries are only ever replaced whole; a panic elsewhere cannot leave one
+        // half-written, so a poisoned lock still guards a valid map.
+        self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn load_blocking(&self, node: &str) -> Result<Snapshot, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.unavailable(e))?;
-        let table = txn.open_table(NODES).map_err(|e| self.unavailable(e))?;
-        let stored = table.get(node).map_err(|e| self.unavailable(e))?;
-        let (revision, ledger) = match stored {
-            Some(bytes) => {
-                let record = Self::decode(node, bytes.value())?;
-                (record.revision, record.ledger)
+    fn committed(&self, node: &str) -> Committed {
+        self.nodes()
+            .get(node)
+            .cloned()
+            .unwrap_or_else(|| (0, Arc::new(NodeLedger::new(node))))
+    }
+
+    fn swap_blocking(
+        &self,
+        expected: &Revision,
+        ledger: Arc<NodeLedger>,
+    ) -> Result<bool, StoreError> {
+        let node = ledger.node.as_str();
+        let _writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, before) = self.committed(node);
+        if Revision(current.to_string()) != *expected {
+            return Ok(false);
+        }
+        let revision = current + 1;
+        let header = serde_json::to_vec(&Header {
+            revision,
+            pool: ledger.pool,
+            drives: ledger.drives.clone(),
+        })
+        .map_err(|e| self.unavailable(e))?;
+        let old: HashMap<u128, &Claim> = before
+            .claims
+            .iter()
+            .map(|c| (c.virtual_uuid.as_u128(), c))
+            .collect();
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| self.unavailable(e))?;
+        {
+            let mut nodes = txn.open_table(NODES).map_err(|e| self.unavailable(e))?;
+            nodes
+                .insert(node, header.as_slice())
+                .map_err(|e| self.unavailable(e))?;
+            let mut claims = txn.open_table(CLAIMS).map_err(|e| self.unavailable(e))?;
+            let mut kept = 0usize;
+            for claim in &ledger.claims {
+                let key = claim.virtual_uuid.as_u128();
+                let previous = old.get(&key);
+                kept += usize::from(previous.is_some());
+                if previous.is_none_or(|&p| p != claim) {
+                    let row = serde_json::to_vec(claim).map_err(|e| self.unavailable(e))?;
+                    claims
+                        .insert((node, key), row.as_slice())
+                        .map_err(|e| self.unavailable(e))?;
+                }
             }
-            None => (0, NodeLedger::new(node)),
-        };
+            if kept < old.len() {
+                let now: HashSet<u128> = ledger
+                    .claims
+                    .iter()
+                    .map(|c| c.virtual_uuid.as_u128())
+                    .collect();
+                for gone in old.keys().filter(|k| !now.contains(k)) {
+                    claims
+                        .remove((node, *gone))
+                        .map_err(|e| self.unavailable(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.unavailable(e))?;
+        self.nodes().insert(node.to_string(), (revision, ledger));
+        Ok(true)
+    }
+}
+
+impl LedgerStore for EmbeddedStore {
+    async fn load(&self, node: &str) -> Result<Snapshot, StoreError> {
+        let (revision, ledger) = self.committed(node);
         Ok(Snapshot {
             revision: Revision(revision.to_string()),
             ledger,
         })
     }
 
-    fn swap_blocking(&self, expected: &Revision, ledger: &NodeLedger) -> Result<bool, StoreError> {
-        let node = ledger.node.as_str();
-        let bytes;
-        {
-            let txn = self.db.begin_write().map_err(|e| self.unavailable(e))?;
-            {
-                let mut table = txn.open_table(NODES).map_err(|e| self.unavailable(e))?;
-                let current = match table.get(node).map_err(|e| self.unavailable(e))? {
-                    Some(stored) => Self::decode(node, stored.value())?.revision,
-                    None => 0,
-                };
-                if Revision(current.to_string()) != *expected {
-                    return Ok(false); // dropping the transaction aborts it
-                }
-                bytes = serde_json::to_vec(&Record {
-                    revision: current + 1,
-                    ledger: ledger.clone(),
-                })
-                .map_err(|e| self.unavailable(e))?;
-                table
-                    .insert(node, bytes.as_slice())
-                    .map_err(|e| self.unavailable(e))?;
-            }
-            txn.commit().map_err(|e| self.unavailable(e))?;
-        }
-        Ok(true)
-    }
-
-    fn node_names_blocking(&self) -> Result<Vec<String>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.unavailable(e))?;
-        let table = txn.open_table(NODES).map_err(|e| self.unavailable(e))?;
-        let mut names = Vec::new();
-        for entry in table.iter().map_err(|e| self.unavailable(e))? {
-            let (key, _) = entry.map_err(|e| self.unavailable(e))?;
-            names.push(key.value().to_string());
-        }
-        Ok(names)
-    }
-
-    /// Runs blocking redb work off the async executor's threads.
-    async fn blocking<T: Send + 'static>(
-        &self,
-        work: impl FnOnce(&EmbeddedStore) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || work(&store))
-            .await
-            .map_err(|e| self.unavailable(format!("ledger task failed: {e}")))?
-    }
-}
-
-impl LedgerStore for EmbeddedStore {
-    async fn load(&self, node: &str) -> Result<Snapshot, StoreError> {
-        let node = node.to_string();
-        self.blocking(move |s| s.load_blocking(&node)).await
-    }
-
     async fn compare_and_swap(
         &self,
         expected: &Revision,
-        ledger: &NodeLedger,
+        ledger: Arc<NodeLedger>,
     ) -> Result<bool, StoreError> {
+        let store = self.clone();
         let expected = expected.clone();
-        let ledger = ledger.clone();
-        self.blocking(move |s| s.swap_blocking(&expected, &ledger))
+        // The commit fsyncs: keep it off the async executor's threads.
+        tokio::task::spawn_blocking(move || store.swap_blocking(&expected, ledger))
             .await
+            .map_err(|e| self.unavailable(format!("ledger task failed: {e}")))?
     }
 
     async fn node_names(&self) -> Result<Vec<String>, StoreError> {
-        self.blocking(EmbeddedStore::node_names_blocking).await
+        let mut names: Vec<String> = self.nodes().keys().cloned().collect();
+        names.sort_unstable();
+        Ok(names)
     }
+}
+
+enum ReadError {
+    Db(String),
+    Corrupt { node: String, reason: String },
+}
+
+/// Every node's header and claims, as committed in the file.
+fn read_all(db: &Database) -> Result<HashMap<String, Committed>, ReadError> {
+    let db_err = |e: &dyn std::fmt::Display| ReadError::Db(e.to_string());
+    let txn = db.begin_read().map_err(|e| db_err(&e))?;
+    let headers = txn.open_table(NODES).map_err(|e| db_err(&e))?;
+    let claim_rows = txn.open_table(CLAIMS).map_err(|e| db_err(&e))?;
+    let mut nodes = HashMap::new();
+    for row in headers.iter().map_err(|e| db_err(&e))? {
+        let (key, value) = row.map_err(|e| db_err(&e))?;
+        let node = key.value().to_string();
+        let corrupt = |e: serde_json::Error| ReadError::Corrupt {
+            node: node.clone(),
+            reason: e.to_string(),
+        };
+        let header: Header = serde_json::from_slice(value.value()).map_err(corrupt)?;
+        let mut claims = Vec::new();
+        let range = claim_rows
+            .range((node.as_str(), 0u128)..=(node.as_str(), u128::MAX))
+            .map_err(|e| db_err(&e))?;
+        for claim in range {
+            let (_, value) = claim.map_err(|e| db_err(&e))?;
+            claims.push(serde_json::from_slice::<Claim>(value.value()).map_err(corrupt)?);
+        }
+        let mut ledger = NodeLedger {
+            node: node.clone(),
+            pool: header.pool,
+            drives: header.drives,
+            claims,
+        };
+        ledger.normalize();
+        nodes.insert(node, (header.revision, Arc::new(ledger)));
+    }
+    Ok(nodes)
 }

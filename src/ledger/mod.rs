@@ -85,11 +85,11 @@ impl<S: LedgerStore> Ledger<S> {
         &self.pools
     }
 
-    pub async fn node(&self, node: &str) -> Result<NodeLedger, LedgerError> {
+    pub async fn node(&self, node: &str) -> Result<Arc<NodeLedger>, LedgerError> {
         Ok(self.store.load(node).await?.ledger)
     }
 
-    pub async fn nodes(&self) -> Result<Vec<NodeLedger>, LedgerError> {
+    pub async fn nodes(&self) -> Result<Vec<Arc<NodeLedger>>, LedgerError> {
         let mut ledgers = Vec::new();
         for name in self.store.node_names().await? {
             ledgers.push(self.node(&name).await?);
@@ -250,6 +250,11 @@ impl<S: LedgerStore> Ledger<S> {
                 return Ok(Change::Unchanged(None));
             };
             ledger.claims.retain(|c| c.volume_id != volume_id);
+            // A missing drive stays in the ledger only while claims point at it.
+            let claims = &ledger.claims;
+            ledger
+                .drives
+                .retain(|d| !d.missing || claims.iter().any(|c| c.physical_uuid == d.uuid));
             Ok(Change::Write(Some(volume)))
         })
         .await
@@ -272,7 +277,7 @@ impl<S: LedgerStore> Ledger<S> {
             .nodes()
             .await?
             .iter()
-            .flat_map(NodeLedger::volumes)
+            .flat_map(|n| n.volumes())
             .collect())
     }
 
@@ -312,20 +317,23 @@ impl<S: LedgerStore> Ledger<S> {
         let lock = self.node_lock(node);
         let _serialised = lock.lock().await;
         for attempt in 0..MAX_ATTEMPTS {
-            let Snapshot {
-                revision,
-                mut ledger,
-            } = self.store.load(node).await?;
+            let Snapshot { revision, ledger } = self.store.load(node).await?;
+            let mut ledger = Arc::unwrap_or_clone(ledger);
             match change(&mut ledger)? {
                 Change::Unchanged(value) => return Ok(value),
                 Change::Write(value) => {
+                    ledger.normalize();
                     ledger
                         .check_invariants()
                         .map_err(|reason| LedgerError::Invariant {
                             node: node.to_string(),
                             reason,
                         })?;
-                    if self.store.compare_and_swap(&revision, &ledger).await? {
+                    if self
+                        .store
+                        .compare_and_swap(&revision, Arc::new(ledger))
+                        .await?
+                    {
                         return Ok(value);
                     }
                     tracing::debug!(node, attempt, "ledger changed under us; retrying");

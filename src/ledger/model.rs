@@ -107,17 +107,42 @@ impl NodeLedger {
             .sum()
     }
 
+    /// Puts the claims in (physical drive, offset) order, the order the ledger
+    /// writes them in, so that deriving free space needs no sort.
+    pub fn normalize(&mut self) {
+        // A stable sort is linear on the nearly sorted list a single change leaves.
+        self.claims
+            .sort_by_key(|c| (c.physical_uuid.as_u128(), c.offset_gib));
+    }
+
     /// The free extents of each drive, in drive order: the gaps between its claims.
+    /// Missing drives offer none.
     pub fn free_drives(&self) -> Vec<FreeDrive> {
+        // This runs on every CreateVolume and GetCapacity: one pass over the claims,
+        // a sort only if the ledger was not normalized, a binary search per drive.
+        let mut used: Vec<(u128, Extent)> = self
+            .claims
+            .iter()
+            .map(|c| (c.physical_uuid.as_u128(), c.extent()))
+            .collect();
+        if !used.is_sorted() {
+            used.sort_unstable();
+        }
         self.drives
             .iter()
-            .map(|drive| FreeDrive {
-                drive_type: drive.drive_type,
-                extents: if drive.missing {
+            .map(|drive| {
+                let id = drive.uuid.as_u128();
+                let start = used.partition_point(|(d, _)| *d < id);
+                let end = start + used[start..].partition_point(|(d, _)| *d == id);
+                let extents = if drive.missing {
                     Vec::new()
                 } else {
-                    self.free_extents(drive)
-                },
+                    gaps(drive.capacity_gib, used[start..end].iter().map(|(_, e)| *e))
+                };
+                FreeDrive {
+                    drive_type: drive.drive_type,
+                    extents,
+                }
             })
             .collect()
     }
@@ -131,18 +156,7 @@ impl NodeLedger {
             .map(Claim::extent)
             .collect();
         used.sort_unstable();
-        let mut free = Vec::with_capacity(used.len() + 1);
-        let mut cursor = 0u64;
-        for extent in used {
-            if extent.offset_gib > cursor {
-                free.push(Extent::new(cursor, extent.offset_gib - cursor));
-            }
-            cursor = cursor.max(extent.end_gib());
-        }
-        if drive.capacity_gib > cursor {
-            free.push(Extent::new(cursor, drive.capacity_gib - cursor));
-        }
-        free
+        gaps(drive.capacity_gib, used.into_iter())
     }
 
     pub fn has_volume(&self, volume_id: &str) -> bool {
@@ -201,8 +215,12 @@ impl NodeLedger {
         if let Some(pair) = drives.windows(2).find(|w| w[0].uuid == w[1].uuid) {
             return Err(format!("drive {} is listed twice", pair[0].uuid));
         }
+        let order = |c: &&Claim| (c.physical_uuid.as_u128(), c.offset_gib);
         let mut claims: Vec<&Claim> = self.claims.iter().collect();
-        claims.sort_unstable_by_key(|c| (c.physical_uuid, c.offset_gib));
+        // Checked on every write; a normalized ledger is already in this order.
+        if !claims.is_sorted_by_key(order) {
+            claims.sort_unstable_by_key(order);
+        }
         for (i, claim) in claims.iter().enumerate() {
             let drive = drives
                 .binary_search_by_key(&claim.physical_uuid, |d| d.uuid)
@@ -235,4 +253,20 @@ impl NodeLedger {
         }
         Ok(())
     }
+}
+
+/// The free gaps of a drive of `capacity_gib` around `used` extents sorted by offset.
+fn gaps(capacity_gib: u64, used: impl Iterator<Item = Extent>) -> Vec<Extent> {
+    let mut free = Vec::new();
+    let mut cursor = 0u64;
+    for extent in used {
+        if extent.offset_gib > cursor {
+            free.push(Extent::new(cursor, extent.offset_gib - cursor));
+        }
+        cursor = cursor.max(extent.end_gib());
+    }
+    if capacity_gib > cursor {
+        free.push(Extent::new(cursor, capacity_gib - cursor));
+    }
+    free
 }

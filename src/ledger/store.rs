@@ -3,6 +3,7 @@
 //! the revision is still the same.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -13,11 +14,12 @@ use super::model::NodeLedger;
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Revision(pub String);
 
-/// A node's ledger as loaded, with the revision a later swap must match.
+/// A node's ledger as loaded, with the revision a later swap must match. The
+/// ledger is shared, not copied: readers pay nothing, a change clones it once.
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub revision: Revision,
-    pub ledger: NodeLedger,
+    pub ledger: Arc<NodeLedger>,
 }
 
 #[derive(Debug, Error)]
@@ -42,7 +44,7 @@ pub trait LedgerStore: Send + Sync + 'static {
     fn compare_and_swap(
         &self,
         expected: &Revision,
-        ledger: &NodeLedger,
+        ledger: Arc<NodeLedger>,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// Names of all nodes that have a ledger.

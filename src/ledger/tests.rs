@@ -259,6 +259,14 @@ fn vanished_drives_keep_their_claims_and_empty_ones_go() {
             .is_err(),
         "a missing drive takes no claims"
     );
+    // releasing its last volume lets the missing drive go
+    let (rt2, g) = fixture(vec![drive(1, Tlc, 1000)]);
+    let only = rt2
+        .block_on(g.ledger.claim(NODE, &tlc_request("x", 10)))
+        .unwrap();
+    rt2.block_on(g.ledger.sync_drives(NODE, vec![])).unwrap();
+    rt2.block_on(g.ledger.release(&only.id)).unwrap();
+    assert!(rt2.block_on(g.ledger.node(NODE)).unwrap().drives.is_empty());
     // it comes back
     let sync = rt
         .block_on(f.ledger.sync_drives(NODE, vec![drive(1, Tlc, 1000)]))

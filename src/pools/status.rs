@@ -121,22 +121,33 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
     let mut pool_health = |pool: Pool| {
         let s = status.pool(pool);
         let key = pool.api_key();
+        let fix =
+            format!("add servers with `kubectl label node <node> pool={pool}` or delete volumes");
+        // Thresholds are compared on exact GiB, not on the rounded percentage, so
+        // 75.004 % is above 75 % even though it is displayed as 75.00.
+        let above =
+            |percent: f64| s.used_capacity_gb as f64 * 100.0 > percent * s.total_capacity_gb as f64;
         let usage = format!(
             "{key} usage is {:.2}% ({} of {} GiB)",
             s.usage_percentage, s.used_capacity_gb, s.total_capacity_gb
         );
-        let fix =
-            format!("add servers with `kubectl label node <node> pool={pool}` or delete volumes");
-        if s.used_capacity_gb > 0 && s.total_capacity_gb == 0 {
-            errors.push(format!("{key} has volumes but no servers: {fix}"));
+        let left_behind: u64 = nodes
+            .iter()
+            .filter(|n| n.pool != Some(pool))
+            .map(|n| n.claimed_for_pool_gib(Some(pool)))
+            .sum();
+        if s.servers == 0 && left_behind > 0 {
+            errors.push(format!(
+                "{key} has no servers but {left_behind} GiB of its volumes remain on nodes outside it: {fix}"
+            ));
             Health::Critical
-        } else if s.usage_percentage > settings.critical_percent {
+        } else if above(settings.critical_percent) {
             errors.push(format!(
                 "{usage}, above the {}% critical threshold: {fix}",
                 settings.critical_percent
             ));
             Health::Critical
-        } else if s.usage_percentage > settings.warning_percent {
+        } else if above(settings.warning_percent) {
             warnings.push(format!(
                 "{usage}, above the {}% warning threshold: {fix}",
                 settings.warning_percent
@@ -150,6 +161,17 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
         k8s_pool: pool_health(Pool::K8s),
         vm_pool: pool_health(Pool::Vm),
     };
+
+    let reserve = &status.system_reserve;
+    if reserve.used_capacity_gb > reserve.total_capacity_gb {
+        warnings.push(format!(
+            "the system reserve holds {} GiB, more than its {} GiB ({} servers × {} GiB): volumes outside the servers' own pools are eating into it; move or delete them",
+            reserve.used_capacity_gb,
+            reserve.total_capacity_gb,
+            reserve.total_servers,
+            settings.system_reserve_per_server_gib
+        ));
+    }
 
     for node in nodes {
         for pool in Pool::ALL {
@@ -166,7 +188,12 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
                 ));
             }
         }
-        let physical = node.capacity_gib();
+        let physical: u64 = node
+            .drives
+            .iter()
+            .filter(|d| !d.missing)
+            .map(|d| d.capacity_gib)
+            .sum();
         if node.pool.is_some() && physical < settings.needed_per_server_gib() {
             warnings.push(format!(
                 "node {} has {physical} GiB of signed drives, less than the {} GiB a pool server needs ({} GiB pool share + {} GiB system reserve): sign more drives on it",
