@@ -1,0 +1,2 @@
+// Placeholder until proto/csi.proto lands; replaced by the CSI bindings build.
+fn main() {}
