@@ -47,6 +47,31 @@ pub enum LedgerError {
         share_gib: u64,
     },
 
+    /// The layout needs more virtual drives than the node can join into one volume.
+    #[error(
+        "volume {name:?} needs {needed} virtual drives ({sizes}) on node {node}, but this node's backend builds a volume from at most {max}. Set driveCores: \"1\" and a single-type ratio (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") in the StorageClass, or request less than the largest free extent"
+    )]
+    TooManyParts {
+        name: String,
+        node: String,
+        needed: usize,
+        max: u32,
+        sizes: String,
+    },
+
+    /// The volume is not in the ledger.
+    #[error("volume {0} does not exist")]
+    VolumeNotFound(String),
+
+    /// A volume cannot grow where it lies.
+    #[error("volume {volume} cannot grow to {want_gib} GiB on node {node}: {reason}")]
+    CannotGrow {
+        volume: String,
+        node: String,
+        want_gib: u64,
+        reason: String,
+    },
+
     /// A drive list handed to the ledger is inconsistent with itself or the claims.
     #[error("drive {uuid} on node {node}: {reason}")]
     InvalidDrive {

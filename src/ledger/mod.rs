@@ -43,6 +43,8 @@ pub struct ClaimRequest {
     /// The pool whose share the volume counts against, if any.
     pub pool: Option<Pool>,
     pub layout: Request,
+    /// Most virtual drives the node can join into one volume (None: no limit).
+    pub max_parts: Option<u32>,
 }
 
 /// The outcome of registering a node's drives.
@@ -201,6 +203,22 @@ impl<S: LedgerStore> Ledger<S> {
                 self.check_pool_share(ledger, pool, request.layout.capacity_gib())?;
             }
             let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))?;
+            if let Some(max) = request.max_parts
+                && plan.placements.len() > max as usize
+            {
+                let sizes: Vec<String> = plan
+                    .placements
+                    .iter()
+                    .map(|p| format!("{} {} GiB", p.drive_type.label(), p.size_gib))
+                    .collect();
+                return Err(LedgerError::TooManyParts {
+                    name: request.volume_name.clone(),
+                    node: node.to_string(),
+                    needed: plan.placements.len(),
+                    max,
+                    sizes: sizes.join(", "),
+                });
+            }
             let volume_id = Uuid::new_v4().to_string();
             for (part, placement) in plan.placements.iter().enumerate() {
                 let drive = &ledger.drives[placement.physical_index];
@@ -224,6 +242,77 @@ impl<S: LedgerStore> Ledger<S> {
                     reason: "a plan without placements".into(),
                 })?;
             Ok(Change::Write(volume))
+        })
+        .await
+    }
+
+    /// Grows a one-extent volume to `new_gib` in place: the GiB right after its
+    /// extent must be free (a loop device cannot join extents). Growing to its
+    /// current size or less changes nothing and returns the volume as it is.
+    pub async fn grow(&self, volume_id: &str, new_gib: u64) -> Result<Volume, LedgerError> {
+        let volume = self
+            .volume(volume_id)
+            .await?
+            .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+        let node = volume.node.clone();
+        self.update(&node, |ledger| {
+            let volume = ledger
+                .volume(volume_id)
+                .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+            if new_gib <= volume.capacity_gib {
+                return Ok(Change::Unchanged(volume));
+            }
+            let cannot = |reason: String| LedgerError::CannotGrow {
+                volume: volume_id.to_string(),
+                node: node.clone(),
+                want_gib: new_gib,
+                reason,
+            };
+            let [extent] = volume.extents.as_slice() else {
+                return Err(cannot(format!(
+                    "it is made of {} virtual drives, and only one-drive volumes grow in place",
+                    volume.extents.len()
+                )));
+            };
+            let delta = new_gib - volume.capacity_gib;
+            if let Some(pool) = volume.pool {
+                let left = node_allowance_gib(ledger, pool, &self.pools);
+                if delta > left {
+                    return Err(LedgerError::PoolShareExhausted {
+                        node: node.clone(),
+                        pool,
+                        need_gib: delta,
+                        left_gib: left,
+                        share_gib: self.pools.capacity_per_server_gib,
+                    });
+                }
+            }
+            let drive = ledger
+                .drive(&extent.physical_uuid)
+                .filter(|d| !d.missing)
+                .ok_or_else(|| cannot(format!("its drive {} is missing", extent.physical_uuid)))?;
+            let end = extent.offset_gib + extent.size_gib;
+            let room = ledger
+                .free_extents(drive)
+                .into_iter()
+                .find(|free| free.offset_gib == end)
+                .map_or(0, |free| free.size_gib);
+            if delta > room {
+                return Err(cannot(format!(
+                    "only {room} GiB are free right after it on drive {} and it needs {delta} GiB more. Create a new volume of the size you need and copy the data",
+                    drive.uuid
+                )));
+            }
+            let claim = ledger
+                .claims
+                .iter_mut()
+                .find(|c| c.virtual_uuid == extent.virtual_uuid)
+                .ok_or_else(|| cannot("its claim vanished".into()))?;
+            claim.size_gib += delta;
+            let grown = ledger
+                .volume(volume_id)
+                .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+            Ok(Change::Write(grown))
         })
         .await
     }

@@ -28,6 +28,7 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         owner: format!("default:{name}"),
         pool: None,
         layout,
+        max_parts: None,
     }
 }
 
@@ -442,4 +443,83 @@ proptest! {
         let reopened = Ledger::new(EmbeddedStore::open(&f.path).unwrap(), PoolSettings::default());
         prop_assert_eq!(rt.block_on(reopened.node(NODE)).unwrap(), last);
     }
+}
+
+#[test]
+fn a_volume_grows_in_place_when_the_next_gib_are_free() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let grown = rt.block_on(f.ledger.grow(&a.id, 300)).unwrap();
+    assert_eq!(
+        (
+            grown.capacity_gib,
+            grown.extents[0].offset_gib,
+            grown.extents[0].size_gib
+        ),
+        (300, 0, 300)
+    );
+    assert_eq!(
+        rt.block_on(f.ledger.grow(&a.id, 200)).unwrap(),
+        grown,
+        "shrinking is a no-op"
+    );
+    // a neighbour right behind it blocks further growth, and says how much room there is
+    rt.block_on(f.ledger.claim(NODE, &tlc_request("b", 100)))
+        .unwrap();
+    let err = rt.block_on(f.ledger.grow(&a.id, 301)).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("only 0 GiB are free right after it"),
+        "{err}"
+    );
+    assert!(matches!(
+        rt.block_on(f.ledger.grow("nope", 5)),
+        Err(LedgerError::VolumeNotFound(_))
+    ));
+}
+
+#[test]
+fn growth_counts_against_the_pool_share() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
+    rt.block_on(f.ledger.set_pool(NODE, Some(Pool::K8s)))
+        .unwrap();
+    let mut request = tlc_request("a", 1000);
+    request.pool = Some(Pool::K8s);
+    let a = rt.block_on(f.ledger.claim(NODE, &request)).unwrap();
+    let err = rt.block_on(f.ledger.grow(&a.id, 1501)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::PoolShareExhausted {
+                need_gib: 501,
+                left_gib: 500,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    rt.block_on(f.ledger.grow(&a.id, 1500)).unwrap();
+}
+
+#[test]
+fn a_layout_with_more_parts_than_the_node_joins_is_refused_before_claiming() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 600), drive(2, Tlc, 600)]);
+    let mut request = tlc_request("two-drives", 1000);
+    request.max_parts = Some(1);
+    let err = rt.block_on(f.ledger.claim(NODE, &request)).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LedgerError::TooManyParts {
+                needed: 2,
+                max: 1,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("driveCores: \"1\""), "{err}");
+    assert_eq!(rt.block_on(f.ledger.node(NODE)).unwrap().claims.len(), 0);
 }
