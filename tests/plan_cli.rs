@@ -214,6 +214,8 @@ fn fixed_mode() {
         "1000",
         "--tlc",
         "1",
+        "--qlc",
+        "0",
     ]);
     assert_eq!(kind, "invalid_argument");
     assert!(

@@ -28,11 +28,12 @@ pub fn busy_node() -> NodeLedger {
     let mut n = 0;
     while made < CLAIMS {
         let drive = n % DRIVES;
+        let slot = n / DRIVES;
         let size = 20 + (n as u64 * 7) % 60;
         let offset = cursor[drive];
         cursor[drive] += size;
-        // leave every third slot free: the released claims of an older tenant
-        if n % 3 != 2 {
+        // every third slot of each drive is free: the released claims of an older tenant
+        if slot % 3 != 2 {
             node.claims.push(Claim {
                 virtual_uuid: Uuid::from_u128(1_000_000 + n as u128),
                 volume_id: format!("vol-{n}"),
@@ -50,5 +51,10 @@ pub fn busy_node() -> NodeLedger {
     }
     // as the ledger writes it
     node.normalize();
+    let fragmented = node.free_drives().iter().all(|d| d.extents.len() > 1);
+    assert!(
+        fragmented,
+        "every drive of the fixture has holes between claims"
+    );
     node
 }

@@ -180,8 +180,11 @@ impl Request {
                 self.max_virtual_drives_per_core
             ));
         }
-        if self.min_drive_gib == 0 {
-            return invalid("the minimum virtual drive size must be at least 1 GiB".into());
+        if self.min_drive_gib == 0 || self.min_drive_gib > MAX_CAPACITY_GIB {
+            return invalid(format!(
+                "the minimum virtual drive size must be between 1 and {MAX_CAPACITY_GIB} GiB, got {}",
+                self.min_drive_gib
+            ));
         }
         match self.shape {
             Shape::Ratio {
@@ -383,11 +386,14 @@ fn plan_combined(
     cores: u32,
     max_drives: u32,
 ) -> Result<Plan, AllocError> {
-    let mut failure = None;
+    let mut qlc_failure = None;
     for tlc_min in 1..=cores {
         let Some(tlc) = search.one_type(DriveType::Tlc, split.tlc_gib, tlc_min, max_drives) else {
-            failure = Some(search.no_layout(DriveType::Tlc, split.tlc_gib, tlc_min, max_drives));
-            continue;
+            // TLC is the obstacle only if it never placed; once it has, raising its
+            // minimum only narrowed its choices and QLC is what did not fit.
+            return Err(qlc_failure.unwrap_or_else(|| {
+                search.no_layout(DriveType::Tlc, split.tlc_gib, tlc_min, max_drives)
+            }));
         };
         let tlc_drives = tlc.count();
         let qlc_min = cores.saturating_sub(tlc_drives).max(1);
@@ -400,12 +406,14 @@ fn plan_combined(
                 return Ok(plan);
             }
             None => {
-                failure = Some(search.no_layout(DriveType::Qlc, split.qlc_gib, qlc_min, qlc_max))
+                qlc_failure =
+                    Some(search.no_layout(DriveType::Qlc, split.qlc_gib, qlc_min, qlc_max))
             }
         }
     }
-    // cores ≥ 1, so the loop ran and recorded why it failed.
-    Err(failure.unwrap_or_else(|| search.no_layout(DriveType::Tlc, split.tlc_gib, 1, max_drives)))
+    // cores ≥ 1, so the loop ran; without a recorded failure it returned above.
+    Err(qlc_failure
+        .unwrap_or_else(|| search.no_layout(DriveType::Qlc, split.qlc_gib, 1, max_drives)))
 }
 
 /// The specification's minimum-capacity validation, before any placement.

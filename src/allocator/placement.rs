@@ -33,7 +33,9 @@ impl FreeDrive {
     }
 
     pub fn free_gib(&self) -> u64 {
-        self.extents.iter().map(|e| e.size_gib).sum()
+        self.extents
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.size_gib))
     }
 
     /// What placement counts as this drive's free space: a virtual drive is one
@@ -89,7 +91,10 @@ impl Space {
     }
 
     pub(crate) fn total_free_gib(&self) -> u64 {
-        self.extents.iter().map(|e| e.size_gib).sum()
+        // Saturating: free space is reported, not trusted to be small.
+        self.extents
+            .iter()
+            .fold(0u64, |sum, e| sum.saturating_add(e.size_gib))
     }
 
     pub(crate) fn type_free_gib(&self, drive_type: DriveType) -> u64 {
@@ -98,10 +103,9 @@ impl Space {
                 let (start, end) = self.ranges[i];
                 self.extents[start..end]
                     .iter()
-                    .map(|e| e.size_gib)
-                    .sum::<u64>()
+                    .fold(0u64, |sum, e| sum.saturating_add(e.size_gib))
             })
-            .sum()
+            .fold(0u64, u64::saturating_add)
     }
 
     /// The largest free extent of each drive of `drive_type`, in listed order.

@@ -416,3 +416,28 @@ fn plan_err(request: &Request, physical: &[FreeDrive]) -> AllocError {
         Err(e) => e,
     }
 }
+
+#[test]
+fn combined_failures_name_the_type_that_did_not_fit() {
+    // TLC places at every minimum; the QLC drives are too small: the error is QLC's.
+    let physical = drives(&[(Tlc, 2000), (Qlc, 300), (Qlc, 300)]);
+    let err = plan_err(&combined(1500, ratio(2, 1), 3), &physical);
+    assert!(err.to_string().contains("500 GiB of QLC"), "{err}");
+    // TLC cannot place even one drive: the error is TLC's, at its first minimum.
+    let err = plan(&combined(3000, ratio(1, 10), 3), None).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("no layout fits: 272 GiB of TLC cannot be split into 1 to 24"),
+        "{err}"
+    );
+}
+
+#[test]
+fn huge_inputs_are_refused_or_saturate_instead_of_overflowing() {
+    assert_eq!(
+        plan_kind(&per_type(7000, ratio(1, 0), 2).with_min(u64::MAX)),
+        "invalid_argument"
+    );
+    let physical = drives(&[(Tlc, u64::MAX), (Tlc, u64::MAX)]);
+    assert!(plan(&per_type(1000, ratio(1, 0), 1), Some(&physical)).is_ok());
+}

@@ -20,11 +20,11 @@ pub struct PlanArgs {
     /// Drive cores (driveCores): the minimum number of virtual drives.
     #[arg(long, value_name = "K")]
     pub cores: u32,
-    /// TLC part of the ratio (driveTypesRatio.tlc); default ratio 1:10.
-    #[arg(long, value_name = "T")]
+    /// TLC part of the ratio (driveTypesRatio.tlc), with --qlc; default ratio 1:10.
+    #[arg(long, value_name = "T", requires = "qlc")]
     pub tlc: Option<u32>,
-    /// QLC part of the ratio (driveTypesRatio.qlc).
-    #[arg(long, value_name = "Q")]
+    /// QLC part of the ratio (driveTypesRatio.qlc), with --tlc.
+    #[arg(long, value_name = "Q", requires = "tlc")]
     pub qlc: Option<u32>,
     /// Fixed TLC mode: this many virtual drives (numDrives)...
     #[arg(long, value_name = "N", requires = "drive_capacity")]
@@ -57,7 +57,14 @@ fn parse_physical(spec: &str) -> Result<FreeDrive, String> {
     let drive_type: DriveType = kind.parse()?;
     let free: u64 = free
         .parse()
-        .map_err(|_| format!("{free:?} in {spec:?} is not a whole number of GiB"))?;
+        .ok()
+        .filter(|&gib| gib <= allocator::MAX_CAPACITY_GIB)
+        .ok_or_else(|| {
+            format!(
+                "{free:?} in {spec:?} is not a whole number of GiB up to {}",
+                allocator::MAX_CAPACITY_GIB
+            )
+        })?;
     Ok(FreeDrive::whole(drive_type, free))
 }
 

@@ -8,10 +8,12 @@
 //! redb locks the file, so this process is its only writer. The store reads every
 //! node once when it opens and then serves loads from memory; swaps are serialised
 //! by a writer lock and update memory only after the commit succeeded, so memory
-//! never runs ahead of the file.
+//! never runs ahead of the file. If a commit fails, memory and file may disagree,
+//! so the store refuses every further call until it is opened again.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -48,6 +50,8 @@ struct Inner {
     nodes: Mutex<HashMap<String, Committed>>,
     /// Held across a whole swap: revision check, commit and memory update.
     writer: Mutex<()>,
+    /// Set when a write failed midway: memory can no longer vouch for the file.
+    broken: AtomicBool,
 }
 
 impl EmbeddedStore {
@@ -79,6 +83,7 @@ impl EmbeddedStore {
                 path,
                 nodes: Mutex::new(nodes),
                 writer: Mutex::new(()),
+                broken: AtomicBool::new(false),
             }),
         })
     }
@@ -100,11 +105,17 @@ impl EmbeddedStore {
         self.inner.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn committed(&self, node: &str) -> Committed {
-        self.nodes()
+    fn committed(&self, node: &str) -> Result<Committed, StoreError> {
+        if self.inner.broken.load(Ordering::Acquire) {
+            return Err(self.unavailable(
+                "an earlier write failed, so memory and file may disagree; restart vdrive to reopen the ledger",
+            ));
+        }
+        Ok(self
+            .nodes()
             .get(node)
             .cloned()
-            .unwrap_or_else(|| (0, Arc::new(NodeLedger::new(node))))
+            .unwrap_or_else(|| (0, Arc::new(NodeLedger::new(node)))))
     }
 
     fn swap_blocking(
@@ -114,11 +125,29 @@ impl EmbeddedStore {
     ) -> Result<bool, StoreError> {
         let node = ledger.node.as_str();
         let _writer = self.inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let (current, before) = self.committed(node);
+        let (current, before) = self.committed(node)?;
         if Revision(current.to_string()) != *expected {
             return Ok(false);
         }
         let revision = current + 1;
+        if let Err(err) = self.write_rows(node, revision, &before, &ledger) {
+            // The transaction may or may not have reached the file.
+            self.inner.broken.store(true, Ordering::Release);
+            return Err(err);
+        }
+        self.nodes().insert(node.to_string(), (revision, ledger));
+        Ok(true)
+    }
+
+    /// Writes the node's header and the claim rows that differ from `before`,
+    /// in one durable transaction.
+    fn write_rows(
+        &self,
+        node: &str,
+        revision: u64,
+        before: &NodeLedger,
+        ledger: &NodeLedger,
+    ) -> Result<(), StoreError> {
         let header = serde_json::to_vec(&Header {
             revision,
             pool: ledger.pool,
@@ -166,15 +195,13 @@ impl EmbeddedStore {
                 }
             }
         }
-        txn.commit().map_err(|e| self.unavailable(e))?;
-        self.nodes().insert(node.to_string(), (revision, ledger));
-        Ok(true)
+        txn.commit().map_err(|e| self.unavailable(e))
     }
 }
 
 impl LedgerStore for EmbeddedStore {
     async fn load(&self, node: &str) -> Result<Snapshot, StoreError> {
-        let (revision, ledger) = self.committed(node);
+        let (revision, ledger) = self.committed(node)?;
         Ok(Snapshot {
             revision: Revision(revision.to_string()),
             ledger,

@@ -10,12 +10,12 @@
 
 mod embedded;
 mod error;
+mod locks;
 mod model;
 mod store;
 
-use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -25,7 +25,9 @@ pub use error::{LedgerError, PoolLabel};
 pub use model::{Claim, NodeLedger, PhysicalDrive, Volume, VolumeExtent};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
-use crate::allocator::{self, Plan, Request};
+use locks::KeyedLocks;
+
+use crate::allocator::{self, MAX_CAPACITY_GIB, Plan, Request};
 #[cfg(test)]
 use crate::drive::Extent;
 use crate::pools::{Pool, PoolSettings, node_allowance_gib};
@@ -67,7 +69,8 @@ enum Change<T> {
 pub struct Ledger<S> {
     store: S,
     pools: PoolSettings,
-    node_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    node_locks: KeyedLocks,
+    name_locks: KeyedLocks,
 }
 
 impl<S: LedgerStore> Ledger<S> {
@@ -75,7 +78,8 @@ impl<S: LedgerStore> Ledger<S> {
         Ledger {
             store,
             pools,
-            node_locks: Mutex::new(HashMap::new()),
+            node_locks: KeyedLocks::default(),
+            name_locks: KeyedLocks::default(),
         }
     }
 
@@ -111,11 +115,14 @@ impl<S: LedgerStore> Ledger<S> {
             if reported[..i].iter().any(|d| d.uuid == drive.uuid) {
                 return Err(invalid_drive(node, drive.uuid, "reported twice"));
             }
-            if drive.capacity_gib == 0 {
+            if drive.capacity_gib == 0 || drive.capacity_gib > MAX_CAPACITY_GIB {
                 return Err(invalid_drive(
                     node,
                     drive.uuid,
-                    "has no whole GiB of capacity after the signature header",
+                    &format!(
+                        "reports {} GiB; a drive has 1 to {MAX_CAPACITY_GIB} GiB after the signature header",
+                        drive.capacity_gib
+                    ),
                 ));
             }
         }
@@ -187,6 +194,9 @@ impl<S: LedgerStore> Ledger<S> {
     /// same size and pool, and a [`LedgerError::NameConflict`] otherwise.
     pub async fn claim(&self, node: &str, request: &ClaimRequest) -> Result<Volume, LedgerError> {
         request.layout.validate()?;
+        // Names are unique across nodes, but each node's swap only sees its own
+        // node: hold the name from the cluster-wide check until the claim commits.
+        let _name = self.name_locks.lock(&request.volume_name).await;
         if let Some(existing) = self.volume_by_name(&request.volume_name).await? {
             return same_volume(existing, request);
         }
@@ -276,6 +286,13 @@ impl<S: LedgerStore> Ledger<S> {
             };
             let delta = new_gib - volume.capacity_gib;
             if let Some(pool) = volume.pool {
+                if ledger.pool != Some(pool) {
+                    return Err(LedgerError::NotInPool {
+                        node: node.clone(),
+                        pool,
+                        label: PoolLabel(ledger.pool),
+                    });
+                }
                 let left = node_allowance_gib(ledger, pool, &self.pools);
                 if delta > left {
                     return Err(LedgerError::PoolShareExhausted {
@@ -403,8 +420,7 @@ impl<S: LedgerStore> Ledger<S> {
         node: &str,
         mut change: impl FnMut(&mut NodeLedger) -> Result<Change<T>, LedgerError>,
     ) -> Result<T, LedgerError> {
-        let lock = self.node_lock(node);
-        let _serialised = lock.lock().await;
+        let _serialised = self.node_locks.lock(node).await;
         for attempt in 0..MAX_ATTEMPTS {
             let Snapshot { revision, ledger } = self.store.load(node).await?;
             let mut ledger = Arc::unwrap_or_clone(ledger);
@@ -434,16 +450,6 @@ impl<S: LedgerStore> Ledger<S> {
             node: node.to_string(),
             attempts: MAX_ATTEMPTS,
         })
-    }
-
-    fn node_lock(&self, node: &str) -> Arc<tokio::sync::Mutex<()>> {
-        // A poisoned map only means another thread panicked while inserting; the
-        // map itself is still a valid map of locks.
-        let mut locks = self
-            .node_locks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        locks.entry(node.to_string()).or_default().clone()
     }
 }
 

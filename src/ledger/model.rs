@@ -215,6 +215,18 @@ impl NodeLedger {
         if let Some(pair) = drives.windows(2).find(|w| w[0].uuid == w[1].uuid) {
             return Err(format!("drive {} is listed twice", pair[0].uuid));
         }
+        let mut virtual_ids: Vec<u128> = self
+            .claims
+            .iter()
+            .map(|c| c.virtual_uuid.as_u128())
+            .collect();
+        virtual_ids.sort_unstable();
+        if let Some(pair) = virtual_ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(format!(
+                "virtual drive {} is claimed twice",
+                Uuid::from_u128(pair[0])
+            ));
+        }
         let order = |c: &&Claim| (c.physical_uuid.as_u128(), c.offset_gib);
         let mut claims: Vec<&Claim> = self.claims.iter().collect();
         // Checked on every write; a normalized ledger is already in this order.
