@@ -4,10 +4,15 @@
 //! The core modules are plain Rust with no knowledge of gRPC or Kubernetes:
 //! - [`allocator`]: pure layout planning (how many virtual drives, which sizes, where);
 //! - [`ledger`]: the per-node record of signed drives and the claims carved from them;
-//! - [`pools`]: the k8s/vm pools derived from node labels plus the ledger.
+//! - [`pools`]: the k8s/vm pools derived from node labels plus the ledger;
+//! - [`node`]: the node proxy's devices: signatures, loop devices, filesystems, mounts.
+//!
+//! [`csi`] is the gRPC layer over them; [`cli`] the commands.
 
 pub mod allocator;
 pub mod cli;
+pub mod csi;
 pub mod drive;
 pub mod ledger;
+pub mod node;
 pub mod pools;

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use vdrive::cli::all_in_one::{self, AllInOneArgs};
+use vdrive::cli::csi::{self, CsiArgs};
 use vdrive::cli::plan::{self, PlanArgs};
+use vdrive::cli::sign::{self, SignArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -19,6 +22,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Controller, node and the embedded ledger in one process: vdrive on one machine.
+    AllInOne(AllInOneArgs),
+    /// Sign drives for shared use, or list the signed ones (`vdrive sign show`).
+    Sign(SignArgs),
+    /// Talk CSI to a vdrive socket (create, stage, publish… volumes).
+    Csi(CsiArgs),
     /// Plan the virtual drives for a request (the allocator, no side effects).
     Plan(PlanArgs),
 }
@@ -43,7 +52,45 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Sign(args) => finish(sign::run(args)),
+        Command::AllInOne(args) => {
+            init_logging();
+            finish(run_async(all_in_one::run(args)).map(|()| String::new()))
+        }
+        Command::Csi(args) => finish(run_async(csi::run(args))),
     }
+}
+
+fn run_async<T>(work: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the runtime: {e}"))?
+        .block_on(work)
+}
+
+fn finish(result: Result<String, String>) -> ExitCode {
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("vdrive: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
 }
 
 /// With `--json`, bad flags are reported as JSON too, so scripts parse one format.

@@ -1,0 +1,165 @@
+//! `vdrive all-in-one`: controller, node and the embedded ledger in one process
+//! on one socket — vdrive on a single machine.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::Args;
+
+use super::settings::SettingsArgs;
+use crate::csi::controller::{ControllerService, ExtentEraser};
+use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::node::{DriveRegistry, NodeService};
+use crate::csi::server::{self, Services};
+use crate::ledger::{EmbeddedStore, Ledger};
+use crate::node::drives;
+use crate::pools::Pool;
+
+/// The drives `--simulate-drives` suggests when a machine has none signed.
+pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
+
+#[derive(Debug, Clone, Args)]
+pub struct AllInOneArgs {
+    /// Where to serve CSI.
+    #[arg(long, default_value = "unix:///run/vdrive/csi.sock")]
+    pub endpoint: String,
+    /// The ledger file, staging records and simulated drives live here.
+    #[arg(long, default_value = "/var/lib/vdrive")]
+    pub state_dir: PathBuf,
+    /// Sparse files attached as loop devices and signed, e.g. tlc:3840x4,qlc:7680x2
+    /// (GiB × count), for trying vdrive on a machine without spare NVMe drives.
+    #[arg(long, value_name = "SPEC")]
+    pub simulate_drives: Option<String>,
+    /// This node's name (default: the hostname).
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// The pool this server contributes to: k8s, vm, or none.
+    #[arg(long, default_value = "k8s")]
+    pub pool: String,
+    /// Most volumes this node takes (NodeGetInfo).
+    #[arg(long, default_value_t = 256)]
+    pub max_volumes: i64,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+pub fn node_name(explicit: Option<String>) -> Result<String, String> {
+    match explicit {
+        Some(name) if !name.is_empty() => Ok(name),
+        _ => nix::unistd::gethostname()
+            .map_err(|e| format!("cannot read the hostname ({e}): pass --node-id"))?
+            .into_string()
+            .map_err(|_| "the hostname is not UTF-8: pass --node-id".to_string()),
+    }
+}
+
+pub fn parse_pool(value: &str) -> Result<Option<Pool>, String> {
+    match value {
+        "none" | "" => Ok(None),
+        other => other
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("--pool: {e} (or none)")),
+    }
+}
+
+pub async fn run(args: AllInOneArgs) -> Result<(), String> {
+    let node_id = node_name(args.node_id.clone())?;
+    let pool = parse_pool(&args.pool)?;
+    let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    let store =
+        EmbeddedStore::open(args.state_dir.join("ledger.redb")).map_err(|e| e.to_string())?;
+    let ledger = Arc::new(Ledger::new(store, args.settings.pools()));
+
+    let simulated_dir = args.state_dir.join("simulated-drives");
+    let found = match &args.simulate_drives {
+        Some(spec) => drives::simulate(&simulated_dir, spec).map_err(|e| e.to_string())?,
+        None => drives::discover(&drives::candidates()),
+    };
+    if found.is_empty() {
+        eprintln!(
+            "vdrive: no signed drives on this machine, so no volume can be created yet.\n\
+             vdrive: sign spare drives with `vdrive sign --device /dev/nvmeXn1 --type tlc`, or try vdrive on\n\
+             vdrive: simulated drives: vdrive all-in-one --simulate-drives {SUGGESTED_SIMULATION}"
+        );
+    }
+    let physical = found.iter().map(|d| d.to_physical()).collect();
+    let sync = ledger
+        .sync_drives(&node_id, physical)
+        .await
+        .map_err(|e| e.to_string())?;
+    for uuid in &sync.missing_with_claims {
+        tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
+    }
+    ledger
+        .set_pool(&node_id, pool)
+        .await
+        .map_err(|e| e.to_string())?;
+
+    let registry = Arc::new(DriveRegistry::new(found.clone()));
+    let node = Arc::new(NodeService::new(
+        node_id.clone(),
+        ledger.clone(),
+        registry,
+        args.state_dir.join("node"),
+        args.max_volumes,
+    ));
+    let eraser: Arc<dyn ExtentEraser> = node.clone();
+    // The loop backend builds a volume from one virtual drive.
+    let controller = ControllerService::new(
+        ledger.clone(),
+        args.settings.defaults(),
+        Some(1),
+        Some(eraser),
+    );
+    let readiness = Readiness::default();
+    readiness.set_ready();
+    let capacity: u64 = found.iter().map(|d| d.signature.capacity_gib()).sum();
+    println!(
+        "vdrive all-in-one: serving csi.vdrive.io on unix://{} (node {node_id}, pool {}, {} signed drives, {capacity} GiB)",
+        socket.display(),
+        pool.map_or("none".to_string(), |p| p.to_string()),
+        found.len()
+    );
+
+    let services = Services {
+        identity: IdentityService::new(readiness, true),
+        controller: Some(controller),
+        node: Some(node.clone()),
+    };
+    server::serve(&socket, services, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+
+    if args.simulate_drives.is_some() {
+        if node.has_staged_volumes() {
+            println!(
+                "vdrive all-in-one: simulated drives stay attached: volumes are still staged on them"
+            );
+        } else if let Err(e) = drives::detach_simulated(&simulated_dir) {
+            eprintln!("vdrive: could not detach the simulated drives: {e}");
+        }
+    }
+    println!("vdrive all-in-one: stopped");
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("shutting down");
+}

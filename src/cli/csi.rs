@@ -1,0 +1,461 @@
+//! `vdrive csi …`: a small CSI client for operators and demos, talking to a
+//! vdrive socket the way a CO would.
+
+use std::collections::HashMap;
+
+use clap::{Args, Subcommand};
+use tonic::transport::Channel;
+
+use crate::csi::capability;
+use crate::csi::params;
+use crate::csi::proto::controller_client::ControllerClient;
+use crate::csi::proto::node_client::NodeClient;
+use crate::csi::proto::volume_capability::access_mode::Mode;
+use crate::csi::proto::*;
+use crate::csi::server;
+
+#[derive(Debug, Clone, Args)]
+pub struct CsiArgs {
+    /// The vdrive socket.
+    #[arg(long, global = true, default_value = "unix:///run/vdrive/csi.sock")]
+    pub endpoint: String,
+    #[command(subcommand)]
+    pub command: CsiCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CsiCommand {
+    /// Create a volume (CreateVolume).
+    CreateVolume {
+        name: String,
+        /// Size, e.g. 100Gi, 1Ti, or bytes.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+        /// A preset StorageClass: k8s-pool-storage or vm-pool-storage.
+        #[arg(long)]
+        class: Option<String>,
+        /// A StorageClass parameter, key=value (repeatable; overrides the class).
+        #[arg(long = "param", value_parser = parse_pair)]
+        params: Vec<(String, String)>,
+        /// A raw block volume instead of a filesystem.
+        #[arg(long)]
+        block: bool,
+        #[arg(long, default_value = "ext4")]
+        fs_type: String,
+        /// Place it on this node.
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Delete a volume (DeleteVolume).
+    DeleteVolume { volume_id: String },
+    /// Grow a volume (ControllerExpandVolume).
+    ExpandVolume {
+        volume_id: String,
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
+    /// List volumes (ListVolumes).
+    ListVolumes,
+    /// Capacity for a class, per node or in total (GetCapacity).
+    Capacity {
+        #[arg(long)]
+        class: Option<String>,
+        #[arg(long = "param", value_parser = parse_pair)]
+        params: Vec<(String, String)>,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    /// Build the volume's device and mount it at a staging path (NodeStageVolume).
+    Stage {
+        volume_id: String,
+        #[arg(long)]
+        staging_path: String,
+        #[arg(long)]
+        block: bool,
+        #[arg(long, default_value = "ext4")]
+        fs_type: String,
+    },
+    /// Unmount and tear down the staged device (NodeUnstageVolume).
+    Unstage {
+        volume_id: String,
+        #[arg(long)]
+        staging_path: String,
+    },
+    /// Bind the staged volume to a target path (NodePublishVolume).
+    Publish {
+        volume_id: String,
+        #[arg(long)]
+        staging_path: String,
+        #[arg(long)]
+        target_path: String,
+        #[arg(long)]
+        block: bool,
+        #[arg(long)]
+        readonly: bool,
+    },
+    /// Unbind a target path (NodeUnpublishVolume).
+    Unpublish {
+        volume_id: String,
+        #[arg(long)]
+        target_path: String,
+    },
+    /// Usage of a staged or published volume (NodeGetVolumeStats).
+    Stats {
+        volume_id: String,
+        #[arg(long)]
+        path: String,
+    },
+}
+
+/// `100Gi`, `1Ti`, `512Mi`, `10G` (decimal), or plain bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size like 100Gi"))?;
+    let factor: u64 = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "K" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?}: use Ki, Mi, Gi, Ti (or K, M, G, T)"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{text} is too large"))
+}
+
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+fn class_params(
+    class: Option<&str>,
+    extra: &[(String, String)],
+) -> Result<HashMap<String, String>, String> {
+    let mut map = HashMap::new();
+    if let Some(name) = class {
+        let preset = params::preset(name).ok_or_else(|| {
+            let names: Vec<&str> = params::presets().iter().map(|p| p.name).collect();
+            format!("unknown class {name:?}: use one of {}", names.join(", "))
+        })?;
+        map.extend(
+            preset
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+    }
+    map.extend(extra.iter().cloned());
+    Ok(map)
+}
+
+fn mode_capability(block: bool, fs_type: &str) -> VolumeCapability {
+    if block {
+        capability::block(Mode::SingleNodeWriter)
+    } else {
+        capability::mount(fs_type, Mode::SingleNodeWriter)
+    }
+}
+
+fn topology(node: Option<&String>) -> Option<Topology> {
+    node.map(|n| Topology {
+        segments: HashMap::from([(crate::csi::controller::TOPOLOGY_KEY.to_string(), n.clone())]),
+    })
+}
+
+fn gib(bytes: i64) -> String {
+    format!("{} GiB", bytes / (1 << 30))
+}
+
+fn status_text(status: tonic::Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+pub async fn run(args: CsiArgs) -> Result<String, String> {
+    let channel: Channel = server::connect(&args.endpoint).await.map_err(|e| {
+        format!(
+            "cannot reach {}: {e}. Is `vdrive all-in-one` running?",
+            args.endpoint
+        )
+    })?;
+    let mut controller = ControllerClient::new(channel.clone());
+    let mut node = NodeClient::new(channel);
+    let out = match args.command {
+        CsiCommand::CreateVolume {
+            name,
+            size,
+            class,
+            params,
+            block,
+            fs_type,
+            node: on,
+        } => {
+            let parameters = class_params(class.as_deref(), &params)?;
+            let response = controller
+                .create_volume(CreateVolumeRequest {
+                    name,
+                    capacity_range: Some(CapacityRange {
+                        required_bytes: size as i64,
+                        limit_bytes: 0,
+                    }),
+                    volume_capabilities: vec![mode_capability(block, &fs_type)],
+                    parameters,
+                    accessibility_requirements: topology(on.as_ref()).map(|t| {
+                        TopologyRequirement {
+                            requisite: vec![t.clone()],
+                            preferred: vec![t],
+                        }
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            let volume = response.volume.unwrap_or_default();
+            let node = volume
+                .accessible_topology
+                .first()
+                .and_then(|t| t.segments.values().next().cloned())
+                .unwrap_or_default();
+            format!(
+                "created {} ({}) on node {node}",
+                volume.volume_id,
+                gib(volume.capacity_bytes)
+            )
+        }
+        CsiCommand::DeleteVolume { volume_id } => {
+            controller
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_text)?;
+            format!("deleted {volume_id}")
+        }
+        CsiCommand::ExpandVolume { volume_id, size } => {
+            let response = controller
+                .controller_expand_volume(ControllerExpandVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    capacity_range: Some(CapacityRange {
+                        required_bytes: size as i64,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            format!(
+                "expanded {volume_id} to {} (stage it again or run NodeExpandVolume to grow the filesystem)",
+                gib(response.capacity_bytes)
+            )
+        }
+        CsiCommand::ListVolumes => {
+            let mut lines = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = controller
+                    .list_volumes(ListVolumesRequest {
+                        max_entries: 100,
+                        starting_token: token,
+                    })
+                    .await
+                    .map_err(status_text)?
+                    .into_inner();
+                for entry in page.entries {
+                    let v = entry.volume.unwrap_or_default();
+                    let node = v
+                        .volume_context
+                        .get(crate::csi::context::NODE_KEY)
+                        .cloned()
+                        .unwrap_or_default();
+                    lines.push(format!(
+                        "{}  {:>8}  {node}",
+                        v.volume_id,
+                        gib(v.capacity_bytes)
+                    ));
+                }
+                if page.next_token.is_empty() {
+                    break;
+                }
+                token = page.next_token;
+            }
+            if lines.is_empty() {
+                "no volumes".into()
+            } else {
+                lines.join("\n")
+            }
+        }
+        CsiCommand::Capacity {
+            class,
+            params,
+            node: on,
+        } => {
+            let response = controller
+                .get_capacity(GetCapacityRequest {
+                    parameters: class_params(class.as_deref(), &params)?,
+                    accessible_topology: topology(on.as_ref()),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            format!(
+                "available {}, largest volume {}",
+                gib(response.available_capacity),
+                gib(response.maximum_volume_size.unwrap_or(0))
+            )
+        }
+        CsiCommand::Stage {
+            volume_id,
+            staging_path,
+            block,
+            fs_type,
+        } => {
+            let context = volume_context(&mut controller, &volume_id).await?;
+            node.node_stage_volume(NodeStageVolumeRequest {
+                volume_id: volume_id.clone(),
+                staging_target_path: staging_path.clone(),
+                volume_capability: Some(mode_capability(block, &fs_type)),
+                volume_context: context,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_text)?;
+            format!("staged {volume_id} at {staging_path}")
+        }
+        CsiCommand::Unstage {
+            volume_id,
+            staging_path,
+        } => {
+            node.node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: volume_id.clone(),
+                staging_target_path: staging_path,
+            })
+            .await
+            .map_err(status_text)?;
+            format!("unstaged {volume_id}")
+        }
+        CsiCommand::Publish {
+            volume_id,
+            staging_path,
+            target_path,
+            block,
+            readonly,
+        } => {
+            node.node_publish_volume(NodePublishVolumeRequest {
+                volume_id: volume_id.clone(),
+                staging_target_path: staging_path,
+                target_path: target_path.clone(),
+                volume_capability: Some(mode_capability(block, "")),
+                readonly,
+                ..Default::default()
+            })
+            .await
+            .map_err(status_text)?;
+            format!("published {volume_id} at {target_path}")
+        }
+        CsiCommand::Unpublish {
+            volume_id,
+            target_path,
+        } => {
+            node.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: volume_id.clone(),
+                target_path,
+            })
+            .await
+            .map_err(status_text)?;
+            format!("unpublished {volume_id}")
+        }
+        CsiCommand::Stats { volume_id, path } => {
+            let stats = node
+                .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                    volume_id,
+                    volume_path: path,
+                    staging_target_path: String::new(),
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            stats
+                .usage
+                .iter()
+                .map(|u| {
+                    let unit = if u.unit == volume_usage::Unit::Inodes as i32 {
+                        "inodes"
+                    } else {
+                        "bytes"
+                    };
+                    format!(
+                        "{unit}: total {} used {} available {}",
+                        u.total, u.used, u.available
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    };
+    Ok(out)
+}
+
+/// A volume's context, as a CO would have kept it from CreateVolume.
+async fn volume_context(
+    controller: &mut ControllerClient<Channel>,
+    volume_id: &str,
+) -> Result<HashMap<String, String>, String> {
+    let mut token = String::new();
+    loop {
+        let page = controller
+            .list_volumes(ListVolumesRequest {
+                max_entries: 100,
+                starting_token: token,
+            })
+            .await
+            .map_err(status_text)?
+            .into_inner();
+        if let Some(volume) = page
+            .entries
+            .into_iter()
+            .filter_map(|e| e.volume)
+            .find(|v| v.volume_id == volume_id)
+        {
+            return Ok(volume.volume_context);
+        }
+        if page.next_token.is_empty() {
+            return Err(format!("volume {volume_id} does not exist"));
+        }
+        token = page.next_token;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_and_decimal_units() {
+        assert_eq!(parse_size("100Gi"), Ok(100 << 30));
+        assert_eq!(parse_size("1Ti"), Ok(1 << 40));
+        assert_eq!(parse_size("10G"), Ok(10_000_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("10GB").is_err());
+        assert!(parse_size("Gi").is_err());
+    }
+}

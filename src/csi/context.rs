@@ -1,0 +1,99 @@
+//! The volume context: everything a node needs to build a volume's device without
+//! asking the controller (node, extents, filesystem). CreateVolume writes it; the
+//! CO hands it back to NodeStageVolume.
+
+use std::collections::HashMap;
+
+use tonic::Status;
+use uuid::Uuid;
+
+use crate::drive::DriveType;
+use crate::ledger::{Volume, VolumeExtent};
+
+pub const NODE_KEY: &str = "vdrive.io/node";
+pub const FS_TYPE_KEY: &str = "vdrive.io/fs-type";
+/// JSON list of `{"virtual","drive","type","offset_gib","size_gib"}`, device order.
+pub const EXTENTS_KEY: &str = "vdrive.io/extents";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeContext {
+    pub node: String,
+    pub fs_type: String,
+    pub extents: Vec<VolumeExtent>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ExtentEntry {
+    #[serde(rename = "virtual")]
+    virtual_uuid: Uuid,
+    drive: Uuid,
+    #[serde(rename = "type")]
+    drive_type: Option<DriveType>,
+    offset_gib: u64,
+    size_gib: u64,
+}
+
+pub fn encode(volume: &Volume, fs_type: &str) -> HashMap<String, String> {
+    let entries: Vec<ExtentEntry> = volume
+        .extents
+        .iter()
+        .map(|e| ExtentEntry {
+            virtual_uuid: e.virtual_uuid,
+            drive: e.physical_uuid,
+            drive_type: e.drive_type,
+            offset_gib: e.offset_gib,
+            size_gib: e.size_gib,
+        })
+        .collect();
+    let mut context = HashMap::from([
+        (NODE_KEY.to_string(), volume.node.clone()),
+        (
+            EXTENTS_KEY.to_string(),
+            serde_json::to_string(&entries).unwrap_or_else(|_| "[]".into()),
+        ),
+    ]);
+    if !fs_type.is_empty() {
+        context.insert(FS_TYPE_KEY.to_string(), fs_type.to_string());
+    }
+    context
+}
+
+pub fn decode(context: &HashMap<String, String>) -> Result<VolumeContext, Status> {
+    let missing = |key: &str| {
+        Status::invalid_argument(format!(
+            "volume context lacks {key}: stage volumes created by vdrive's CreateVolume, whose context carries it"
+        ))
+    };
+    let node = context
+        .get(NODE_KEY)
+        .ok_or_else(|| missing(NODE_KEY))?
+        .clone();
+    let extents_json = context
+        .get(EXTENTS_KEY)
+        .ok_or_else(|| missing(EXTENTS_KEY))?;
+    let entries: Vec<ExtentEntry> = serde_json::from_str(extents_json).map_err(|e| {
+        Status::invalid_argument(format!("volume context {EXTENTS_KEY} is not valid: {e}"))
+    })?;
+    if entries.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "volume context {EXTENTS_KEY} lists no extents"
+        )));
+    }
+    Ok(VolumeContext {
+        node,
+        fs_type: context
+            .get(FS_TYPE_KEY)
+            .cloned()
+            .unwrap_or_else(|| "ext4".into()),
+        extents: entries
+            .into_iter()
+            .map(|e| VolumeExtent {
+                virtual_uuid: e.virtual_uuid,
+                physical_uuid: e.drive,
+                drive_type: e.drive_type,
+                offset_gib: e.offset_gib,
+                size_gib: e.size_gib,
+            })
+            .collect(),
+    })
+}

@@ -1,0 +1,627 @@
+//! CSI Controller service: validate → call the ledger → map the answer.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::{info, instrument};
+
+use super::capability;
+use super::context;
+use super::inflight::InFlight;
+use super::params::{ClassParams, Defaults};
+use super::proto::controller_server::Controller;
+use super::proto::*;
+use super::status::try_another_node;
+use crate::allocator;
+use crate::drive::DriveType;
+use crate::ledger::{ClaimRequest, Ledger, LedgerError, LedgerStore, NodeLedger, Volume};
+use crate::pools::{PoolSettings, node_allowance_gib};
+
+pub const GIB: u64 = 1 << 30;
+pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
+/// Size of a volume whose request names none.
+const DEFAULT_VOLUME_GIB: u64 = 1;
+
+/// Wipes a volume's extents before their claims are released, so the next
+/// tenant of that space never reads this one's data. Provided by a node that
+/// runs in the same process (all-in-one).
+pub trait ExtentEraser: Send + Sync {
+    /// Erases `volume`'s extents if they are on this eraser's node; returns
+    /// whether it did (false: another node's volume).
+    fn erase(&self, volume: &Volume) -> Result<bool, Status>;
+}
+
+pub struct ControllerService<S> {
+    ledger: Arc<Ledger<S>>,
+    defaults: Defaults,
+    /// Most virtual drives a node's backend joins into one volume (loop: 1).
+    max_parts: Option<u32>,
+    eraser: Option<Arc<dyn ExtentEraser>>,
+    in_flight: InFlight,
+}
+
+impl<S: LedgerStore> ControllerService<S> {
+    pub fn new(
+        ledger: Arc<Ledger<S>>,
+        defaults: Defaults,
+        max_parts: Option<u32>,
+        eraser: Option<Arc<dyn ExtentEraser>>,
+    ) -> Self {
+        ControllerService {
+            ledger,
+            defaults,
+            max_parts,
+            eraser,
+            in_flight: InFlight::default(),
+        }
+    }
+
+    /// Nodes to try, in order: preferred topology, then requisite, then (with no
+    /// requirements) every node with room, most room first. Only nodes with signed
+    /// drives, and of the class's pool.
+    async fn candidate_nodes(
+        &self,
+        params: &ClassParams,
+        requirements: Option<&TopologyRequirement>,
+    ) -> Result<Vec<Arc<NodeLedger>>, Status> {
+        let nodes: Vec<Arc<NodeLedger>> = self
+            .ledger
+            .nodes()
+            .await?
+            .into_iter()
+            .filter(|n| n.drives.iter().any(|d| !d.missing))
+            .filter(|n| params.pool.is_none_or(|pool| n.pool == Some(pool)))
+            .collect();
+        let pool_note = params
+            .pool
+            .map_or(String::new(), |p| format!(" in the {p} pool"));
+        let Some(requirements) =
+            requirements.filter(|r| !r.requisite.is_empty() || !r.preferred.is_empty())
+        else {
+            let mut nodes = nodes;
+            nodes.sort_by_cached_key(|n| {
+                std::cmp::Reverse(room_gib(n, params, self.ledger.pool_settings()))
+            });
+            if nodes.is_empty() {
+                return Err(Status::resource_exhausted(format!(
+                    "no node{pool_note} has signed drives: sign drives with `vdrive sign` and label servers pool=k8s|vm"
+                )));
+            }
+            return Ok(nodes);
+        };
+        let mut wanted: Vec<String> = Vec::new();
+        for topology in requirements.preferred.iter().chain(&requirements.requisite) {
+            let name = topology.segments.get(TOPOLOGY_KEY).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "accessibility requirement {:?} has no {TOPOLOGY_KEY} segment",
+                    topology.segments
+                ))
+            })?;
+            if !wanted.contains(name) {
+                wanted.push(name.clone());
+            }
+        }
+        if requirements.requisite.is_empty() {
+            // Only preferences: any other node may serve too, after them.
+            let mut rest: Vec<&Arc<NodeLedger>> =
+                nodes.iter().filter(|n| !wanted.contains(&n.node)).collect();
+            rest.sort_by_cached_key(|n| {
+                std::cmp::Reverse(room_gib(n, params, self.ledger.pool_settings()))
+            });
+            wanted.extend(rest.into_iter().map(|n| n.node.clone()));
+        }
+        let chosen: Vec<Arc<NodeLedger>> = wanted
+            .iter()
+            .filter_map(|name| nodes.iter().find(|n| &n.node == name).cloned())
+            .collect();
+        if chosen.is_empty() {
+            return Err(Status::resource_exhausted(format!(
+                "none of the requested nodes ({}) has signed drives{pool_note}",
+                wanted.join(", ")
+            )));
+        }
+        Ok(chosen)
+    }
+
+    fn volume_response(&self, volume: &Volume, fs_type: &str) -> CreateVolumeResponse {
+        CreateVolumeResponse {
+            volume: Some(csi_volume(volume, fs_type)),
+        }
+    }
+}
+
+fn csi_volume(volume: &Volume, fs_type: &str) -> super::proto::Volume {
+    super::proto::Volume {
+        capacity_bytes: bytes(volume.capacity_gib),
+        volume_id: volume.id.clone(),
+        volume_context: context::encode(volume, fs_type),
+        content_source: None,
+        accessible_topology: vec![Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), volume.node.clone())]),
+        }],
+    }
+}
+
+/// GiB as CSI's signed bytes; a node never holds 2^33 GiB.
+fn bytes(gib: u64) -> i64 {
+    i64::try_from(gib.saturating_mul(GIB)).unwrap_or(i64::MAX)
+}
+
+/// The volume size a capacity range asks for, in whole GiB: `required_bytes`
+/// rounded up, never past `limit_bytes`.
+pub fn size_gib(range: Option<&CapacityRange>, fixed_gib: Option<u64>) -> Result<u64, Status> {
+    let (required, limit) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
+    if required < 0 || limit < 0 {
+        return Err(Status::invalid_argument(
+            "capacity_range bytes must not be negative",
+        ));
+    }
+    let (required, limit) = (required as u64, limit as u64);
+    if limit > 0 && required > limit {
+        return Err(Status::invalid_argument(format!(
+            "capacity_range required_bytes ({required}) exceeds limit_bytes ({limit})"
+        )));
+    }
+    let gib = match fixed_gib {
+        Some(fixed) => fixed,
+        None if required == 0 => DEFAULT_VOLUME_GIB,
+        None => required.div_ceil(GIB),
+    };
+    if limit > 0 && gib.saturating_mul(GIB) > limit {
+        return Err(Status::out_of_range(format!(
+            "vdrive allocates whole GiB: {gib} GiB is more than limit_bytes ({limit}); raise the limit to at least {} bytes",
+            gib.saturating_mul(GIB)
+        )));
+    }
+    if gib.saturating_mul(GIB) < required {
+        return Err(Status::out_of_range(format!(
+            "this class makes volumes of exactly {gib} GiB (numDrives × driveCapacity), less than required_bytes ({required})"
+        )));
+    }
+    Ok(gib)
+}
+
+/// Free GiB a node offers a class: the free space of the class's drive types,
+/// bounded by the node's pool allowance for pool classes.
+fn room_gib(node: &NodeLedger, params: &ClassParams, pools: &PoolSettings) -> u64 {
+    let uses = |t: DriveType| match (params.fixed, params.ratio) {
+        (Some(_), _) => t == DriveType::Tlc,
+        (None, Some(ratio)) => ratio.is_active(t),
+        (None, None) => true,
+    };
+    let free: u64 = node
+        .free_drives()
+        .iter()
+        .filter(|d| uses(d.drive_type))
+        .map(|d| d.free_gib())
+        .sum();
+    match params.pool {
+        Some(pool) => free.min(node_allowance_gib(node, pool, pools)),
+        None => free,
+    }
+}
+
+#[tonic::async_trait]
+impl<S: LedgerStore> Controller for ControllerService<S> {
+    #[instrument(skip_all, fields(name = %request.get_ref().name))]
+    async fn create_volume(
+        &self,
+        request: Request<CreateVolumeRequest>,
+    ) -> Result<Response<CreateVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name must not be empty"));
+        }
+        capability::validate_all(&req.volume_capabilities)?;
+        if req.volume_content_source.is_some() {
+            return Err(Status::invalid_argument(
+                "volume content sources (snapshots, clones) are not supported by vdrive",
+            ));
+        }
+        let params = ClassParams::parse(&req.parameters, &self.defaults)?;
+        let fs_type = req
+            .volume_capabilities
+            .iter()
+            .find_map(capability::fs_type)
+            .or(params.fs_type.as_deref())
+            .unwrap_or(capability::DEFAULT_FS_TYPE)
+            .to_string();
+        if !capability::FS_TYPES.contains(&fs_type.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "filesystem {fs_type:?} is not supported: use one of {}",
+                capability::FS_TYPES.join(", ")
+            )));
+        }
+        let fixed_gib = params.fixed.map(|(n, gib)| u64::from(n) * gib);
+        let gib = size_gib(req.capacity_range.as_ref(), fixed_gib)?;
+        let _flight = self.in_flight.begin(&req.name)?;
+
+        let range = req.capacity_range.unwrap_or_default();
+        if let Some(existing) = self.ledger.volume_by_name(&req.name).await? {
+            let fits = bytes(existing.capacity_gib) >= range.required_bytes
+                && (range.limit_bytes == 0 || bytes(existing.capacity_gib) <= range.limit_bytes)
+                && existing.pool == params.pool;
+            if !fits {
+                return Err(Status::already_exists(format!(
+                    "volume {:?} already exists with {} GiB in pool {}, which does not match this request ({gib} GiB); use another name or delete it first",
+                    req.name,
+                    existing.capacity_gib,
+                    existing.pool.map_or("none".to_string(), |p| p.to_string())
+                )));
+            }
+            return Ok(Response::new(self.volume_response(&existing, &fs_type)));
+        }
+
+        let claim = ClaimRequest {
+            volume_name: req.name.clone(),
+            owner: params.owner.clone().unwrap_or_default(),
+            pool: params.pool,
+            layout: params.request(gib),
+            max_parts: self.max_parts,
+        };
+        let mut failures: Vec<LedgerError> = Vec::new();
+        for node in self
+            .candidate_nodes(&params, req.accessibility_requirements.as_ref())
+            .await?
+        {
+            match self.ledger.claim(&node.node, &claim).await {
+                Ok(volume) => {
+                    info!(volume = %volume.id, node = %volume.node, gib = volume.capacity_gib, "volume created");
+                    return Ok(Response::new(self.volume_response(&volume, &fs_type)));
+                }
+                Err(err) if try_another_node(&err) => failures.push(err),
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Err(no_node_fits(failures))
+    }
+
+    #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
+    async fn delete_volume(
+        &self,
+        request: Request<DeleteVolumeRequest>,
+    ) -> Result<Response<DeleteVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id must not be empty"));
+        }
+        let _flight = self.in_flight.begin(&req.volume_id)?;
+        let Some(volume) = self.ledger.volume(&req.volume_id).await? else {
+            return Ok(Response::new(DeleteVolumeResponse {}));
+        };
+        // Erase before releasing: once released, the space may be claimed again.
+        if let Some(eraser) = &self.eraser {
+            eraser.erase(&volume)?;
+        }
+        self.ledger.release_on(&volume.node, &volume.id).await?;
+        info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted");
+        Ok(Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn controller_publish_volume(
+        &self,
+        _: Request<ControllerPublishVolumeRequest>,
+    ) -> Result<Response<ControllerPublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "vdrive volumes need no attach step (attachRequired: false)",
+        ))
+    }
+
+    async fn controller_unpublish_volume(
+        &self,
+        _: Request<ControllerUnpublishVolumeRequest>,
+    ) -> Result<Response<ControllerUnpublishVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "vdrive volumes need no detach step (attachRequired: false)",
+        ))
+    }
+
+    #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
+    async fn validate_volume_capabilities(
+        &self,
+        request: Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Result<Response<ValidateVolumeCapabilitiesResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id must not be empty"));
+        }
+        if req.volume_capabilities.is_empty() {
+            return Err(Status::invalid_argument(
+                "volume_capabilities must not be empty",
+            ));
+        }
+        if self.ledger.volume(&req.volume_id).await?.is_none() {
+            return Err(Status::not_found(format!(
+                "volume {} does not exist",
+                req.volume_id
+            )));
+        }
+        let response = match capability::validate_all(&req.volume_capabilities) {
+            Ok(()) => ValidateVolumeCapabilitiesResponse {
+                confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                    volume_context: req.volume_context,
+                    volume_capabilities: req.volume_capabilities,
+                    parameters: req.parameters,
+                    ..Default::default()
+                }),
+                message: String::new(),
+            },
+            Err(unsupported) => ValidateVolumeCapabilitiesResponse {
+                confirmed: None,
+                message: unsupported.message().to_string(),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn list_volumes(
+        &self,
+        request: Request<ListVolumesRequest>,
+    ) -> Result<Response<ListVolumesResponse>, Status> {
+        let req = request.into_inner();
+        if req.max_entries < 0 {
+            return Err(Status::invalid_argument("max_entries must not be negative"));
+        }
+        let mut volumes = self.ledger.volumes().await?;
+        volumes.sort_by(|a, b| a.id.cmp(&b.id));
+        let start = if req.starting_token.is_empty() {
+            0
+        } else {
+            req.starting_token
+                .parse::<usize>()
+                .ok()
+                .filter(|&start| start <= volumes.len())
+                .ok_or_else(|| Status::aborted(format!("starting_token {:?} is not a token this driver issued (or the list shrank): list again from the start", req.starting_token)))?
+        };
+        let take = if req.max_entries == 0 {
+            usize::MAX
+        } else {
+            req.max_entries as usize
+        };
+        let end = start.saturating_add(take).min(volumes.len());
+        let entries = volumes[start..end]
+            .iter()
+            .map(|v| list_volumes_response::Entry {
+                volume: Some(csi_volume(v, "")),
+                status: None,
+            })
+            .collect();
+        let next_token = if end < volumes.len() {
+            end.to_string()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(ListVolumesResponse {
+            entries,
+            next_token,
+        }))
+    }
+
+    async fn get_capacity(
+        &self,
+        request: Request<GetCapacityRequest>,
+    ) -> Result<Response<GetCapacityResponse>, Status> {
+        let req = request.into_inner();
+        let params = ClassParams::parse(&req.parameters, &self.defaults)?;
+        if !req.volume_capabilities.is_empty()
+            && capability::validate_all(&req.volume_capabilities).is_err()
+        {
+            return Ok(Response::new(GetCapacityResponse::default()));
+        }
+        let node_filter = match &req.accessible_topology {
+            Some(topology) => Some(topology.segments.get(TOPOLOGY_KEY).cloned().ok_or_else(
+                || {
+                    Status::invalid_argument(format!(
+                        "accessible_topology has no {TOPOLOGY_KEY} segment"
+                    ))
+                },
+            )?),
+            None => None,
+        };
+        let mut available = 0u64;
+        let mut largest = 0u64;
+        for node in self.ledger.nodes().await? {
+            if node_filter.as_ref().is_some_and(|name| *name != node.node) {
+                continue;
+            }
+            if params.pool.is_some_and(|pool| node.pool != Some(pool)) {
+                continue;
+            }
+            let room = room_gib(&node, &params, self.ledger.pool_settings());
+            available += room;
+            largest = largest.max(largest_volume_gib(&node, &params, room, self.max_parts));
+        }
+        let min_gib = match params.fixed {
+            Some((n, gib)) => u64::from(n) * gib,
+            None => u64::from(params.drive_cores) * params.min_drive_gib.max(1),
+        };
+        Ok(Response::new(GetCapacityResponse {
+            available_capacity: bytes(available),
+            maximum_volume_size: Some(bytes(largest)),
+            minimum_volume_size: Some(bytes(min_gib)),
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: Request<ControllerGetCapabilitiesRequest>,
+    ) -> Result<Response<ControllerGetCapabilitiesResponse>, Status> {
+        use controller_service_capability::rpc::Type;
+        let capabilities = [
+            Type::CreateDeleteVolume,
+            Type::ListVolumes,
+            Type::GetCapacity,
+            Type::ExpandVolume,
+            Type::SingleNodeMultiWriter,
+        ]
+        .into_iter()
+        .map(|t| ControllerServiceCapability {
+            r#type: Some(controller_service_capability::Type::Rpc(
+                controller_service_capability::Rpc { r#type: t as i32 },
+            )),
+        })
+        .collect();
+        Ok(Response::new(ControllerGetCapabilitiesResponse {
+            capabilities,
+        }))
+    }
+
+    async fn create_snapshot(
+        &self,
+        _: Request<CreateSnapshotRequest>,
+    ) -> Result<Response<CreateSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    async fn delete_snapshot(
+        &self,
+        _: Request<DeleteSnapshotRequest>,
+    ) -> Result<Response<DeleteSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    async fn list_snapshots(
+        &self,
+        _: Request<ListSnapshotsRequest>,
+    ) -> Result<Response<ListSnapshotsResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
+    async fn controller_expand_volume(
+        &self,
+        request: Request<ControllerExpandVolumeRequest>,
+    ) -> Result<Response<ControllerExpandVolumeResponse>, Status> {
+        let req = request.into_inner();
+        if req.volume_id.is_empty() {
+            return Err(Status::invalid_argument("volume_id must not be empty"));
+        }
+        let range = req.capacity_range.ok_or_else(|| {
+            Status::invalid_argument("capacity_range is required to expand a volume")
+        })?;
+        let gib = size_gib(Some(&range), None)?;
+        let _flight = self.in_flight.begin(&req.volume_id)?;
+        let volume = self.ledger.grow(&req.volume_id, gib).await?;
+        info!(gib = volume.capacity_gib, "volume expanded");
+        Ok(Response::new(ControllerExpandVolumeResponse {
+            capacity_bytes: bytes(volume.capacity_gib),
+            // The node must grow its device (and the filesystem) to match.
+            node_expansion_required: true,
+        }))
+    }
+
+    async fn controller_get_volume(
+        &self,
+        _: Request<ControllerGetVolumeRequest>,
+    ) -> Result<Response<ControllerGetVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControllerGetVolume is not supported",
+        ))
+    }
+
+    async fn controller_modify_volume(
+        &self,
+        _: Request<ControllerModifyVolumeRequest>,
+    ) -> Result<Response<ControllerModifyVolumeResponse>, Status> {
+        Err(Status::unimplemented(
+            "ControllerModifyVolume is not supported",
+        ))
+    }
+}
+
+/// The largest volume the allocator could place on `node` now for this class,
+/// at most `room_gib`. Feasibility grows with size only above the class minimum
+/// and shrinks as pieces stop fitting, so search the largest feasible size.
+fn largest_volume_gib(
+    node: &NodeLedger,
+    params: &ClassParams,
+    room_gib: u64,
+    max_parts: Option<u32>,
+) -> u64 {
+    let free = node.free_drives();
+    let fits = |gib: u64| {
+        allocator::plan(&params.request(gib), Some(&free))
+            .is_ok_and(|plan| max_parts.is_none_or(|max| plan.placements.len() <= max as usize))
+    };
+    if let Some((n, gib)) = params.fixed {
+        let size = u64::from(n) * gib;
+        return if size <= room_gib && fits(size) {
+            size
+        } else {
+            0
+        };
+    }
+    let floor = u64::from(params.drive_cores) * params.min_drive_gib.max(1);
+    if room_gib < floor || !fits(floor) {
+        return 0;
+    }
+    if fits(room_gib) {
+        return room_gib;
+    }
+    let (mut ok, mut bad) = (floor, room_gib);
+    while bad - ok > 1 {
+        let mid = ok + (bad - ok) / 2;
+        if fits(mid) { ok = mid } else { bad = mid }
+    }
+    ok
+}
+
+fn no_node_fits(failures: Vec<LedgerError>) -> Status {
+    let mut reasons: Vec<String> = failures.iter().take(3).map(ToString::to_string).collect();
+    if failures.len() > 3 {
+        reasons.push(format!("and {} more nodes", failures.len() - 3));
+    }
+    // The code is the first candidate's: the preferred node (the pod's, with
+    // WaitForFirstConsumer).
+    match failures.into_iter().next() {
+        Some(first) => Status::new(Status::from(first).code(), reasons.join("; ")),
+        None => Status::resource_exhausted("no node can take this volume"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(required: i64, limit: i64) -> CapacityRange {
+        CapacityRange {
+            required_bytes: required,
+            limit_bytes: limit,
+        }
+    }
+
+    #[test]
+    fn sizes_round_up_to_whole_gib_within_the_limit() {
+        let g = GIB as i64;
+        assert_eq!(size_gib(None, None).unwrap(), 1);
+        assert_eq!(size_gib(Some(&range(1, 0)), None).unwrap(), 1);
+        assert_eq!(size_gib(Some(&range(g + 1, 0)), None).unwrap(), 2);
+        assert_eq!(size_gib(Some(&range(10 * g, 10 * g)), None).unwrap(), 10);
+        assert_eq!(
+            size_gib(Some(&range(g + 1, g + 2)), None)
+                .unwrap_err()
+                .code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            size_gib(Some(&range(2 * g, g)), None).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            size_gib(Some(&range(-1, 0)), None).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            size_gib(Some(&range(0, g / 2)), None).unwrap_err().code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(
+            size_gib(Some(&range(3 * g, 0)), Some(2))
+                .unwrap_err()
+                .code(),
+            tonic::Code::OutOfRange
+        );
+        assert_eq!(size_gib(Some(&range(g, 0)), Some(2)).unwrap(), 2);
+    }
+}

@@ -1,0 +1,383 @@
+//! StorageClass parameters: parsing them into an allocator request, and the two
+//! preset classes defined once here and rendered everywhere else.
+
+use std::collections::{BTreeMap, HashMap};
+
+use thiserror::Error;
+
+use crate::allocator::{self, Ratio, Request, Shape};
+use crate::pools::Pool;
+
+/// Keys reserved for the CO (external-provisioner's `--extra-create-metadata`,
+/// secrets, fstype); all accepted, a few read.
+pub const CO_PREFIX: &str = "csi.storage.k8s.io/";
+pub const FSTYPE_KEY: &str = "csi.storage.k8s.io/fstype";
+pub const PVC_NAME_KEY: &str = "csi.storage.k8s.io/pvc/name";
+pub const PVC_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pvc/namespace";
+
+const KNOWN_KEYS: [&str; 9] = [
+    "pool",
+    "tlc",
+    "qlc",
+    "driveCores",
+    "numDrives",
+    "driveCapacity",
+    "minDriveGiB",
+    "maxVirtualDrivesPerCore",
+    "enforceMinDrivesPerTypePerCore",
+];
+
+/// The cluster-wide defaults a class may override (the chart's values).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Defaults {
+    pub ratio: Ratio,
+    pub max_virtual_drives_per_core: u32,
+    pub enforce_min_drives_per_type_per_core: bool,
+    pub min_drive_gib: u64,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            ratio: allocator::DEFAULT_RATIO,
+            max_virtual_drives_per_core: allocator::DEFAULT_MAX_VIRTUAL_DRIVES_PER_CORE,
+            enforce_min_drives_per_type_per_core: true,
+            min_drive_gib: allocator::DEFAULT_MIN_DRIVE_GIB,
+        }
+    }
+}
+
+/// What a class asks for, minus the size (which comes with each request).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClassParams {
+    pub pool: Option<Pool>,
+    /// Ratio mode (None in fixed mode).
+    pub ratio: Option<Ratio>,
+    /// Fixed mode: `numDrives` × `driveCapacity` GiB.
+    pub fixed: Option<(u32, u64)>,
+    pub drive_cores: u32,
+    pub min_drive_gib: u64,
+    pub max_virtual_drives_per_core: u32,
+    pub enforce_min_drives_per_type_per_core: bool,
+    pub fs_type: Option<String>,
+    /// `namespace:name` of the PVC, when the CO passed it.
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ParamError {
+    #[error("unknown StorageClass parameter {key:?}: vdrive understands {known} (and any key starting with {CO_PREFIX})", known = KNOWN_KEYS.join(", "))]
+    UnknownKey { key: String },
+    #[error("StorageClass parameter {key}={value:?} is invalid: {reason}")]
+    BadValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ClassParams {
+    pub fn parse(
+        params: &HashMap<String, String>,
+        defaults: &Defaults,
+    ) -> Result<Self, ParamError> {
+        for key in params.keys() {
+            if !key.starts_with(CO_PREFIX) && !KNOWN_KEYS.contains(&key.as_str()) {
+                return Err(ParamError::UnknownKey { key: key.clone() });
+            }
+        }
+        let number = |key: &str| -> Result<Option<u64>, ParamError> {
+            params
+                .get(key)
+                .map(|value| {
+                    value
+                        .trim()
+                        .parse::<u64>()
+                        .map_err(|_| ParamError::BadValue {
+                            key: key.to_string(),
+                            value: value.clone(),
+                            reason: "expected a whole number".into(),
+                        })
+                })
+                .transpose()
+        };
+        let small = |key: &str| -> Result<Option<u32>, ParamError> {
+            number(key)?
+                .map(|n| {
+                    u32::try_from(n).map_err(|_| ParamError::BadValue {
+                        key: key.to_string(),
+                        value: n.to_string(),
+                        reason: "too large".into(),
+                    })
+                })
+                .transpose()
+        };
+        let pool = params
+            .get("pool")
+            .map(|value| {
+                value
+                    .parse::<Pool>()
+                    .map_err(|reason| ParamError::BadValue {
+                        key: "pool".into(),
+                        value: value.clone(),
+                        reason,
+                    })
+            })
+            .transpose()?;
+        let enforce = match params
+            .get("enforceMinDrivesPerTypePerCore")
+            .map(|v| v.trim())
+        {
+            None => defaults.enforce_min_drives_per_type_per_core,
+            Some("true") => true,
+            Some("false") => false,
+            Some(other) => {
+                return Err(ParamError::BadValue {
+                    key: "enforceMinDrivesPerTypePerCore".into(),
+                    value: other.into(),
+                    reason: "expected true or false".into(),
+                });
+            }
+        };
+        let (tlc, qlc) = (small("tlc")?, small("qlc")?);
+        let fixed = match (small("numDrives")?, number("driveCapacity")?) {
+            (Some(n), Some(gib)) => Some((n, gib)),
+            (None, None) => None,
+            _ => {
+                return Err(ParamError::Conflict(
+                    "numDrives and driveCapacity go together (fixed TLC mode): set both, or neither".into(),
+                ));
+            }
+        };
+        if fixed.is_some() && (tlc.is_some() || qlc.is_some()) {
+            return Err(ParamError::Conflict(
+                "numDrives/driveCapacity (fixed mode, TLC only) cannot be combined with tlc/qlc; for QLC or mixed drives use tlc and qlc alone".into(),
+            ));
+        }
+        let ratio = fixed.is_none().then(|| match (tlc, qlc) {
+            (None, None) => defaults.ratio,
+            (tlc, qlc) => Ratio {
+                tlc: tlc.unwrap_or(0),
+                qlc: qlc.unwrap_or(0),
+            },
+        });
+        let fs_type = params.get(FSTYPE_KEY).filter(|v| !v.is_empty()).cloned();
+        let owner = match (params.get(PVC_NAMESPACE_KEY), params.get(PVC_NAME_KEY)) {
+            (Some(namespace), Some(name)) => Some(format!("{namespace}:{name}")),
+            _ => None,
+        };
+        let params = ClassParams {
+            pool,
+            ratio,
+            fixed,
+            drive_cores: small("driveCores")?.unwrap_or(1),
+            min_drive_gib: number("minDriveGiB")?.unwrap_or(defaults.min_drive_gib),
+            max_virtual_drives_per_core: small("maxVirtualDrivesPerCore")?
+                .unwrap_or(defaults.max_virtual_drives_per_core),
+            enforce_min_drives_per_type_per_core: enforce,
+            fs_type,
+            owner,
+        };
+        // Settings no size can satisfy are reported now, naming the parameter.
+        params
+            .request(params.fixed.map_or(1, |(n, gib)| u64::from(n) * gib))
+            .validate()
+            .map_err(|e| ParamError::Conflict(e.to_string()))?;
+        Ok(params)
+    }
+
+    /// The allocator request for a volume of `capacity_gib` (ignored in fixed mode).
+    pub fn request(&self, capacity_gib: u64) -> Request {
+        let shape = match (self.fixed, self.ratio) {
+            (Some((num_drives, drive_capacity_gib)), _) => Shape::Fixed {
+                num_drives,
+                drive_capacity_gib,
+            },
+            (None, ratio) => Shape::Ratio {
+                capacity_gib,
+                ratio: ratio.unwrap_or_default(),
+            },
+        };
+        Request {
+            shape,
+            drive_cores: self.drive_cores,
+            enforce_min_drives_per_type_per_core: self.enforce_min_drives_per_type_per_core,
+            max_virtual_drives_per_core: self.max_virtual_drives_per_core,
+            min_drive_gib: self.min_drive_gib,
+        }
+    }
+}
+
+/// A StorageClass vdrive ships.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Preset {
+    pub name: &'static str,
+    pub default_class: bool,
+    pub reclaim_policy: &'static str,
+    pub binding_mode: &'static str,
+    pub allow_volume_expansion: bool,
+    pub parameters: BTreeMap<&'static str, &'static str>,
+}
+
+/// `k8s-pool-storage` (the default class: TLC from the k8s pool, deleted with its
+/// PVC) and `vm-pool-storage` (QLC from the vm pool, kept when the PVC goes).
+pub fn presets() -> Vec<Preset> {
+    let preset = |name, default_class, reclaim_policy, pool, tlc, qlc| Preset {
+        name,
+        default_class,
+        reclaim_policy,
+        binding_mode: "WaitForFirstConsumer",
+        allow_volume_expansion: true,
+        parameters: BTreeMap::from([
+            ("pool", pool),
+            ("tlc", tlc),
+            ("qlc", qlc),
+            ("driveCores", "1"),
+            ("minDriveGiB", "1"),
+        ]),
+    };
+    vec![
+        preset("k8s-pool-storage", true, "Delete", "k8s", "1", "0"),
+        preset("vm-pool-storage", false, "Retain", "vm", "0", "1"),
+    ]
+}
+
+pub fn preset(name: &str) -> Option<Preset> {
+    presets().into_iter().find(|p| p.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, &str)]) -> Result<ClassParams, ParamError> {
+        let map = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        ClassParams::parse(&map, &Defaults::default())
+    }
+
+    #[test]
+    fn empty_parameters_take_the_global_defaults() {
+        let p = parse(&[]).unwrap();
+        assert_eq!(p.ratio, Some(Ratio { tlc: 1, qlc: 10 }));
+        assert_eq!(
+            (
+                p.drive_cores,
+                p.min_drive_gib,
+                p.max_virtual_drives_per_core
+            ),
+            (1, 384, 8)
+        );
+        assert!(p.enforce_min_drives_per_type_per_core);
+        assert_eq!(p.pool, None);
+    }
+
+    #[test]
+    fn presets_parse_to_single_type_pool_volumes() {
+        for preset in presets() {
+            let map = preset
+                .parameters
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let p = ClassParams::parse(&map, &Defaults::default()).unwrap();
+            assert_eq!(p.drive_cores, 1);
+            assert_eq!(p.min_drive_gib, 1);
+            assert!(p.pool.is_some());
+        }
+        let k8s = preset("k8s-pool-storage").unwrap();
+        assert!(k8s.default_class);
+        assert_eq!(
+            (
+                k8s.reclaim_policy,
+                k8s.parameters["tlc"],
+                k8s.parameters["qlc"]
+            ),
+            ("Delete", "1", "0")
+        );
+        let vm = preset("vm-pool-storage").unwrap();
+        assert_eq!(
+            (
+                vm.reclaim_policy,
+                vm.parameters["tlc"],
+                vm.parameters["qlc"]
+            ),
+            ("Retain", "0", "1")
+        );
+    }
+
+    #[test]
+    fn the_csi_sanity_parameters_are_the_k8s_preset() {
+        let file = include_str!("../../csi-sanity/k8s-pool-storage.yaml");
+        let mut from_file: Vec<(String, String)> = file
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && l.contains(':'))
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+            .collect();
+        from_file.sort();
+        let preset: Vec<(String, String)> = preset("k8s-pool-storage")
+            .unwrap()
+            .parameters
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(from_file, preset);
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = parse(&[("tlcRatio", "1")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("unknown StorageClass parameter \"tlcRatio\""),
+            "{err}"
+        );
+        assert!(parse(&[("csi.storage.k8s.io/pvc/name", "x")]).is_ok());
+    }
+
+    #[test]
+    fn bad_values_say_which_key() {
+        let err = parse(&[("driveCores", "two")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "StorageClass parameter driveCores=\"two\" is invalid: expected a whole number"
+        );
+        assert!(
+            parse(&[("pool", "gpu")])
+                .unwrap_err()
+                .to_string()
+                .contains("pool=\"gpu\"")
+        );
+        assert!(parse(&[("enforceMinDrivesPerTypePerCore", "yes")]).is_err());
+        assert!(
+            parse(&[("tlc", "0"), ("qlc", "0")])
+                .unwrap_err()
+                .to_string()
+                .contains("0:0")
+        );
+        assert!(parse(&[("driveCores", "0")]).is_err());
+    }
+
+    #[test]
+    fn fixed_mode_needs_both_keys_and_no_ratio() {
+        assert_eq!(
+            parse(&[("numDrives", "6"), ("driveCapacity", "1000")])
+                .unwrap()
+                .fixed,
+            Some((6, 1000))
+        );
+        assert!(parse(&[("numDrives", "6")]).is_err());
+        assert!(parse(&[("numDrives", "6"), ("driveCapacity", "1000"), ("tlc", "1")]).is_err());
+    }
+
+    #[test]
+    fn owner_comes_from_extra_create_metadata() {
+        let p = parse(&[(PVC_NAMESPACE_KEY, "apps"), (PVC_NAME_KEY, "data")]).unwrap();
+        assert_eq!(p.owner.as_deref(), Some("apps:data"));
+    }
+}

@@ -1,0 +1,185 @@
+//! Facts about block devices, from the kernel: size, device number, the disk a
+//! partition belongs to, and what is stacked on or under a device (sysfs).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::NodeError;
+
+// BLKGETSIZE64 = _IOR(0x12, 114, size_t): the device size in bytes.
+nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
+
+// BLKDISCARD = _IO(0x12, 119), BLKZEROOUT = _IO(0x12, 127): take {start, length}.
+nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
+
+/// Zeroes `len` bytes at `offset` of the open block device with the device's
+/// write-zeroes offload (NVMe Write Zeroes, or a hole punched under a loop
+/// device). Ok(false) when the device has no offload: the kernel would fall back
+/// to writing every zero itself, which for a large extent takes hours.
+pub fn zero_out(file: &File, path: &Path, offset: u64, len: u64) -> Result<bool, NodeError> {
+    let Some(name) = kernel_name_of(path)? else {
+        return Ok(false);
+    };
+    let offload = attribute(&name, "queue/write_zeroes_max_bytes");
+    if offload.is_none_or(|max| max == "0") {
+        return Ok(false);
+    }
+    let range = [offset, len];
+    // SAFETY: the fd is open; the kernel reads two u64s from `range`.
+    unsafe { blkzeroout(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
+        op: "BLKZEROOUT",
+        device: path.to_path_buf(),
+        source,
+    })?;
+    Ok(true)
+}
+
+/// Discards `len` bytes at `offset` of the open block device: frees the flash
+/// behind it. Whether later reads return zeros is up to the device.
+pub fn discard(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), NodeError> {
+    let range = [offset, len];
+    // SAFETY: as for zero_out.
+    unsafe { blkdiscard(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
+        op: "BLKDISCARD",
+        device: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Size in bytes: of the device for a block device, of the file otherwise.
+pub fn size_bytes(path: &Path) -> Result<u64, NodeError> {
+    let file = File::open(path).map_err(NodeError::io("open", path))?;
+    let meta = file.metadata().map_err(NodeError::io("stat", path))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(meta.len());
+    }
+    let mut size = 0u64;
+    // SAFETY: the fd is open for the duration of the call and `size` is a valid u64
+    // the kernel writes into.
+    unsafe { blkgetsize64(file.as_raw_fd(), &mut size) }.map_err(|source| NodeError::Ioctl {
+        op: "BLKGETSIZE64",
+        device: path.to_path_buf(),
+        source,
+    })?;
+    Ok(size)
+}
+
+pub fn is_block_device(path: &Path) -> Result<bool, NodeError> {
+    let meta = fs::metadata(path).map_err(NodeError::io("stat", path))?;
+    Ok(meta.file_type().is_block_device())
+}
+
+/// `(major, minor)` of a block device node, None for anything else.
+pub fn dev_number(path: &Path) -> Result<Option<(u64, u64)>, NodeError> {
+    let meta = fs::metadata(path).map_err(NodeError::io("stat", path))?;
+    if !meta.file_type().is_block_device() {
+        return Ok(None);
+    }
+    let rdev = meta.rdev();
+    Ok(Some((libc::major(rdev) as u64, libc::minor(rdev) as u64)))
+}
+
+/// The kernel's name (`nvme0n1`, `loop3`, `vda1`) of device `major:minor`.
+pub fn kernel_name(major: u64, minor: u64) -> Option<String> {
+    let link = fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
+    Some(link.file_name()?.to_string_lossy().into_owned())
+}
+
+/// The kernel's name of the block device node at `path`.
+pub fn kernel_name_of(path: &Path) -> Result<Option<String>, NodeError> {
+    Ok(dev_number(path)?.and_then(|(major, minor)| kernel_name(major, minor)))
+}
+
+fn sys_dir(name: &str) -> PathBuf {
+    Path::new("/sys/class/block").join(name)
+}
+
+/// The disk `name` is a partition of, or `name` itself when it is a whole disk.
+pub fn whole_disk(name: &str) -> String {
+    if !sys_dir(name).join("partition").exists() {
+        return name.to_string();
+    }
+    // /sys/class/block/vda1 -> .../block/vda/vda1: the parent directory is the disk.
+    fs::canonicalize(sys_dir(name))
+        .ok()
+        .and_then(|dir| Some(dir.parent()?.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// The partitions the kernel knows on disk `name`.
+pub fn partitions(name: &str) -> Vec<String> {
+    dir_names(&sys_dir(name))
+        .into_iter()
+        .filter(|part| sys_dir(name).join(part).join("partition").exists())
+        .collect()
+}
+
+/// Devices stacked on `name` (device-mapper, md, bcache...).
+pub fn holders(name: &str) -> Vec<String> {
+    dir_names(&sys_dir(name).join("holders"))
+}
+
+/// The whole disks that device `name` ultimately lives on: itself (or its disk) for a
+/// plain device or partition, the disks under its `slaves/` for dm and md devices.
+pub fn disks_under(name: &str) -> BTreeSet<String> {
+    let mut disks = BTreeSet::new();
+    let mut todo = vec![name.to_string()];
+    let mut seen = BTreeSet::new();
+    while let Some(dev) = todo.pop() {
+        if !seen.insert(dev.clone()) {
+            continue;
+        }
+        let slaves = dir_names(&sys_dir(&dev).join("slaves"));
+        if slaves.is_empty() {
+            disks.insert(whole_disk(&dev));
+        } else {
+            todo.extend(slaves);
+        }
+    }
+    disks
+}
+
+fn dir_names(dir: &Path) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A sysfs attribute of device `name`, trimmed; None when absent or empty.
+pub fn attribute(name: &str, attr: &str) -> Option<String> {
+    let value = fs::read_to_string(sys_dir(name).join(attr)).ok()?;
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_of_a_regular_file_is_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        File::create(&path).unwrap().set_len(12345).unwrap();
+        assert_eq!(size_bytes(&path).unwrap(), 12345);
+        assert!(!is_block_device(&path).unwrap());
+        assert_eq!(dev_number(&path).unwrap(), None);
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let err = size_bytes(Path::new("/nonexistent/vdrive")).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/vdrive"), "{err}");
+    }
+}

@@ -1,0 +1,726 @@
+//! Physical drives: finding the signed ones, signing new ones safely, and
+//! simulating drives with loop devices over sparse files.
+
+use std::collections::BTreeSet;
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{FallocateFlags, fallocate};
+use uuid::Uuid;
+
+use super::signature::{self, HEADER_BYTES, Signature};
+use super::{GIB, NodeError, blockdev, cmd, loopdev, mounts};
+use crate::drive::DriveType;
+use crate::ledger::PhysicalDrive;
+
+/// A drive carrying a valid vdrive signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedDrive {
+    pub path: PathBuf,
+    pub serial: String,
+    pub signature: Signature,
+}
+
+impl SignedDrive {
+    /// The drive as the ledger records it.
+    pub fn to_physical(&self) -> PhysicalDrive {
+        PhysicalDrive {
+            uuid: self.signature.uuid,
+            serial: self.serial.clone(),
+            drive_type: self.signature.drive_type,
+            capacity_gib: self.signature.capacity_gib(),
+            missing: false,
+        }
+    }
+}
+
+/// Whole block devices that may be (or become) vdrive drives: NVMe namespaces,
+/// SCSI/SATA, virtio and Xen disks, and loop devices bound to a file or device at
+/// offset 0 (simulated drives). Loop devices at an offset are vdrive's own extent
+/// devices, never drives; ram, zram, dm, md and optical devices are not drives.
+pub fn candidates() -> Vec<PathBuf> {
+    let Ok(entries) = fs::read_dir("/sys/block") else {
+        tracing::warn!("cannot list /sys/block: no drives discovered");
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| is_candidate(name))
+        .collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|n| Path::new("/dev").join(n))
+        .collect()
+}
+
+fn is_candidate(name: &str) -> bool {
+    let attr = |a: &str| blockdev::attribute(name, a);
+    // An empty slot (no medium) or a hidden multipath path is not a drive.
+    if attr("size").as_deref() == Some("0") || attr("hidden").as_deref() == Some("1") {
+        return false;
+    }
+    if name.starts_with("loop") {
+        return attr("loop/backing_file").is_some() && attr("loop/offset").as_deref() == Some("0");
+    }
+    ["nvme", "sd", "vd", "xvd"]
+        .iter()
+        .any(|p| name.starts_with(p))
+}
+
+/// A stable identifier for the drive: its serial, else its WWID, else (for a loop
+/// device) its backing file, else its kernel name.
+pub fn serial(path: &Path) -> String {
+    let name = blockdev::kernel_name_of(path)
+        .ok()
+        .flatten()
+        .or_else(|| Some(path.file_name()?.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| path.display().to_string());
+    [
+        "serial",
+        "device/serial",
+        "wwid",
+        "device/wwid",
+        "loop/backing_file",
+    ]
+    .iter()
+    .find_map(|attr| blockdev::attribute(&name, attr))
+    .unwrap_or(name)
+}
+
+/// The signed drives among `paths`. Unreadable drives and damaged signatures are
+/// logged and skipped; a uuid seen twice (one image bound to two loop devices) is
+/// reported once, at its first path.
+pub fn discover(paths: &[PathBuf]) -> Vec<SignedDrive> {
+    let mut found: Vec<SignedDrive> = Vec::new();
+    for path in paths {
+        match signature::read(path) {
+            Ok(Some(signature)) => {
+                if let Some(first) = found.iter().find(|d| d.signature.uuid == signature.uuid) {
+                    tracing::warn!(uuid = %signature.uuid, first = %first.path.display(), again = %path.display(), "drive seen twice; using the first path");
+                    continue;
+                }
+                found.push(SignedDrive {
+                    path: path.clone(),
+                    serial: serial(path),
+                    signature,
+                });
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(path = %path.display(), %error, "skipping drive"),
+        }
+    }
+    found
+}
+
+pub fn find_by_uuid(paths: &[PathBuf], uuid: Uuid) -> Option<SignedDrive> {
+    discover(paths)
+        .into_iter()
+        .find(|d| d.signature.uuid == uuid)
+}
+
+/// The whole disks under the root filesystem (several for root on dm or md).
+pub fn root_disks() -> Result<BTreeSet<String>, NodeError> {
+    let mounts = mounts::mountinfo()?;
+    let Some(root) = mounts
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == Path::new("/"))
+    else {
+        return Ok(BTreeSet::new());
+    };
+    Ok(mount_disks(root))
+}
+
+/// The whole disks a mount lives on. Filesystems such as btrfs report an anonymous
+/// device number; their source path then names the device.
+fn mount_disks(m: &mounts::MountEntry) -> BTreeSet<String> {
+    let name = if m.major != 0 {
+        blockdev::kernel_name(m.major, m.minor)
+    } else if m.source.starts_with("/dev/") {
+        blockdev::kernel_name_of(Path::new(&m.source))
+            .ok()
+            .flatten()
+    } else {
+        None
+    };
+    name.map(|n| blockdev::disks_under(&n)).unwrap_or_default()
+}
+
+/// Signs the whole disk at `path` as a vdrive drive of `drive_type`.
+///
+/// Refused always: anything that is not a whole block device, the root disk, a
+/// disk with a mounted filesystem or active swap on it or any partition, a disk
+/// something is stacked on (dm, md, a loop device). Refused unless `force`: a disk
+/// already signed, or carrying a partition table or filesystem signature; with
+/// `force` those signatures are wiped first.
+pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDrive, NodeError> {
+    let not_block = || NodeError::NotBlockDevice {
+        path: path.to_path_buf(),
+    };
+    if !blockdev::is_block_device(path)? {
+        return Err(not_block());
+    }
+    let name = blockdev::kernel_name_of(path)?.ok_or_else(not_block)?;
+    let disk = blockdev::whole_disk(&name);
+    if disk != name {
+        return Err(NodeError::NotWholeDisk {
+            device: path.to_path_buf(),
+            disk,
+        });
+    }
+    if root_disks()?.contains(&name) {
+        return Err(NodeError::RootDisk {
+            device: path.to_path_buf(),
+        });
+    }
+    check_unused(path, &name)?;
+
+    match signature::read(path) {
+        Ok(Some(existing)) if !force => {
+            return Err(NodeError::AlreadySigned {
+                device: path.to_path_buf(),
+                uuid: existing.uuid,
+            });
+        }
+        Err(error) if !force => {
+            return Err(NodeError::HasData {
+                device: path.to_path_buf(),
+                found: format!("an unusable vdrive signature ({error})"),
+            });
+        }
+        _ => {}
+    }
+    if force {
+        // Clears partition tables (both GPT copies) and filesystem magic, so no
+        // tool mistakes the drive for what it was.
+        cmd::run(
+            "wipefs",
+            &["--all".as_ref(), "--quiet".as_ref(), path.as_os_str()],
+        )?;
+    } else {
+        let mut found = existing_signatures(path)?;
+        let parts = blockdev::partitions(&name);
+        if !parts.is_empty() {
+            found.push(format!("partitions {}", parts.join(", ")));
+        }
+        if !found.is_empty() {
+            return Err(NodeError::HasData {
+                device: path.to_path_buf(),
+                found: found.join(", "),
+            });
+        }
+    }
+    let signature = signature::write(path, drive_type)?;
+    tracing::info!(device = %path.display(), uuid = %signature.uuid, %drive_type, capacity_gib = signature.capacity_gib(), "signed drive");
+    Ok(SignedDrive {
+        path: path.to_path_buf(),
+        serial: serial(path),
+        signature,
+    })
+}
+
+/// Refuses a disk that the system uses: mounted, swapped on, or with devices
+/// stacked on it or on its partitions.
+fn check_unused(path: &Path, name: &str) -> Result<(), NodeError> {
+    for m in mounts::mountinfo()? {
+        if mount_disks(&m).contains(name) {
+            return Err(NodeError::Mounted {
+                device: path.to_path_buf(),
+                mount_point: m.mount_point,
+            });
+        }
+    }
+    let in_use = |user: String| NodeError::InUse {
+        device: path.to_path_buf(),
+        user,
+    };
+    for swap in fs::read_to_string("/proc/swaps")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+    {
+        let Some(file) = swap.split_whitespace().next() else {
+            continue;
+        };
+        let swap_dev = blockdev::kernel_name_of(Path::new(file)).ok().flatten();
+        if swap_dev.is_some_and(|dev| blockdev::disks_under(&dev).contains(name)) {
+            return Err(in_use(format!("swap on {file}")));
+        }
+    }
+    let mut devices = blockdev::partitions(name);
+    devices.push(name.to_string());
+    for dev in &devices {
+        if let Some(holder) = blockdev::holders(dev).first() {
+            return Err(in_use(format!("/dev/{holder} (stacked on {dev})")));
+        }
+    }
+    for lo in loopdev::list()? {
+        let backing_dev = blockdev::kernel_name_of(&lo.backing).ok().flatten();
+        if backing_dev.is_some_and(|b| devices.contains(&b)) {
+            return Err(in_use(format!(
+                "loop device {} over it",
+                lo.device.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Partition-table and filesystem signatures wipefs finds on the device itself.
+fn existing_signatures(path: &Path) -> Result<Vec<String>, NodeError> {
+    let args = ["--no-act".as_ref(), "--json".as_ref(), path.as_os_str()];
+    let out = cmd::run("wipefs", &args)?;
+    // Older wipefs prints nothing at all when there is nothing.
+    if out.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let bad = |reason: String| NodeError::Output {
+        command: cmd::display("wipefs", &args),
+        reason,
+    };
+    let json: serde_json::Value = serde_json::from_str(&out).map_err(|e| bad(e.to_string()))?;
+    let signatures = json
+        .get("signatures")
+        .and_then(|s| s.as_array())
+        .ok_or_else(|| bad("no \"signatures\" list".into()))?;
+    Ok(signatures
+        .iter()
+        .map(|s| {
+            let kind = s.get("type").and_then(|t| t.as_str()).unwrap_or("unknown");
+            let offset = s.get("offset").map(|o| o.to_string()).unwrap_or_default();
+            format!("a {kind} signature at offset {}", offset.trim_matches('"'))
+        })
+        .collect())
+}
+
+/// Signs every candidate drive except the root disk; one result per drive (drives
+/// already signed come back as [`NodeError::AlreadySigned`] unless `force`).
+pub fn sign_all_not_root(
+    drive_type: DriveType,
+    force: bool,
+) -> Vec<(PathBuf, Result<SignedDrive, NodeError>)> {
+    let roots = root_disks().unwrap_or_else(|error| {
+        // sign() checks again and refuses the root disk with a clear error.
+        tracing::warn!(%error, "cannot tell the root disk apart here");
+        BTreeSet::new()
+    });
+    candidates()
+        .into_iter()
+        .filter(|path| {
+            let name = blockdev::kernel_name_of(path).ok().flatten();
+            !name.is_some_and(|n| roots.contains(&n))
+        })
+        .map(|path| {
+            let result = sign(&path, drive_type, force);
+            (path, result)
+        })
+        .collect()
+}
+
+/// Bytes zeroed by hand at each end of an extent when the drive cannot zero the
+/// whole of it cheaply: where partition tables and superblocks live.
+const EDGE_BYTES: u64 = 4 << 20;
+
+/// Erases the extent of `size_bytes` at `offset_bytes` of a signed drive, so the
+/// next volume carved there starts blank: no filesystem or partition table an
+/// earlier tenant left is ever recognised, and where the drive can zero ranges
+/// cheaply (write-zeroes offload, or a hole punched under a loop device) no old
+/// data is readable either. Elsewhere the edges are zeroed and the rest discarded.
+/// Refuses the signature header, ranges past the end, and a range that a loop
+/// device is attached to.
+pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), NodeError> {
+    let refuse = |reason: String| NodeError::OutOfBounds {
+        device: drive.to_path_buf(),
+        offset_bytes,
+        size_bytes,
+        reason,
+    };
+    if offset_bytes < HEADER_BYTES {
+        return Err(refuse(
+            "it overlaps the vdrive signature in the first MiB".into(),
+        ));
+    }
+    if size_bytes == 0 || offset_bytes % 512 != 0 || size_bytes % 512 != 0 {
+        return Err(refuse(
+            "offset and size must be non-zero multiples of 512 bytes".into(),
+        ));
+    }
+    let drive_bytes = blockdev::size_bytes(drive)?;
+    let end = offset_bytes.saturating_add(size_bytes);
+    if end > drive_bytes {
+        return Err(refuse(format!("the drive ends at byte {drive_bytes}")));
+    }
+    let canonical = fs::canonicalize(drive).map_err(NodeError::io("resolve", drive))?;
+    for lo in loopdev::list()?
+        .into_iter()
+        .filter(|l| l.backing == canonical)
+    {
+        let lo_end = match lo.sizelimit_bytes {
+            0 => u64::MAX,
+            limit => lo.offset_bytes.saturating_add(limit),
+        };
+        if lo.offset_bytes < end && offset_bytes < lo_end {
+            return Err(NodeError::InUse {
+                device: drive.to_path_buf(),
+                user: format!(
+                    "{} (attached to the range being erased)",
+                    lo.device.display()
+                ),
+            });
+        }
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(drive)
+        .map_err(NodeError::io("open for erasing", drive))?;
+    let block = blockdev::is_block_device(drive)?;
+    if block && blockdev::zero_out(&file, drive, offset_bytes, size_bytes)? {
+        return Ok(());
+    }
+    let zeros = vec![0u8; 1 << 20];
+    let edge = EDGE_BYTES.min(size_bytes);
+    for start in [offset_bytes, end - edge] {
+        let mut at = start;
+        while at < start + edge {
+            let n = (start + edge - at).min(zeros.len() as u64);
+            file.write_all_at(&zeros[..n as usize], at)
+                .map_err(NodeError::io("zero", drive))?;
+            at += n;
+        }
+    }
+    file.sync_all().map_err(NodeError::io("flush", drive))?;
+    // Best effort: frees the space; zeroes it too on most SSDs and files.
+    let freed = if block {
+        blockdev::discard(&file, drive, offset_bytes, size_bytes)
+    } else {
+        let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+        fallocate(&file, flags, offset_bytes as i64, size_bytes as i64)
+            .map_err(|e| NodeError::io("punch a hole in", drive)(e.into()))
+    };
+    if let Err(error) = freed {
+        tracing::warn!(drive = %drive.display(), %error, "extent erased at its edges only; old data may remain in its middle");
+    }
+    Ok(())
+}
+
+/// One entry of a simulation spec: `count` drives of `size_gib` GiB of data each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimDrives {
+    pub drive_type: DriveType,
+    pub size_gib: u64,
+    pub count: u32,
+}
+
+/// More loop devices than this in one spec is a typo, not a test setup.
+const MAX_SIM_DRIVES: u32 = 64;
+
+/// Parses `tlc:3840x4,qlc:7680x2` (type:GiB x count; `x count` defaults to 1).
+pub fn parse_spec(spec: &str) -> Result<Vec<SimDrives>, NodeError> {
+    let invalid = |reason: String| NodeError::InvalidSpec {
+        spec: spec.to_string(),
+        reason,
+    };
+    let mut out = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let (kind, rest) = item
+            .split_once(':')
+            .ok_or_else(|| invalid(format!("{item:?} has no `type:` prefix")))?;
+        let drive_type: DriveType = kind.trim().parse().map_err(invalid)?;
+        let (size, count) = rest.split_once(['x', 'X']).unwrap_or((rest, "1"));
+        let number = |what: &str, s: &str| match s.trim().parse::<u64>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(invalid(format!(
+                "{what} {s:?} in {item:?} is not a positive whole number"
+            ))),
+        };
+        let size_gib = number("size", size)?;
+        let count = number("count", count)?;
+        out.push(SimDrives {
+            drive_type,
+            size_gib,
+            count: u32::try_from(count).unwrap_or(u32::MAX),
+        });
+    }
+    if out.is_empty() {
+        return Err(invalid("it names no drives".into()));
+    }
+    let total: u64 = out.iter().map(|d| u64::from(d.count)).sum();
+    if total > u64::from(MAX_SIM_DRIVES) {
+        return Err(invalid(format!(
+            "{total} drives is more than {MAX_SIM_DRIVES}"
+        )));
+    }
+    Ok(out)
+}
+
+/// Simulated drives: for each drive of `spec` a sparse image `<dir>/sim-<type>-<n>.img`
+/// (1 MiB header + the size in GiB) bound to a loop device and signed. Calling it
+/// again reuses the images, their loop devices and their signatures, so a node keeps
+/// its drive identities across restarts.
+pub fn simulate(dir: &Path, spec: &str) -> Result<Vec<SignedDrive>, NodeError> {
+    let spec = parse_spec(spec)?;
+    fs::create_dir_all(dir).map_err(NodeError::io("create", dir))?;
+    let mut drives = Vec::new();
+    for drive_type in DriveType::ALL {
+        let mut n = 0;
+        for entry in spec.iter().filter(|d| d.drive_type == drive_type) {
+            for _ in 0..entry.count {
+                let image = dir.join(format!("sim-{drive_type}-{n}.img"));
+                drives.push(simulate_one(&image, drive_type, entry.size_gib)?);
+                n += 1;
+            }
+        }
+    }
+    Ok(drives)
+}
+
+fn simulate_one(
+    image: &Path,
+    drive_type: DriveType,
+    size_gib: u64,
+) -> Result<SignedDrive, NodeError> {
+    let want_bytes = HEADER_BYTES + size_gib * GIB;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(image)
+        .map_err(NodeError::io("create", image))?;
+    let image = fs::canonicalize(image).map_err(NodeError::io("resolve", image))?;
+    let bound = loopdev::list()?
+        .into_iter()
+        .find(|l| l.backing == image && l.offset_bytes == 0);
+    let len = file
+        .metadata()
+        .map_err(NodeError::io("stat", &image))?
+        .len();
+    if len != want_bytes {
+        if bound.is_none() && signature::read(&image)?.is_none() {
+            // Sparse: no space is used until written.
+            file.set_len(want_bytes)
+                .map_err(NodeError::io("resize", &image))?;
+        } else {
+            tracing::warn!(image = %image.display(), len, want_bytes, "simulated drive keeps its signed size");
+        }
+    }
+    drop(file);
+    let device = match bound {
+        Some(lo) => lo.device,
+        None => loopdev::attach(&image, 0, 0)?,
+    };
+    match signature::read(&device)? {
+        Some(signature) => {
+            if signature.drive_type != drive_type {
+                tracing::warn!(image = %image.display(), signed = %signature.drive_type, "simulated drive keeps its signed type");
+            }
+            Ok(SignedDrive {
+                serial: serial(&device),
+                path: device,
+                signature,
+            })
+        }
+        None => sign(&device, drive_type, false),
+    }
+}
+
+/// Whether a loop device's backing file is one of `dir`'s simulated images (also
+/// after the image was deleted, which the kernel marks with " (deleted)").
+fn is_sim_image(backing: &Path, dir: &Path) -> bool {
+    let text = backing.to_string_lossy();
+    let path = Path::new(text.strip_suffix(" (deleted)").unwrap_or(&text));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    path.parent() == Some(dir) && name.starts_with("sim-") && name.ends_with(".img")
+}
+
+/// Detaches the loop devices of `dir`'s simulated drives (and extent devices left
+/// on them), returning the drives' devices. Mounted extent devices are refused.
+pub fn detach_simulated(dir: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let loops = loopdev::list()?;
+    let sims: Vec<PathBuf> = loops
+        .iter()
+        .filter(|l| is_sim_image(&l.backing, &dir))
+        .map(|l| l.device.clone())
+        .collect();
+    let mut first_error = None;
+    let on_sims = loops
+        .iter()
+        .filter(|l| sims.contains(&l.backing))
+        .map(|l| &l.device);
+    for device in on_sims.chain(&sims) {
+        if let Err(error) = loopdev::detach(device) {
+            tracing::warn!(device = %device.display(), %error, "cannot detach");
+            first_error.get_or_insert(error);
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(sims),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_spec() {
+        let spec = parse_spec("tlc:3840x4, qlc:7680X2,tlc:100").unwrap();
+        assert_eq!(
+            spec,
+            vec![
+                SimDrives {
+                    drive_type: DriveType::Tlc,
+                    size_gib: 3840,
+                    count: 4
+                },
+                SimDrives {
+                    drive_type: DriveType::Qlc,
+                    size_gib: 7680,
+                    count: 2
+                },
+                SimDrives {
+                    drive_type: DriveType::Tlc,
+                    size_gib: 100,
+                    count: 1
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn spec_errors_say_what_and_how() {
+        for (spec, needle) in [
+            ("", "names no drives"),
+            ("tlc3840x4", "no `type:` prefix"),
+            ("slc:10x1", "unknown drive type"),
+            ("tlc:0x1", "size \"0\""),
+            ("tlc:10x", "count \"\""),
+            ("tlc:1.5x2", "size \"1.5\""),
+            ("tlc:1x100", "more than 64"),
+        ] {
+            let err = parse_spec(spec).unwrap_err().to_string();
+            assert!(err.contains(needle), "{spec:?}: {err}");
+            assert!(err.contains("tlc:3840x4,qlc:7680x2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_regular_file_is_not_signed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.img");
+        fs::File::create(&path).unwrap().set_len(2 * GIB).unwrap();
+        let err = sign(&path, DriveType::Tlc, true).unwrap_err();
+        assert!(matches!(err, NodeError::NotBlockDevice { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_root_disk_is_refused_even_with_force() {
+        let Some(root) = root_disks().unwrap().into_iter().next() else {
+            return; // root on a filesystem without a device (container overlay)
+        };
+        let err = sign(&Path::new("/dev").join(&root), DriveType::Tlc, true).unwrap_err();
+        assert!(matches!(err, NodeError::RootDisk { .. }), "{err}");
+    }
+
+    #[test]
+    fn candidates_are_whole_drives_only() {
+        for path in candidates() {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            assert!(
+                !["ram", "zram", "dm-", "md", "sr"]
+                    .iter()
+                    .any(|p| name.starts_with(p)),
+                "{name}"
+            );
+            assert_eq!(blockdev::whole_disk(&name), name);
+        }
+    }
+
+    #[test]
+    fn erase_zeroes_a_file_extent_and_guards_its_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drive.img");
+        fs::File::create(&path)
+            .unwrap()
+            .set_len(HEADER_BYTES + 2 * GIB)
+            .unwrap();
+        signature::write(&path, DriveType::Tlc).unwrap();
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let ext0 = Signature::data_offset_bytes(0);
+        let ext1 = Signature::data_offset_bytes(1);
+        for at in [ext0, ext0 + GIB / 2, ext1 - 1, ext1] {
+            file.write_all_at(&[0xee], at).unwrap();
+        }
+        erase(&path, ext0, GIB).unwrap();
+        let byte = |at| {
+            let mut b = [0u8];
+            file.read_exact_at(&mut b, at).unwrap();
+            b[0]
+        };
+        assert_eq!(
+            [byte(ext0), byte(ext0 + GIB / 2), byte(ext1 - 1)],
+            [0, 0, 0]
+        );
+        assert_eq!(byte(ext1), 0xee, "the next extent is untouched");
+        assert!(
+            signature::read(&path).unwrap().is_some(),
+            "the signature is untouched"
+        );
+
+        for (offset, size) in [(0, GIB), (ext1, 2 * GIB), (ext0 + 1, GIB), (ext0, 0)] {
+            let err = erase(&path, offset, size).unwrap_err();
+            assert!(
+                matches!(err, NodeError::OutOfBounds { .. }),
+                "{offset} {size}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn recognises_simulated_images() {
+        let dir = Path::new("/tmp/d");
+        assert!(is_sim_image(Path::new("/tmp/d/sim-tlc-0.img"), dir));
+        assert!(is_sim_image(
+            Path::new("/tmp/d/sim-qlc-3.img (deleted)"),
+            dir
+        ));
+        assert!(!is_sim_image(Path::new("/tmp/d/other.img"), dir));
+        assert!(!is_sim_image(Path::new("/tmp/e/sim-tlc-0.img"), dir));
+    }
+
+    #[test]
+    fn physical_drive_carries_the_signature() {
+        let drive = SignedDrive {
+            path: "/dev/loop0".into(),
+            serial: "S1".into(),
+            signature: Signature {
+                uuid: Uuid::new_v4(),
+                drive_type: DriveType::Qlc,
+                size_bytes: HEADER_BYTES + 7 * GIB + 12,
+            },
+        };
+        let p = drive.to_physical();
+        assert_eq!(
+            (
+                p.uuid,
+                p.serial.as_str(),
+                p.drive_type,
+                p.capacity_gib,
+                p.missing
+            ),
+            (drive.signature.uuid, "S1", DriveType::Qlc, 7, false)
+        );
+    }
+}

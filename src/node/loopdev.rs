@@ -1,0 +1,299 @@
+//! Loop devices over one extent of a drive: the `loop` backend's building block.
+//! The kernel's view (sysfs `loop/` attributes) is the source of truth for what is
+//! bound; losetup(8) does the binding.
+
+use std::fs::{self, File};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use super::{NodeError, blockdev, cmd, mounts};
+
+/// A bound loop device as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoopInfo {
+    pub device: PathBuf,
+    /// The backing file or device, as the kernel resolved it when binding.
+    pub backing: PathBuf,
+    pub offset_bytes: u64,
+    /// 0: up to the end of the backing file.
+    pub sizelimit_bytes: u64,
+    pub direct_io: bool,
+}
+
+/// How long a detach may take to finish (the kernel defers it while the device is
+/// briefly held open, e.g. by udev's probe).
+const DETACH_WAIT: Duration = Duration::from_secs(5);
+
+/// Every bound loop device, by name.
+pub fn list() -> Result<Vec<LoopInfo>, NodeError> {
+    let entries = fs::read_dir("/sys/block").map_err(NodeError::io("list", "/sys/block"))?;
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("loop")
+                .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .collect();
+    names.sort_by_key(|n| n[4..].parse::<u64>().unwrap_or(u64::MAX));
+    // A device may be detached while we read it: then it is simply not listed.
+    Ok(names.iter().filter_map(|n| info_by_name(n)).collect())
+}
+
+fn info_by_name(name: &str) -> Option<LoopInfo> {
+    let attr = |a: &str| blockdev::attribute(name, &format!("loop/{a}"));
+    Some(LoopInfo {
+        device: Path::new("/dev").join(name),
+        backing: PathBuf::from(attr("backing_file")?),
+        offset_bytes: attr("offset")?.parse().ok()?,
+        sizelimit_bytes: attr("sizelimit")?.parse().ok()?,
+        direct_io: attr("dio").as_deref() == Some("1"),
+    })
+}
+
+/// The binding of loop device `device`; None when it is not a bound loop device
+/// (or does not exist).
+pub fn info(device: &Path) -> Result<Option<LoopInfo>, NodeError> {
+    if !device.exists() {
+        return Ok(None);
+    }
+    Ok(blockdev::kernel_name_of(device)?.and_then(|name| info_by_name(&name)))
+}
+
+/// The path the kernel will report as the backing file: absolute, symlinks resolved.
+fn canonical(backing: &Path) -> Result<PathBuf, NodeError> {
+    fs::canonicalize(backing).map_err(NodeError::io("resolve", backing))
+}
+
+/// An existing loop device over `backing` at `offset_bytes`: staging the same
+/// extent twice reuses it instead of binding a second one.
+pub fn find(backing: &Path, offset_bytes: u64) -> Result<Option<PathBuf>, NodeError> {
+    let backing = canonical(backing)?;
+    Ok(list()?
+        .into_iter()
+        .find(|l| l.backing == backing && l.offset_bytes == offset_bytes)
+        .map(|l| l.device))
+}
+
+/// Binds a new loop device to `size_bytes` of `backing` (a file or block device,
+/// itself possibly a loop device) starting at `offset_bytes`, with direct I/O so
+/// data is not cached twice. Direct I/O needs the offset aligned to the backing's
+/// logical block size and a backing filesystem that supports it; without it the
+/// device runs buffered, with a warning. `size_bytes` 0 means up to the end.
+/// The device is checked to have exactly the size asked for (an extent past the
+/// end of its drive is refused, not silently cut short).
+pub fn attach(backing: &Path, offset_bytes: u64, size_bytes: u64) -> Result<PathBuf, NodeError> {
+    let backing = canonical(backing)?;
+    let args = |dio: bool| {
+        let mut args = vec![
+            "--find".to_string(),
+            "--show".into(),
+            "--offset".into(),
+            offset_bytes.to_string(),
+            "--sizelimit".into(),
+            size_bytes.to_string(),
+        ];
+        if dio {
+            args.push("--direct-io=on".into());
+        }
+        args.push(backing.to_string_lossy().into_owned());
+        args
+    };
+    let before = list()?;
+    let device = match cmd::run("losetup", &args(true)) {
+        Ok(out) => out,
+        Err(err) => {
+            // Kernels or losetups that fail outright when direct I/O is refused may
+            // leave the device bound: release it, then bind buffered.
+            tracing::warn!(backing = %backing.display(), error = %err, "losetup with direct I/O failed; retrying buffered");
+            for stray in list()? {
+                if stray.backing == backing
+                    && stray.offset_bytes == offset_bytes
+                    && !before.contains(&stray)
+                {
+                    detach(&stray.device)?;
+                }
+            }
+            cmd::run("losetup", &args(false))?
+        }
+    };
+    let device = PathBuf::from(device.trim());
+    if device.as_os_str().is_empty() {
+        return Err(NodeError::Output {
+            command: cmd::display("losetup", &args(true)),
+            reason: "no device name printed".into(),
+        });
+    }
+    if let Err(err) = check_attached(&device, &backing, offset_bytes, size_bytes) {
+        if let Err(undo) = detach(&device) {
+            tracing::warn!(device = %device.display(), error = %undo, "cannot detach a loop device that failed its checks");
+        }
+        return Err(err);
+    }
+    Ok(device)
+}
+
+fn check_attached(
+    device: &Path,
+    backing: &Path,
+    offset_bytes: u64,
+    size_bytes: u64,
+) -> Result<(), NodeError> {
+    let info = info(device)?.ok_or_else(|| NodeError::NotLoop {
+        device: device.to_path_buf(),
+    })?;
+    if !info.direct_io {
+        // This kernel (6.x) clears the flag silently instead of failing the bind.
+        tracing::warn!(device = %device.display(), backing = %backing.display(), "direct I/O refused by the backing store; loop device runs buffered");
+    }
+    let actual_bytes = blockdev::size_bytes(device)?;
+    if size_bytes != 0 && actual_bytes != size_bytes {
+        return Err(NodeError::SizeMismatch {
+            device: device.to_path_buf(),
+            backing: backing.to_path_buf(),
+            offset_bytes,
+            wanted_bytes: size_bytes,
+            actual_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Unbinds a loop device and waits until the kernel has let go of it. A device
+/// that is already gone or unbound is fine; a mounted one is refused (the kernel
+/// would only defer the detach until the unmount).
+pub fn detach(device: &Path) -> Result<(), NodeError> {
+    if info(device)?.is_none() {
+        return Ok(());
+    }
+    if let Some((major, minor)) = blockdev::dev_number(device)?
+        && let Some(m) = mounts::mountinfo()?
+            .into_iter()
+            .find(|m| (m.major, m.minor) == (major, minor))
+    {
+        return Err(NodeError::Busy {
+            device: device.to_path_buf(),
+            mount_point: m.mount_point,
+        });
+    }
+    let result = cmd::run("losetup", &["--detach".as_ref(), device.as_os_str()]);
+    let start = Instant::now();
+    while info(device)?.is_some() {
+        if start.elapsed() >= DETACH_WAIT {
+            result?;
+            return Err(NodeError::DetachStuck {
+                device: device.to_path_buf(),
+                waited_ms: DETACH_WAIT.as_millis() as u64,
+            });
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    // Gone: whatever losetup said (e.g. it raced with another detach) does not matter.
+    Ok(())
+}
+
+/// Size of the device in bytes.
+pub fn size_bytes(device: &Path) -> Result<u64, NodeError> {
+    blockdev::size_bytes(device)
+}
+
+/// `struct loop_info64` from <linux/loop.h> (libc does not define it).
+#[repr(C)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; 64],
+    lo_crypt_name: [u8; 64],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+// The loop ioctls predate _IOC encoding: their numbers are plain constants.
+nix::ioctl_write_ptr_bad!(loop_set_status64, 0x4C04, LoopInfo64);
+nix::ioctl_read_bad!(loop_get_status64, 0x4C05, LoopInfo64);
+
+/// Grows a bound loop device to `size_bytes` online (mounted or not) by raising its
+/// size limit, then checks the kernel's new size. Shrinking is refused: it would
+/// cut the filesystem on top.
+pub fn set_size(device: &Path, size_bytes: u64) -> Result<(), NodeError> {
+    let Some(bound) = info(device)? else {
+        return Err(NodeError::NotLoop {
+            device: device.to_path_buf(),
+        });
+    };
+    let current_bytes = blockdev::size_bytes(device)?;
+    if size_bytes == current_bytes {
+        return Ok(());
+    }
+    if size_bytes < current_bytes {
+        return Err(NodeError::WouldShrink {
+            device: device.to_path_buf(),
+            current_bytes,
+            wanted_bytes: size_bytes,
+        });
+    }
+    let file = File::open(device).map_err(NodeError::io("open", device))?;
+    let ioctl_err = |op| {
+        move |source| NodeError::Ioctl {
+            op,
+            device: device.to_path_buf(),
+            source,
+        }
+    };
+    // SAFETY: LoopInfo64 is plain old data; all-zero is a valid value.
+    let mut status: LoopInfo64 = unsafe { std::mem::zeroed() };
+    // SAFETY: the fd is open and `status` has the kernel's loop_info64 layout.
+    unsafe { loop_get_status64(file.as_raw_fd(), &mut status) }
+        .map_err(ioctl_err("LOOP_GET_STATUS64"))?;
+    let previous = status.lo_sizelimit;
+    status.lo_sizelimit = size_bytes;
+    // Passing back what GET returned keeps offset and flags as they are; the kernel
+    // resizes the device when the size limit changes.
+    // SAFETY: as above; the kernel only reads `status`.
+    unsafe { loop_set_status64(file.as_raw_fd(), &status) }
+        .map_err(ioctl_err("LOOP_SET_STATUS64"))?;
+    let actual_bytes = blockdev::size_bytes(device)?;
+    if actual_bytes != size_bytes {
+        // The backing store has less room than asked for: put the old limit back
+        // rather than leave a device of an unplanned size.
+        status.lo_sizelimit = previous;
+        // SAFETY: as above.
+        if let Err(e) = unsafe { loop_set_status64(file.as_raw_fd(), &status) } {
+            tracing::warn!(device = %device.display(), error = %e, "cannot restore the previous loop size limit");
+        }
+        return Err(NodeError::SizeMismatch {
+            device: device.to_path_buf(),
+            backing: bound.backing,
+            offset_bytes: bound.offset_bytes,
+            wanted_bytes: size_bytes,
+            actual_bytes,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loop_info64_has_the_kernel_layout() {
+        assert_eq!(std::mem::size_of::<LoopInfo64>(), 232);
+    }
+
+    #[test]
+    fn a_path_that_is_not_a_loop_device_has_no_info() {
+        assert_eq!(info(Path::new("/nonexistent/loop9")).unwrap(), None);
+        assert_eq!(info(Path::new("/proc/self/mountinfo")).unwrap(), None);
+        detach(Path::new("/nonexistent/loop9")).unwrap();
+    }
+}
