@@ -28,6 +28,17 @@ pub fn zero_out(file: &File, path: &Path, offset: u64, len: u64) -> Result<bool,
     if offload.is_none_or(|max| max == "0") {
         return Ok(false);
     }
+    // First ask for zeroes that may also be unmapped (fallocate PUNCH_HOLE on the
+    // block device): reads return zeros all the same, and under a loop device the
+    // backing file's space is freed instead of allocated, as BLKZEROOUT (which
+    // forbids unmapping) would do.
+    let punch = nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    if let (Ok(at), Ok(length)) = (i64::try_from(offset), i64::try_from(len))
+        && nix::fcntl::fallocate(file, punch, at, length).is_ok()
+    {
+        return Ok(true);
+    }
     let range = [offset, len];
     // SAFETY: the fd is open; the kernel reads two u64s from `range`.
     unsafe { blkzeroout(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
