@@ -11,9 +11,12 @@ use crate::csi::controller::{ControllerService, ExtentEraser};
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::node::{DriveRegistry, NodeService};
 use crate::csi::server::{self, Services};
-use crate::ledger::{EmbeddedStore, Ledger};
+use crate::ledger::{EmbeddedStore, Ledger, LedgerStore};
 use crate::node::drives;
 use crate::pools::Pool;
+
+/// How often the node looks for drives signed, attached or gone since it started.
+const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The drives `--simulate-drives` suggests when a machine has none signed.
 pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
@@ -97,6 +100,11 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let registry = Arc::new(DriveRegistry::new(found.clone()));
+    let rescans = tokio::spawn(keep_drives_current(
+        ledger.clone(),
+        registry.clone(),
+        node_id.clone(),
+    ));
     let node = Arc::new(NodeService::new(
         node_id.clone(),
         ledger.clone(),
@@ -127,9 +135,9 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         controller: Some(controller),
         node: Some(node.clone()),
     };
-    server::serve(&socket, services, shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
+    let served = server::serve(&socket, services, shutdown_signal()).await;
+    rescans.abort();
+    served.map_err(|e| e.to_string())?;
 
     if args.simulate_drives.is_some() {
         if node.has_staged_volumes() {
@@ -142,6 +150,34 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     }
     println!("vdrive all-in-one: stopped");
     Ok(())
+}
+
+/// Rescans the machine's drives now and then and records what changed in the
+/// ledger: newly signed drives become usable, vanished ones holding volumes are
+/// kept and reported.
+async fn keep_drives_current<S: LedgerStore>(
+    ledger: Arc<Ledger<S>>,
+    registry: Arc<DriveRegistry>,
+    node_id: String,
+) {
+    let mut every = tokio::time::interval(RESCAN_EVERY);
+    every.tick().await; // the first tick is immediate; startup already scanned
+    loop {
+        every.tick().await;
+        let scan = registry.clone();
+        let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
+            continue;
+        };
+        let physical = found.iter().map(|d| d.to_physical()).collect();
+        match ledger.sync_drives(&node_id, physical).await {
+            Ok(sync) => {
+                for uuid in sync.missing_with_claims {
+                    tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
+                }
+            }
+            Err(err) => tracing::warn!(%err, "could not record this node's drives in the ledger"),
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.
