@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
 use crate::csi::capability;
+use crate::csi::context;
 use crate::csi::params;
 use crate::csi::proto::controller_client::ControllerClient;
 use crate::csi::proto::node_client::NodeClient;
@@ -268,35 +269,17 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
             )
         }
         CsiCommand::ListVolumes => {
-            let mut lines = Vec::new();
-            let mut token = String::new();
-            loop {
-                let page = controller
-                    .list_volumes(ListVolumesRequest {
-                        max_entries: 100,
-                        starting_token: token,
-                    })
-                    .await
-                    .map_err(status_text)?
-                    .into_inner();
-                for entry in page.entries {
-                    let v = entry.volume.unwrap_or_default();
+            let lines: Vec<String> = all_volumes(&mut controller)
+                .await?
+                .iter()
+                .map(|v| {
                     let node = v
                         .volume_context
-                        .get(crate::csi::context::NODE_KEY)
-                        .cloned()
-                        .unwrap_or_default();
-                    lines.push(format!(
-                        "{}  {:>8}  {node}",
-                        v.volume_id,
-                        gib(v.capacity_bytes)
-                    ));
-                }
-                if page.next_token.is_empty() {
-                    break;
-                }
-                token = page.next_token;
-            }
+                        .get(context::NODE_KEY)
+                        .map_or("", String::as_str);
+                    format!("{}  {:>8}  {node}", v.volume_id, gib(v.capacity_bytes))
+                })
+                .collect();
             if lines.is_empty() {
                 "no volumes".into()
             } else {
@@ -420,6 +403,17 @@ async fn volume_context(
     controller: &mut ControllerClient<Channel>,
     volume_id: &str,
 ) -> Result<HashMap<String, String>, String> {
+    all_volumes(controller)
+        .await?
+        .into_iter()
+        .find(|v| v.volume_id == volume_id)
+        .map(|v| v.volume_context)
+        .ok_or_else(|| format!("volume {volume_id} does not exist"))
+}
+
+/// Every volume, following ListVolumes' pages.
+async fn all_volumes(controller: &mut ControllerClient<Channel>) -> Result<Vec<Volume>, String> {
+    let mut volumes = Vec::new();
     let mut token = String::new();
     loop {
         let page = controller
@@ -430,16 +424,9 @@ async fn volume_context(
             .await
             .map_err(status_text)?
             .into_inner();
-        if let Some(volume) = page
-            .entries
-            .into_iter()
-            .filter_map(|e| e.volume)
-            .find(|v| v.volume_id == volume_id)
-        {
-            return Ok(volume.volume_context);
-        }
+        volumes.extend(page.entries.into_iter().filter_map(|e| e.volume));
         if page.next_token.is_empty() {
-            return Err(format!("volume {volume_id} does not exist"));
+            return Ok(volumes);
         }
         token = page.next_token;
     }
