@@ -523,3 +523,44 @@ fn a_layout_with_more_parts_than_the_node_joins_is_refused_before_claiming() {
     assert!(err.to_string().contains("driveCores: \"1\""), "{err}");
     assert_eq!(rt.block_on(f.ledger.node(NODE)).unwrap().claims.len(), 0);
 }
+
+#[test]
+fn one_name_is_one_volume_even_when_claimed_on_two_nodes_at_once() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Arc::new(Ledger::new(
+        EmbeddedStore::open(dir.path().join("ledger.redb")).unwrap(),
+        PoolSettings::default(),
+    ));
+    for (node, n) in [("a", 1), ("b", 2)] {
+        rt.block_on(ledger.sync_drives(node, vec![drive(n, Tlc, 1000)]))
+            .unwrap();
+    }
+    let volumes = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for round in 0..25 {
+            for node in ["a", "b"] {
+                let ledger = ledger.clone();
+                tasks.push(tokio::spawn(async move {
+                    ledger
+                        .claim(node, &tlc_request(&format!("pvc-{round}"), 5))
+                        .await
+                }));
+            }
+        }
+        let mut ids = Vec::new();
+        for task in tasks {
+            ids.push(task.await.unwrap().unwrap().id);
+        }
+        ids
+    });
+    let all = rt.block_on(ledger.volumes()).unwrap();
+    assert_eq!(all.len(), 25, "each name became exactly one volume");
+    for pair in volumes.chunks(2) {
+        assert_eq!(pair[0], pair[1], "both callers got the same volume");
+    }
+}
