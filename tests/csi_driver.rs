@@ -1,0 +1,1328 @@
+//! The CSI driver end to end: every test starts the real `vdrive all-in-one` on
+//! simulated drives (sparse files on loop devices) in its own temp dir, with its
+//! own node id, and talks CSI to it over its unix socket with the crate's client.
+//!
+//! Needs root and /dev/loop-control; without them every test is skipped (with a
+//! message). The `Driver` fixture owns the process and everything it makes: its
+//! Drop stops the driver, unmounts whatever is still mounted under the temp dir,
+//! detaches the loop devices of the simulated drives (volume devices first), and
+//! removes the temp dir, also when a test fails halfway.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{self, Signal};
+use nix::unistd::Pid;
+use serde::Deserialize;
+use tonic::Code;
+use tonic::transport::Channel;
+use vdrive::csi::capability::{block, mount};
+use vdrive::csi::proto::controller_client::ControllerClient;
+use vdrive::csi::proto::identity_client::IdentityClient;
+use vdrive::csi::proto::node_client::NodeClient;
+use vdrive::csi::proto::volume_capability::access_mode::Mode;
+use vdrive::csi::proto::{
+    CapacityRange, ControllerExpandVolumeRequest, CreateVolumeRequest, DeleteVolumeRequest,
+    GetCapacityRequest, GetCapacityResponse, GetPluginInfoRequest, ListVolumesRequest,
+    NodeExpandVolumeRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
+    NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
+    NodeUnstageVolumeRequest, ProbeRequest, Volume, VolumeCapability, volume_usage,
+};
+
+const GIB: i64 = 1 << 30;
+/// Two 64 GiB TLC drives and one 64 GiB QLC drive (sparse: only written blocks use disk).
+const SMALL_DRIVES: &str = "tlc:64x2,qlc:64x1";
+const EXTENTS_KEY: &str = "vdrive.io/extents";
+const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
+
+// ---------------------------------------------------------------------------
+// The fixture
+// ---------------------------------------------------------------------------
+
+/// A running `vdrive all-in-one` in its own temp dir.
+struct Driver {
+    /// The temp dir (canonical): socket, state dir, mount points, driver log.
+    dir: PathBuf,
+    node_id: String,
+    spec: String,
+    endpoint: String,
+    child: Option<Child>,
+    channel: Option<Channel>,
+}
+
+impl Driver {
+    /// Starts the driver on simulated drives `spec`; `name` makes the node id and
+    /// the temp dir unique to the test. None (and a message) without root.
+    async fn start(name: &str, spec: &str) -> Option<Driver> {
+        if !nix::unistd::geteuid().is_root() || !Path::new("/dev/loop-control").exists() {
+            eprintln!("skipped: needs root and /dev/loop-control");
+            return None;
+        }
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("vdrive-it-{name}-"))
+            .tempdir()
+            .expect("create a temp dir")
+            .keep();
+        let dir = fs::canonicalize(&dir).expect("resolve the temp dir");
+        // The fixture exists before the process does, so a failed start is cleaned up.
+        let mut driver = Driver {
+            endpoint: format!("unix://{}", dir.join("csi.sock").display()),
+            dir,
+            node_id: format!("it-{name}-{}", std::process::id()),
+            spec: spec.to_string(),
+            child: None,
+            channel: None,
+        };
+        driver.spawn().await;
+        Some(driver)
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("driver.log")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    async fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("open the driver log");
+        let state_dir = self.state_dir();
+        let child = Command::new(env!("CARGO_BIN_EXE_vdrive"))
+            .arg("all-in-one")
+            .args(["--endpoint", &self.endpoint])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--simulate-drives", &self.spec])
+            .args(["--node-id", &self.node_id])
+            .args(["--pool", "k8s"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone the log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start vdrive all-in-one");
+        self.child = Some(child);
+        let socket = self.dir.join("csi.sock");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                panic!(
+                    "vdrive all-in-one exited ({status}) before serving; its log:\n{}",
+                    self.log()
+                );
+            }
+            if socket.exists()
+                && let Ok(channel) = vdrive::csi::server::connect(&self.endpoint).await
+                && IdentityClient::new(channel.clone())
+                    .probe(ProbeRequest {})
+                    .await
+                    .is_ok()
+            {
+                self.channel = Some(channel);
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "vdrive all-in-one did not serve {} within 60 s; its log:\n{}",
+                self.endpoint,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM, then wait (SIGKILL after 30 s). None if it was not running.
+    fn stop(&mut self) -> Option<ExitStatus> {
+        self.channel = None;
+        let mut child = self.child.take()?;
+        if let Ok(pid) = i32::try_from(child.id()) {
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => {
+                    eprintln!("vdrive all-in-one ignored SIGTERM for 30 s: killing it");
+                    let _ = child.kill();
+                    return child.wait().ok();
+                }
+            }
+        }
+    }
+
+    /// Stops the driver (it must exit cleanly) and starts it again on the same
+    /// state dir and simulated drives.
+    async fn restart(&mut self) {
+        let status = self.stop().expect("the driver was running");
+        assert!(
+            status.success(),
+            "vdrive all-in-one exited with {status} on SIGTERM; its log:\n{}",
+            self.log()
+        );
+        self.spawn().await;
+    }
+
+    fn channel(&self) -> Channel {
+        self.channel.clone().expect("the driver is running")
+    }
+
+    fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(self.channel())
+    }
+
+    fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.channel())
+    }
+
+    fn identity(&self) -> IdentityClient<Channel> {
+        IdentityClient::new(self.channel())
+    }
+
+    /// Where kubelet would stage `volume_id`.
+    fn staging_path(&self, volume_id: &str) -> PathBuf {
+        self.dir.join("staging").join(volume_id)
+    }
+
+    /// Where kubelet would publish `volume_id` for a pod.
+    fn target_path(&self, volume_id: &str) -> PathBuf {
+        self.dir.join("pods").join(volume_id).join("volume")
+    }
+
+    async fn create(
+        &self,
+        name: &str,
+        gib: i64,
+        capability: VolumeCapability,
+    ) -> Result<Volume, tonic::Status> {
+        self.create_with(name, gib, capability, k8s_params()).await
+    }
+
+    async fn create_with(
+        &self,
+        name: &str,
+        gib: i64,
+        capability: VolumeCapability,
+        parameters: HashMap<String, String>,
+    ) -> Result<Volume, tonic::Status> {
+        create_volume(self.controller(), name, gib, capability, parameters).await
+    }
+
+    async fn stage(
+        &self,
+        volume: &Volume,
+        capability: &VolumeCapability,
+    ) -> Result<PathBuf, tonic::Status> {
+        let staging = self.staging_path(&volume.volume_id);
+        self.node()
+            .node_stage_volume(NodeStageVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                staging_target_path: path_str(&staging),
+                volume_capability: Some(capability.clone()),
+                volume_context: volume.volume_context.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(staging)
+    }
+
+    async fn publish(
+        &self,
+        volume: &Volume,
+        capability: &VolumeCapability,
+    ) -> Result<PathBuf, tonic::Status> {
+        let target = self.target_path(&volume.volume_id);
+        self.node()
+            .node_publish_volume(NodePublishVolumeRequest {
+                volume_id: volume.volume_id.clone(),
+                staging_target_path: path_str(&self.staging_path(&volume.volume_id)),
+                target_path: path_str(&target),
+                volume_capability: Some(capability.clone()),
+                volume_context: volume.volume_context.clone(),
+                ..Default::default()
+            })
+            .await?;
+        Ok(target)
+    }
+
+    async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), tonic::Status> {
+        self.node()
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: volume_id.to_string(),
+                target_path: path_str(target),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), tonic::Status> {
+        self.node()
+            .node_unstage_volume(NodeUnstageVolumeRequest {
+                volume_id: volume_id.to_string(),
+                staging_target_path: path_str(staging),
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn delete(&self, volume_id: &str) -> Result<(), tonic::Status> {
+        self.controller()
+            .delete_volume(DeleteVolumeRequest {
+                volume_id: volume_id.to_string(),
+                secrets: HashMap::new(),
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Every volume in the ledger, following next_token.
+    async fn list(&self) -> Vec<Volume> {
+        let mut volumes = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = self
+                .controller()
+                .list_volumes(ListVolumesRequest {
+                    max_entries: 50,
+                    starting_token: token,
+                })
+                .await
+                .expect("ListVolumes")
+                .into_inner();
+            volumes.extend(page.entries.into_iter().filter_map(|e| e.volume));
+            if page.next_token.is_empty() {
+                return volumes;
+            }
+            token = page.next_token;
+        }
+    }
+
+    /// GetCapacity for the k8s-pool-storage class.
+    async fn capacity(&self) -> GetCapacityResponse {
+        self.controller()
+            .get_capacity(GetCapacityRequest {
+                parameters: k8s_params(),
+                ..Default::default()
+            })
+            .await
+            .expect("GetCapacity")
+            .into_inner()
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let status = self.stop();
+        if thread::panicking() {
+            eprintln!(
+                "--- vdrive all-in-one log ({}, exit {status:?}) ---\n{}--- end of log ---",
+                self.node_id,
+                self.log()
+            );
+        }
+        if release_everything_under(&self.dir) {
+            if let Err(e) = fs::remove_dir_all(&self.dir) {
+                eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
+            }
+        } else {
+            eprintln!(
+                "cleanup: something is still mounted under {}; leaving it in place",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Unmounts everything under `dir` (deepest first), then detaches the loop devices
+/// of the simulated drives in `dir`: first those built on those drives (volume
+/// devices), then the drives' own. True when nothing is mounted under `dir` any more.
+fn release_everything_under(dir: &Path) -> bool {
+    for attempt in 0..6 {
+        let mut targets: Vec<PathBuf> = mounts_under(dir).into_iter().map(|m| m.target).collect();
+        if targets.is_empty() {
+            break;
+        }
+        targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+        for target in targets {
+            let mut umount = Command::new("umount");
+            if attempt >= 4 {
+                umount.arg("--lazy");
+            }
+            let _ = umount.arg(&target).stderr(Stdio::null()).status();
+        }
+    }
+    for attempt in 0..10 {
+        let loops = loop_devices();
+        let drives: Vec<&PathBuf> = loops
+            .iter()
+            .filter(|(_, backing)| backing.starts_with(dir))
+            .map(|(device, _)| device)
+            .collect();
+        let volumes: Vec<&PathBuf> = loops
+            .iter()
+            .filter(|(_, backing)| drives.contains(&backing))
+            .map(|(device, _)| device)
+            .collect();
+        if drives.is_empty() && volumes.is_empty() {
+            break;
+        }
+        if attempt == 9 {
+            eprintln!("cleanup: loop devices still bound: {volumes:?} {drives:?}");
+            break;
+        }
+        for device in volumes.into_iter().chain(drives) {
+            let _ = Command::new("losetup")
+                .arg("--detach")
+                .arg(device)
+                .stderr(Stdio::null())
+                .status();
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    mounts_under(dir).is_empty()
+}
+
+/// Bound loop devices and their backing files, from `losetup --list`.
+fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
+    let Ok(out) = Command::new("losetup")
+        .args([
+            "--list",
+            "--noheadings",
+            "--raw",
+            "--output",
+            "NAME,BACK-FILE",
+        ])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, backing) = line.trim().split_once(' ')?;
+            let backing = unescape_raw(backing.trim());
+            let backing = backing.strip_suffix(" (deleted)").unwrap_or(&backing);
+            Some((PathBuf::from(name), PathBuf::from(backing)))
+        })
+        .collect()
+}
+
+/// Undoes `lsblk`/`losetup --raw` escaping (`\x20`).
+fn unescape_raw(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\\x") {
+        out.push_str(&rest[..at]);
+        match rest
+            .get(at + 2..at + 4)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push_str("\\x");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+struct MountPoint {
+    target: PathBuf,
+    fs_type: String,
+    source: String,
+}
+
+/// Every mount at or below `dir`, in mount order.
+fn mounts_under(dir: &Path) -> Vec<MountPoint> {
+    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
+    text.lines()
+        .filter_map(|line| {
+            // id parent major:minor root mount_point options [optional...] - fstype source super
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some(MountPoint {
+                target: PathBuf::from(unescape_octal(fields.get(4)?)),
+                fs_type: fields.get(dash + 1)?.to_string(),
+                source: unescape_octal(fields.get(dash + 2)?),
+            })
+        })
+        .filter(|m| m.target.starts_with(dir))
+        .collect()
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space).
+fn unescape_octal(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(byte)) => {
+                out.push(byte);
+                i += 4;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The mounts exactly at `path`.
+fn mounts_at(path: &Path) -> Vec<MountPoint> {
+    mounts_under(path)
+        .into_iter()
+        .filter(|m| m.target == path)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+fn path_str(path: &Path) -> String {
+    path.to_str().expect("test paths are UTF-8").to_string()
+}
+
+/// The `k8s-pool-storage` class's parameters.
+fn k8s_params() -> HashMap<String, String> {
+    vdrive::csi::params::preset("k8s-pool-storage")
+        .expect("the k8s-pool-storage preset")
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+async fn create_volume(
+    mut controller: ControllerClient<Channel>,
+    name: &str,
+    gib: i64,
+    capability: VolumeCapability,
+    parameters: HashMap<String, String>,
+) -> Result<Volume, tonic::Status> {
+    let response = controller
+        .create_volume(CreateVolumeRequest {
+            name: name.to_string(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: gib * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![capability],
+            parameters,
+            ..Default::default()
+        })
+        .await?;
+    Ok(response
+        .into_inner()
+        .volume
+        .expect("CreateVolume answers a volume"))
+}
+
+fn ext4() -> VolumeCapability {
+    mount("ext4", Mode::SingleNodeWriter)
+}
+
+fn xfs() -> VolumeCapability {
+    mount("xfs", Mode::SingleNodeWriter)
+}
+
+fn raw_block() -> VolumeCapability {
+    block(Mode::SingleNodeWriter)
+}
+
+/// One entry of the `vdrive.io/extents` volume context.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+struct Extent {
+    #[serde(rename = "virtual")]
+    virtual_uuid: String,
+    drive: String,
+    #[serde(rename = "type")]
+    drive_type: Option<String>,
+    offset_gib: u64,
+    size_gib: u64,
+}
+
+fn extents(volume: &Volume) -> Vec<Extent> {
+    let json = volume
+        .volume_context
+        .get(EXTENTS_KEY)
+        .unwrap_or_else(|| panic!("volume {} has no {EXTENTS_KEY}", volume.volume_id));
+    serde_json::from_str(json).unwrap_or_else(|e| panic!("{EXTENTS_KEY} {json:?}: {e}"))
+}
+
+/// Total bytes of the filesystem mounted at `path`.
+fn fs_size_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    stat.blocks() * stat.fragment_size()
+}
+
+fn run(program: &str, args: &[&str]) -> Vec<u8> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn block_size_bytes(device: &Path) -> i64 {
+    let out = run("blockdev", &["--getsize64", &path_str(device)]);
+    String::from_utf8_lossy(&out)
+        .trim()
+        .parse()
+        .expect("blockdev prints a number")
+}
+
+fn assert_code<T: std::fmt::Debug>(result: Result<T, tonic::Status>, code: Code) -> tonic::Status {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got success: {value:?}"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{status:?}");
+            status
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ext4_volume_lives_through_its_whole_lifecycle() {
+    let Some(driver) = Driver::start("lifecycle", SMALL_DRIVES).await else {
+        return;
+    };
+    let initial = driver.capacity().await;
+    assert_eq!(initial.available_capacity, 128 * GIB, "{initial:?}");
+
+    let cap = ext4();
+    let volume = driver
+        .create("pvc-lifecycle", 2, cap.clone())
+        .await
+        .unwrap();
+    assert_eq!(volume.capacity_bytes, 2 * GIB);
+    assert_eq!(
+        volume.volume_context.get("vdrive.io/node"),
+        Some(&driver.node_id)
+    );
+    assert_eq!(
+        volume.accessible_topology[0].segments.get(TOPOLOGY_KEY),
+        Some(&driver.node_id)
+    );
+    let id = volume.volume_id.clone();
+
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let staged = mounts_at(&staging);
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert_eq!(staged[0].fs_type, "ext4");
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    assert_eq!(mounts_at(&target).len(), 1);
+
+    let payload = b"written through the published target\n";
+    let mut file = fs::File::create(target.join("hello.txt")).unwrap();
+    file.write_all(payload).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+
+    let stats = driver
+        .node()
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: path_str(&target),
+            staging_target_path: path_str(&staging),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let usage = |unit: volume_usage::Unit| {
+        stats
+            .usage
+            .iter()
+            .find(|u| u.unit == unit as i32)
+            .unwrap_or_else(|| panic!("no {unit:?} usage in {stats:?}"))
+    };
+    let bytes = usage(volume_usage::Unit::Bytes);
+    assert!(
+        bytes.total > GIB && bytes.total <= 2 * GIB,
+        "a 2 GiB ext4 volume: {bytes:?}"
+    );
+    assert!(bytes.used > 0 && bytes.available > 0, "{bytes:?}");
+    assert!(bytes.used + bytes.available <= bytes.total, "{bytes:?}");
+    let inodes = usage(volume_usage::Unit::Inodes);
+    assert!(
+        inodes.total > 0 && inodes.used >= 12 && inodes.available > 0,
+        "ext4 has reserved inodes plus ours: {inodes:?}"
+    );
+
+    driver.unpublish(&id, &target).await.unwrap();
+    assert!(!target.exists(), "unpublish removes the target");
+    assert!(mounts_at(&target).is_empty());
+    driver.unstage(&id, &staging).await.unwrap();
+    assert!(mounts_at(&staging).is_empty(), "unstage unmounts");
+
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    assert_eq!(fs::read(staging.join("hello.txt")).unwrap(), payload);
+    driver.unstage(&id, &staging).await.unwrap();
+
+    driver.delete(&id).await.unwrap();
+    let listed = driver.list().await;
+    assert!(listed.is_empty(), "deleted but listed: {listed:?}");
+    assert_eq!(
+        driver.capacity().await.available_capacity,
+        initial.available_capacity
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xfs_volume_is_mounted_as_xfs() {
+    let Some(driver) = Driver::start("xfs", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = xfs();
+    let volume = driver.create("pvc-xfs", 2, cap.clone()).await.unwrap();
+    assert_eq!(
+        volume
+            .volume_context
+            .get("vdrive.io/fs-type")
+            .map(String::as_str),
+        Some("xfs")
+    );
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let staged = mounts_at(&staging);
+    assert_eq!(staged.len(), 1, "{staged:?}");
+    assert_eq!(staged[0].fs_type, "xfs", "{staged:?}");
+    assert!(staged[0].source.starts_with("/dev/loop"), "{staged:?}");
+    let findmnt = run("findmnt", &["-n", "-o", "FSTYPE", &path_str(&staging)]);
+    assert_eq!(String::from_utf8_lossy(&findmnt).trim(), "xfs");
+    let size = fs_size_bytes(&staging);
+    assert!(size > GIB as u64 && size <= 2 * GIB as u64, "{size}");
+
+    driver.unstage(&volume.volume_id, &staging).await.unwrap();
+    assert!(mounts_at(&staging).is_empty());
+    driver.delete(&volume.volume_id).await.unwrap();
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn block_volume_keeps_what_was_written_to_it() {
+    let Some(driver) = Driver::start("block", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = raw_block();
+    let volume = driver.create("pvc-block", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    let meta = fs::metadata(&target).unwrap();
+    assert!(
+        meta.file_type().is_block_device(),
+        "the target is a block device node"
+    );
+    assert_eq!(block_size_bytes(&target), GIB);
+
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 13) as u8).collect();
+    let pattern_file = driver.dir.join("pattern");
+    fs::write(&pattern_file, &pattern).unwrap();
+    let of = format!("of={}", target.display());
+    run(
+        "dd",
+        &[
+            &format!("if={}", pattern_file.display()),
+            &of,
+            "bs=4096",
+            "count=1",
+            "seek=256",
+            "oflag=direct",
+            "conv=notrunc,fsync",
+            "status=none",
+        ],
+    );
+
+    driver.unpublish(&id, &target).await.unwrap();
+    assert!(!target.exists());
+    driver.unstage(&id, &staging).await.unwrap();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    let read = run(
+        "dd",
+        &[
+            &format!("if={}", target.display()),
+            "bs=4096",
+            "count=1",
+            "skip=256",
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+    assert!(read == pattern, "the pattern did not come back");
+
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_volume_leaves_nothing_for_the_next_one() {
+    let Some(driver) = Driver::start("erase", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = raw_block();
+    let first = driver.create("pvc-first", 1, cap.clone()).await.unwrap();
+    let id = first.volume_id.clone();
+    let staging = driver.stage(&first, &cap).await.unwrap();
+    let target = driver.publish(&first, &cap).await.unwrap();
+    run(
+        "dd",
+        &[
+            "if=/dev/urandom",
+            &format!("of={}", target.display()),
+            "bs=1M",
+            "count=16",
+            "oflag=direct",
+            "conv=notrunc,fsync",
+            "status=none",
+        ],
+    );
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+
+    let images = driver.state_dir().join("simulated-drives");
+    let before = allocated_bytes(&images);
+    assert!(before >= 16 << 20, "the data takes space: {before}");
+    driver.delete(&id).await.unwrap();
+    let after = allocated_bytes(&images);
+    assert!(
+        after + (15 << 20) <= before,
+        "deleting punches holes: {before} bytes allocated before, {after} after"
+    );
+
+    // The next volume gets the same space, and reads zeros where the data was.
+    let second = driver.create("pvc-second", 1, cap.clone()).await.unwrap();
+    let place = |v: &Volume| {
+        extents(v)
+            .into_iter()
+            .map(|e| (e.drive, e.offset_gib, e.size_gib))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(place(&second), place(&first), "same extent reused");
+    let staging = driver.stage(&second, &cap).await.unwrap();
+    let target = driver.publish(&second, &cap).await.unwrap();
+    let read = run(
+        "dd",
+        &[
+            &format!("if={}", target.display()),
+            "bs=1M",
+            "count=16",
+            "iflag=direct",
+            "status=none",
+        ],
+    );
+    assert_eq!(read.len(), 16 << 20);
+    assert!(
+        read.iter().all(|&b| b == 0),
+        "the previous tenant's data is readable"
+    );
+    driver.unpublish(&second.volume_id, &target).await.unwrap();
+    driver.unstage(&second.volume_id, &staging).await.unwrap();
+    driver.delete(&second.volume_id).await.unwrap();
+}
+
+/// Bytes allocated on disk by the files in `dir` (sparse files count only their data).
+fn allocated_bytes(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .expect("list the simulated drives")
+        .map(|entry| {
+            entry
+                .expect("a directory entry")
+                .metadata()
+                .expect("stat")
+                .blocks()
+                * 512
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn data_survives_a_driver_restart() {
+    let Some(mut driver) = Driver::start("restart", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("pvc-restart", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let payload = b"before the restart\n";
+    let mut file = fs::File::create(staging.join("data.txt")).unwrap();
+    file.write_all(payload).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    driver.unstage(&id, &staging).await.unwrap();
+
+    driver.restart().await;
+    let listed = driver.list().await;
+    assert_eq!(
+        listed.iter().map(|v| &v.volume_id).collect::<Vec<_>>(),
+        [&id],
+        "the ledger keeps the volume"
+    );
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    assert_eq!(fs::read(staging.join("data.txt")).unwrap(), payload);
+
+    // Restart while the volume is staged: the drives stay attached, the mount and
+    // the node's record of it survive, and it unstages and deletes afterwards.
+    driver.restart().await;
+    assert_eq!(mounts_at(&staging).len(), 1);
+    assert_eq!(fs::read(staging.join("data.txt")).unwrap(), payload);
+    let stats = driver
+        .node()
+        .node_get_volume_stats(NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: path_str(&staging),
+            staging_target_path: String::new(),
+        })
+        .await
+        .expect("stats of a volume staged before the restart")
+        .into_inner();
+    assert!(stats.usage.iter().any(|u| u.total > 0), "{stats:?}");
+    driver.unstage(&id, &staging).await.unwrap();
+    assert!(mounts_at(&staging).is_empty());
+    driver.delete(&id).await.unwrap();
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn xfs_volume_expands_online() {
+    let Some(driver) = Driver::start("expand-xfs", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = xfs();
+    let volume = driver.create("pvc-grow-xfs", 2, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    let before = fs_size_bytes(&target);
+
+    let expanded = driver
+        .controller()
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 3 * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 3 * GIB);
+    assert!(expanded.node_expansion_required);
+
+    let node_expanded = driver
+        .node()
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: path_str(&target),
+            staging_target_path: path_str(&staging),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 3 * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node_expanded.capacity_bytes, 3 * GIB);
+    let after = fs_size_bytes(&target);
+    assert!(
+        after >= before + (GIB as u64) * 9 / 10,
+        "xfs grew from {before} to only {after} bytes"
+    );
+    assert!(after <= 3 * GIB as u64);
+
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ext4_volume_expanded_by_the_controller_grows_when_staged_again() {
+    let Some(driver) = Driver::start("expand-ext4", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver
+        .create("pvc-grow-ext4", 2, cap.clone())
+        .await
+        .unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    fs::write(staging.join("keep.txt"), b"kept across growth").unwrap();
+    let before = fs_size_bytes(&staging);
+
+    let expanded = driver
+        .controller()
+        .controller_expand_volume(ControllerExpandVolumeRequest {
+            volume_id: id.clone(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 3 * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 3 * GIB);
+    assert!(expanded.node_expansion_required);
+
+    // Online growth of ext4 needs CAP_SYS_RESOURCE; without it the node says so.
+    let online = driver
+        .node()
+        .node_expand_volume(NodeExpandVolumeRequest {
+            volume_id: id.clone(),
+            volume_path: path_str(&staging),
+            staging_target_path: path_str(&staging),
+            capacity_range: Some(CapacityRange {
+                required_bytes: 3 * GIB,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(cap.clone()),
+            ..Default::default()
+        })
+        .await;
+    if has_cap_sys_resource() {
+        assert_eq!(online.unwrap().into_inner().capacity_bytes, 3 * GIB);
+    } else {
+        assert_code(online, Code::FailedPrecondition);
+        assert_eq!(fs_size_bytes(&staging), before, "no growth while mounted");
+    }
+
+    driver.unstage(&id, &staging).await.unwrap();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let after = fs_size_bytes(&staging);
+    assert!(
+        after >= before + (GIB as u64) * 9 / 10,
+        "ext4 grew from {before} to only {after} bytes"
+    );
+    assert_eq!(
+        fs::read(staging.join("keep.txt")).unwrap(),
+        b"kept across growth"
+    );
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+/// Whether this process holds CAP_SYS_RESOURCE (bit 24 of CapEff).
+fn has_cap_sys_resource() -> bool {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|caps| u64::from_str_radix(caps.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << 24) != 0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_volume_returns_its_capacity() {
+    let Some(driver) = Driver::start("capacity", SMALL_DRIVES).await else {
+        return;
+    };
+    let before = driver.capacity().await;
+    // The k8s class is TLC only: 2 × 64 GiB, well inside the 1500 GiB pool share.
+    assert_eq!(before.available_capacity, 128 * GIB, "{before:?}");
+    assert_eq!(before.maximum_volume_size, Some(64 * GIB), "{before:?}");
+
+    let volume = driver.create("pvc-capacity", 3, ext4()).await.unwrap();
+    let during = driver.capacity().await;
+    assert_eq!(
+        during.available_capacity,
+        before.available_capacity - 3 * GIB,
+        "{during:?}"
+    );
+
+    driver.delete(&volume.volume_id).await.unwrap();
+    let after = driver.capacity().await;
+    assert_eq!(after.available_capacity, before.available_capacity);
+    assert_eq!(after.maximum_volume_size, before.maximum_volume_size);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_parameters_are_invalid_arguments_that_name_the_key() {
+    let Some(driver) = Driver::start("params", SMALL_DRIVES).await else {
+        return;
+    };
+    let mut unknown = k8s_params();
+    unknown.insert("tlcRatio".into(), "1".into());
+    let status = assert_code(
+        driver
+            .create_with("pvc-unknown-key", 1, ext4(), unknown)
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("tlcRatio"), "{status:?}");
+
+    let mut bad_value = k8s_params();
+    bad_value.insert("driveCores".into(), "two".into());
+    let status = assert_code(
+        driver
+            .create_with("pvc-bad-value", 1, ext4(), bad_value)
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(status.message().contains("driveCores"), "{status:?}");
+    assert!(status.message().contains("two"), "{status:?}");
+
+    assert!(driver.list().await.is_empty(), "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_node_answers_resource_exhausted_with_the_seeds_message() {
+    let Some(driver) = Driver::start("full", "tlc:8x1").await else {
+        return;
+    };
+    driver.create("pvc-six", 6, ext4()).await.unwrap();
+    let status = assert_code(
+        driver.create("pvc-four", 4, ext4()).await,
+        Code::ResourceExhausted,
+    );
+    // The drive-sharing seed's InsufficientDriveCapacityError, word for word.
+    assert_eq!(
+        status.message(),
+        "Insufficient drive capacity: need 4 GiB, available 2 GiB"
+    );
+    assert_eq!(
+        driver.list().await.len(),
+        1,
+        "the failed create left nothing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_never_share_space() {
+    let Some(driver) = Driver::start("concurrent", "tlc:64x2").await else {
+        return;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let controller = driver.controller();
+        tasks.spawn(async move {
+            let name = format!("pvc-many-{i:03}");
+            let result = create_volume(controller, &name, 1, ext4(), k8s_params()).await;
+            (name, result)
+        });
+    }
+    let mut created: Vec<Volume> = Vec::new();
+    let mut failed: Vec<(String, tonic::Status)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("create task") {
+            (_, Ok(volume)) => created.push(volume),
+            (name, Err(status)) => failed.push((name, status)),
+        }
+    }
+    for (name, status) in &failed {
+        assert_eq!(status.code(), Code::ResourceExhausted, "{name}: {status:?}");
+    }
+    assert_eq!(created.len(), 128, "128 GiB of drives, 1 GiB each");
+    assert_eq!(failed.len(), 72);
+
+    let ids: HashSet<&str> = created.iter().map(|v| v.volume_id.as_str()).collect();
+    assert_eq!(ids.len(), created.len(), "volume ids are distinct");
+    let listed = driver.list().await;
+    let listed_by_id: HashMap<&str, &Volume> =
+        listed.iter().map(|v| (v.volume_id.as_str(), v)).collect();
+    assert_eq!(listed.len(), created.len());
+    for volume in &created {
+        let entry = listed_by_id
+            .get(volume.volume_id.as_str())
+            .unwrap_or_else(|| panic!("{} is not listed", volume.volume_id));
+        assert_eq!(extents(entry), extents(volume), "{}", volume.volume_id);
+        assert_eq!(entry.capacity_bytes, GIB);
+    }
+
+    let mut by_drive: BTreeMap<String, Vec<(u64, u64, String)>> = BTreeMap::new();
+    for volume in &created {
+        let parts = extents(volume);
+        assert_eq!(
+            parts.iter().map(|e| e.size_gib).sum::<u64>(),
+            1,
+            "{parts:?}"
+        );
+        for extent in parts {
+            assert_eq!(extent.drive_type.as_deref(), Some("tlc"), "{extent:?}");
+            assert!(extent.offset_gib + extent.size_gib <= 64, "{extent:?}");
+            by_drive.entry(extent.drive.clone()).or_default().push((
+                extent.offset_gib,
+                extent.size_gib,
+                volume.volume_id.clone(),
+            ));
+        }
+    }
+    assert_eq!(by_drive.len(), 2, "both drives are used");
+    for (drive, mut extents) in by_drive {
+        extents.sort();
+        for pair in extents.windows(2) {
+            let ((offset, size, a), (next, _, b)) = (&pair[0], &pair[1]);
+            assert!(
+                offset + size <= *next,
+                "on drive {drive}, {a} at {offset}+{size} GiB overlaps {b} at {next} GiB"
+            );
+        }
+    }
+    let capacity = driver.capacity().await;
+    assert_eq!(capacity.available_capacity, 0, "{capacity:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_creates_of_one_name_make_one_volume() {
+    let Some(driver) = Driver::start("one-name", SMALL_DRIVES).await else {
+        return;
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let controller = driver.controller();
+        tasks.spawn(async move {
+            create_volume(controller, "pvc-same-name", 1, ext4(), k8s_params()).await
+        });
+    }
+    let mut ids: HashSet<String> = HashSet::new();
+    let mut successes = 0;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.expect("create task") {
+            Ok(volume) => {
+                successes += 1;
+                ids.insert(volume.volume_id);
+            }
+            Err(status) => assert_eq!(status.code(), Code::Aborted, "{status:?}"),
+        }
+    }
+    assert!(successes >= 1);
+    assert_eq!(ids.len(), 1, "every success is the same volume: {ids:?}");
+    let listed = driver.list().await;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert!(ids.contains(&listed[0].volume_id));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_and_delete_calls_are_idempotent() {
+    let Some(driver) = Driver::start("idempotent", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("pvc-again", 1, cap.clone()).await.unwrap();
+    let again = driver.create("pvc-again", 1, cap.clone()).await.unwrap();
+    assert_eq!(again.volume_id, volume.volume_id, "CreateVolume by name");
+    let id = volume.volume_id.clone();
+
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    driver.stage(&volume, &cap).await.expect("second stage");
+    assert_eq!(mounts_at(&staging).len(), 1, "staged once");
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    driver.publish(&volume, &cap).await.expect("second publish");
+    assert_eq!(mounts_at(&target).len(), 1, "published once");
+
+    driver.unpublish(&id, &target).await.unwrap();
+    driver
+        .unpublish(&id, &target)
+        .await
+        .expect("unpublish of a target that is gone");
+    driver
+        .unpublish(&id, &driver.dir.join("never-published"))
+        .await
+        .expect("unpublish of a path that never existed");
+    driver.unstage(&id, &staging).await.unwrap();
+    driver
+        .unstage(&id, &staging)
+        .await
+        .expect("unstage of what is not staged");
+    driver
+        .unstage("no-such-volume", &driver.dir.join("never-staged"))
+        .await
+        .expect("unstage of an unknown volume");
+    assert!(mounts_under(&driver.dir).is_empty());
+
+    driver.delete(&id).await.unwrap();
+    driver.delete(&id).await.expect("second delete");
+    driver
+        .delete("00000000-0000-0000-0000-000000000000")
+        .await
+        .expect("delete of an unknown id");
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_and_node_info() {
+    let Some(driver) = Driver::start("identity", SMALL_DRIVES).await else {
+        return;
+    };
+    let probe = driver
+        .identity()
+        .probe(ProbeRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+    let info = driver
+        .identity()
+        .get_plugin_info(GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "csi.vdrive.io");
+    assert!(!info.vendor_version.is_empty());
+    let node = driver
+        .node()
+        .node_get_info(NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(node.node_id, driver.node_id);
+    let topology = node.accessible_topology.expect("accessible topology");
+    assert_eq!(topology.segments.get(TOPOLOGY_KEY), Some(&driver.node_id));
+}
