@@ -291,8 +291,12 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
         // Erase before releasing: once released, the space may be claimed again.
-        if let Some(eraser) = &self.eraser {
-            eraser.erase(&volume)?;
+        if let Some(eraser) = self.eraser.clone() {
+            let doomed = volume.clone();
+            // Zeroing an extent is disk work: keep it off the async executor's threads.
+            tokio::task::spawn_blocking(move || eraser.erase(&doomed))
+                .await
+                .map_err(|e| Status::internal(format!("erasing the volume failed: {e}")))??;
         }
         self.ledger.release_on(&volume.node, &volume.id).await?;
         info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted");

@@ -380,23 +380,25 @@ impl<S: LedgerStore> Node for NodeService<S> {
                     ))),
                 };
             }
-            match fs::detect(&device)? {
+            match fs::identify(&device)? {
                 None => fs::format(&device, fs, volume_uuid)?,
-                Some(found) if found == fs.as_str() => {
+                Some(found) if found.kind == fs.as_str() => {
                     // Ours only if it carries this volume's uuid: a filesystem left by
                     // an earlier tenant of this space must never be mounted.
-                    let uuid = fs::uuid(&device)?;
-                    if volume_uuid.is_some() && uuid != volume_uuid {
+                    if volume_uuid.is_some() && found.uuid != volume_uuid {
                         return Err(Status::failed_precondition(format!(
-                            "the space of this volume holds a {found} filesystem that is not this volume's (uuid {}); it was not wiped when its previous volume was deleted. Refusing to mount it",
-                            uuid.map_or("unknown".into(), |u| u.to_string())
+                            "the space of this volume holds a {} filesystem that is not this volume's (uuid {}); it was not wiped when its previous volume was deleted. Refusing to mount it",
+                            found.kind,
+                            found.uuid.map_or("unknown".into(), |u| u.to_string())
                         )));
                     }
                 }
                 Some(found) => {
                     return Err(Status::failed_precondition(format!(
-                        "volume is already formatted as {found}, not {}: stage it with fsType {found}",
-                        fs.as_str()
+                        "volume is already formatted as {}, not {}: stage it with fsType {}",
+                        found.kind,
+                        fs.as_str(),
+                        found.kind
                     )));
                 }
             }

@@ -76,28 +76,40 @@ fn value(pairs: &[(String, String)], key: &str) -> Option<String> {
     pairs.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
 }
 
-/// What `device` already holds: its filesystem type (`ext4`, `xfs`, `swap`...), or
-/// for a device with a partition table, e.g. `gpt partition table`. None only when
-/// blkid finds nothing at all: only then is the device safe to format.
-pub fn detect(device: &Path) -> Result<Option<String>, NodeError> {
+/// What a device holds, from one probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its filesystem type (`ext4`, `xfs`, `swap`...), or for a device with a
+    /// partition table e.g. `gpt partition table`.
+    pub kind: String,
+    /// The filesystem's UUID, when it has one that is a UUID.
+    pub uuid: Option<Uuid>,
+}
+
+/// What `device` already holds; None only when blkid finds nothing at all: only
+/// then is the device safe to format.
+pub fn identify(device: &Path) -> Result<Option<Found>, NodeError> {
     let Some(pairs) = probe(device)? else {
         return Ok(None);
     };
-    Ok(Some(
-        match (value(&pairs, "TYPE"), value(&pairs, "PTTYPE")) {
-            (Some(fs), _) => fs,
-            (None, Some(pt)) => format!("{pt} partition table"),
-            (None, None) => "an unnamed signature".to_string(),
-        },
-    ))
+    let kind = match (value(&pairs, "TYPE"), value(&pairs, "PTTYPE")) {
+        (Some(fs), _) => fs,
+        (None, Some(pt)) => format!("{pt} partition table"),
+        (None, None) => "an unnamed signature".to_string(),
+    };
+    let uuid = value(&pairs, "UUID").and_then(|id| Uuid::parse_str(&id).ok());
+    Ok(Some(Found { kind, uuid }))
+}
+
+/// The filesystem type (or other signature) on `device`; see [`identify`].
+pub fn detect(device: &Path) -> Result<Option<String>, NodeError> {
+    Ok(identify(device)?.map(|found| found.kind))
 }
 
 /// The UUID of the filesystem on `device`; None when there is no filesystem or
 /// its id is not a UUID (vfat serials, for instance).
 pub fn uuid(device: &Path) -> Result<Option<Uuid>, NodeError> {
-    Ok(probe(device)?
-        .and_then(|pairs| value(&pairs, "UUID"))
-        .and_then(|id| Uuid::parse_str(&id).ok()))
+    Ok(identify(device)?.and_then(|found| found.uuid))
 }
 
 /// Creates a filesystem on `device`, overwriting whatever is there: call
