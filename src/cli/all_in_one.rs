@@ -9,6 +9,7 @@ use clap::Args;
 use super::settings::SettingsArgs;
 use crate::csi::controller::{ControllerService, ExtentEraser};
 use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::inflight::InFlight;
 use crate::csi::node::{DriveRegistry, NodeService};
 use crate::csi::server::{self, Services};
 use crate::ledger::{EmbeddedStore, Ledger, LedgerStore};
@@ -100,6 +101,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let registry = Arc::new(DriveRegistry::new(found.clone()));
+    let in_flight = InFlight::default();
     let rescans = tokio::spawn(keep_drives_current(
         ledger.clone(),
         registry.clone(),
@@ -111,6 +113,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         registry,
         args.state_dir.join("node"),
         args.max_volumes,
+        in_flight.clone(),
     ));
     let eraser: Arc<dyn ExtentEraser> = node.clone();
     // The loop backend builds a volume from one virtual drive.
@@ -119,6 +122,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         args.settings.defaults(),
         Some(1),
         Some(eraser),
+        in_flight,
     );
     let readiness = Readiness::default();
     readiness.set_ready();

@@ -73,7 +73,8 @@ pub enum CsiCommand {
         staging_path: String,
         #[arg(long)]
         block: bool,
-        #[arg(long, default_value = "ext4")]
+        /// Filesystem for a blank volume (default: what the volume was created with, else ext4).
+        #[arg(long, default_value = "")]
         fs_type: String,
     },
     /// Unmount and tear down the staged device (NodeUnstageVolume).

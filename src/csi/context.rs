@@ -18,7 +18,8 @@ pub const EXTENTS_KEY: &str = "vdrive.io/extents";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeContext {
     pub node: String,
-    pub fs_type: String,
+    /// The filesystem chosen at creation, when the context says.
+    pub fs_type: Option<String>,
     pub extents: Vec<VolumeExtent>,
 }
 
@@ -81,10 +82,7 @@ pub fn decode(context: &HashMap<String, String>) -> Result<VolumeContext, Status
     }
     Ok(VolumeContext {
         node,
-        fs_type: context
-            .get(FS_TYPE_KEY)
-            .cloned()
-            .unwrap_or_else(|| "ext4".into()),
+        fs_type: context.get(FS_TYPE_KEY).cloned(),
         extents: entries
             .into_iter()
             .map(|e| VolumeExtent {

@@ -42,18 +42,21 @@ pub struct ControllerService<S> {
 }
 
 impl<S: LedgerStore> ControllerService<S> {
+    /// `in_flight` is shared with the node service when both run in one process,
+    /// so that a volume is never deleted while it is being staged.
     pub fn new(
         ledger: Arc<Ledger<S>>,
         defaults: Defaults,
         max_parts: Option<u32>,
         eraser: Option<Arc<dyn ExtentEraser>>,
+        in_flight: InFlight,
     ) -> Self {
         ControllerService {
             ledger,
             defaults,
             max_parts,
             eraser,
-            in_flight: InFlight::default(),
+            in_flight,
         }
     }
 
@@ -334,6 +337,17 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             return Err(Status::invalid_argument(
                 "volume_capabilities must not be empty",
             ));
+        }
+        // A capability without an access mode or type is a malformed request, refused
+        // before any lookup; an unsupported one is merely not confirmed below.
+        if let Some(bad) = req
+            .volume_capabilities
+            .iter()
+            .find(|c| c.access_mode.is_none() || c.access_type.is_none())
+        {
+            return Err(Status::invalid_argument(format!(
+                "volume capability {bad:?} needs both an access_mode and an access_type"
+            )));
         }
         if self.ledger.volume(&req.volume_id).await?.is_none() {
             return Err(Status::not_found(format!(

@@ -108,12 +108,13 @@ impl DriveRegistry {
 }
 
 /// What this node remembers about a staged volume, so unstage, publish, stats
-/// and expansion (whose requests carry no volume context) find its device.
+/// and expansion (whose requests carry no volume context) know it. The device
+/// itself is never remembered by name: loop device numbers are reused, so it is
+/// found again each time as the loop device over exactly this extent.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Staged {
     volume_id: String,
-    device: PathBuf,
-    extents: Vec<VolumeExtent>,
+    extent: VolumeExtent,
     block: bool,
     fs_type: Option<String>,
     staging_path: PathBuf,
@@ -123,6 +124,20 @@ struct Staged {
     published: Vec<PathBuf>,
     #[serde(default)]
     single_writer: bool,
+}
+
+/// Where an extent lies: the drive's device, and the byte range on it.
+struct Location {
+    drive: PathBuf,
+    offset: u64,
+    size: u64,
+}
+
+impl Location {
+    /// The loop device over exactly this range, if one is attached.
+    fn device(&self) -> Result<Option<PathBuf>, Status> {
+        Ok(loopdev::find(&self.drive, self.offset)?)
+    }
 }
 
 pub struct NodeService<S> {
@@ -135,12 +150,15 @@ pub struct NodeService<S> {
 }
 
 impl<S: LedgerStore> NodeService<S> {
+    /// `in_flight` is shared with the controller when both run in one process,
+    /// so that a volume is never deleted while it is being staged.
     pub fn new(
         node_id: String,
         ledger: Arc<Ledger<S>>,
         drives: Arc<DriveRegistry>,
         state_dir: PathBuf,
         max_volumes: i64,
+        in_flight: InFlight,
     ) -> Self {
         NodeService {
             node_id,
@@ -148,7 +166,7 @@ impl<S: LedgerStore> NodeService<S> {
             drives,
             state_dir,
             max_volumes,
-            in_flight: InFlight::default(),
+            in_flight,
         }
     }
 
@@ -258,8 +276,8 @@ impl<S: LedgerStore> NodeService<S> {
         Ok(volume)
     }
 
-    /// The drive an extent lies on, checked against the drive's bounds.
-    fn drive_for(&self, extent: &VolumeExtent) -> Result<SignedDrive, Status> {
+    /// The drive and byte range of an extent, checked against the drive's bounds.
+    fn locate(&self, extent: &VolumeExtent) -> Result<Location, Status> {
         let drive = self.drives.find(&extent.physical_uuid).ok_or_else(|| {
             Status::failed_precondition(format!(
                 "drive {} is not attached to node {}: reattach it or check `vdrive sign show`",
@@ -275,28 +293,11 @@ impl<S: LedgerStore> NodeService<S> {
                 drive.signature.capacity_gib()
             )));
         }
-        Ok(drive)
-    }
-
-    /// Attaches (or finds) the loop device over the volume's single extent.
-    fn build_device(&self, volume: &Volume) -> Result<PathBuf, Status> {
-        let [extent] = volume.extents.as_slice() else {
-            return Err(Status::failed_precondition(format!(
-                "volume {} is made of {} virtual drives; this node's loop backend builds a device from one",
-                volume.id,
-                volume.extents.len()
-            )));
-        };
-        let drive = self.drive_for(extent)?;
-        let offset = signature::HEADER_BYTES + extent.offset_gib * GIB;
-        let size = extent.size_gib * GIB;
-        if let Some(device) = loopdev::find(&drive.path, offset)? {
-            if loopdev::size_bytes(&device)? < size {
-                loopdev::set_size(&device, size)?;
-            }
-            return Ok(device);
-        }
-        Ok(loopdev::attach(&drive.path, offset, size)?)
+        Ok(Location {
+            drive: drive.path,
+            offset: signature::HEADER_BYTES + extent.offset_gib * GIB,
+            size: extent.size_gib * GIB,
+        })
     }
 }
 
@@ -319,6 +320,132 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| Status::internal(format!("node task failed: {e}")))?
 }
 
+/// Attaches (or finds) the loop device over `at`. The bool says whether this call
+/// attached it, so that a failure later in the same call can take it down again.
+fn device_over(at: &Location) -> Result<(PathBuf, bool), Status> {
+    match at.device()? {
+        Some(device) => {
+            let current = loopdev::size_bytes(&device)?;
+            if current > at.size {
+                return Err(Status::failed_precondition(format!(
+                    "{} covers this extent but is larger than the volume ({current} > {} bytes): it is not this volume's device; detach it",
+                    device.display(),
+                    at.size
+                )));
+            }
+            if current < at.size {
+                loopdev::set_size(&device, at.size)?;
+            }
+            Ok((device, false))
+        }
+        None => Ok((loopdev::attach(&at.drive, at.offset, at.size)?, true)),
+    }
+}
+
+/// Formats (if blank) and mounts a volume's device at its staging path; returns
+/// the filesystem it carries.
+fn mount_staged(
+    device: &Path,
+    staging: &Path,
+    wanted: Option<fs::FsType>,
+    volume_uuid: Option<Uuid>,
+    flags: &[String],
+    read_only: bool,
+) -> Result<fs::FsType, Status> {
+    let parse = |kind: &str| kind.parse::<fs::FsType>().map_err(Status::from);
+    if mounts::is_mount_point(staging)? {
+        let source = mounts::mount_source(staging)?;
+        if !source.as_deref().is_some_and(|s| same_device(s, device)) {
+            return Err(Status::already_exists(format!(
+                "{} is already mounted from {}, not from this volume's device {}",
+                staging.display(),
+                source.map_or("an unknown source".into(), |s| s.display().to_string()),
+                device.display()
+            )));
+        }
+        return match fs::detect(device)? {
+            Some(kind) => parse(&kind),
+            None => Err(Status::internal(format!(
+                "{} is mounted but holds no filesystem",
+                device.display()
+            ))),
+        };
+    }
+    // The directory first: nothing is formatted for a staging path that cannot exist.
+    std::fs::create_dir_all(staging)
+        .map_err(|e| Status::internal(format!("cannot create {}: {e}", staging.display())))?;
+    let fs = match fs::identify(device)? {
+        None => {
+            let fs = wanted.unwrap_or(fs::FsType::Ext4);
+            fs::format(device, fs, volume_uuid)?;
+            fs
+        }
+        Some(found) => {
+            // Ours only if it carries this volume's uuid: a filesystem left by an
+            // earlier tenant of this space must never be mounted.
+            if volume_uuid.is_some() && found.uuid != volume_uuid {
+                return Err(Status::failed_precondition(format!(
+                    "the space of this volume holds {} (uuid {}) that is not this volume's; it was not wiped when its previous volume was deleted. Refusing to mount it",
+                    found.kind,
+                    found.uuid.map_or("unknown".into(), |u| u.to_string())
+                )));
+            }
+            let fs = parse(&found.kind)?;
+            if let Some(wanted) = wanted.filter(|w| *w != fs) {
+                return Err(Status::failed_precondition(format!(
+                    "volume is already formatted as {}, not {}: stage it with fsType {}",
+                    fs.as_str(),
+                    wanted.as_str(),
+                    fs.as_str()
+                )));
+            }
+            // A volume expanded while it was not staged (or whose node could not
+            // grow it online) is grown here, before the workload sees it.
+            let device_bytes = loopdev::size_bytes(device)?;
+            if fs == fs::FsType::Ext4
+                && fs::ext4_size_bytes(device)?
+                    .is_some_and(|fs_bytes| fs_bytes + GROW_SLACK_BYTES < device_bytes)
+            {
+                fs::grow(device, staging, fs)?;
+            }
+            fs
+        }
+    };
+    mounts::mount(device, staging, Some(fs.as_str()), flags, read_only)?;
+    if fs == fs::FsType::Xfs && !read_only {
+        // Cheap, and a no-op when the filesystem already fills the device.
+        if let Err(err) = fs::grow(device, staging, fs) {
+            let _ = mounts::unmount(staging);
+            return Err(err.into());
+        }
+    }
+    Ok(fs)
+}
+
+/// Whether `path` is mounted from `device`.
+fn mounted_from(path: &Path, device: &Path) -> Result<bool, Status> {
+    Ok(mounts::is_mount_point(path)?
+        && mounts::mount_source(path)?.is_some_and(|s| same_device(&s, device)))
+}
+
+/// Removes a target this driver created: an empty directory or an empty file
+/// (the bind point of a block volume). Never anything with content.
+fn remove_target(target: &Path) -> Result<(), Status> {
+    let removed = match std::fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => std::fs::remove_dir(target),
+        Ok(meta) if meta.is_file() && meta.len() == 0 => std::fs::remove_file(target),
+        Ok(_) => {
+            return Err(Status::failed_precondition(format!(
+                "{} is not an empty directory or file that vdrive created; leaving it alone",
+                target.display()
+            )));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    removed.map_err(|e| Status::internal(format!("cannot remove {}: {e}", target.display())))
+}
+
 #[tonic::async_trait]
 impl<S: LedgerStore> Node for NodeService<S> {
     #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
@@ -337,89 +464,77 @@ impl<S: LedgerStore> Node for NodeService<S> {
         let ctx = context::decode(&req.volume_context)?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
         let volume = self.checked_volume(&req.volume_id, &ctx).await?;
-
-        let block = capability::is_block(cap);
-        let fs_type = capability::fs_type(cap).unwrap_or(&ctx.fs_type).to_string();
-        let fs = if block {
-            None
-        } else {
-            Some(
-                fs_type
-                    .parse::<fs::FsType>()
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
-            )
+        let [extent] = volume.extents.as_slice() else {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is made of {} virtual drives; this node's loop backend builds a device from one",
+                volume.id,
+                volume.extents.len()
+            )));
         };
+        let block = capability::is_block(cap);
         let staging = PathBuf::from(&req.staging_target_path);
+        let existing = self.load_record(&volume.id)?;
+        if let Some(record) = &existing {
+            if record.staging_path != staging || record.block != block {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} is already staged as {} at {}; unstage it there first",
+                    volume.id,
+                    if record.block { "block" } else { "mount" },
+                    record.staging_path.display()
+                )));
+            }
+        }
+        let wanted = match capability::fs_type(cap).or(ctx.fs_type.as_deref()) {
+            Some(name) if !block => Some(name.parse::<fs::FsType>().map_err(Status::from)?),
+            _ => None,
+        };
+        let at = self.locate(extent)?;
+        let volume_uuid = Uuid::parse_str(&volume.id).ok();
         let flags = capability::mount_flags(cap).to_vec();
         let read_only = capability::is_read_only_mode(cap);
-        let device = self.build_device(&volume)?;
-        self.save_record(&Staged {
-            volume_id: volume.id.clone(),
-            device: device.clone(),
-            extents: volume.extents.clone(),
-            block,
-            fs_type: fs.map(|_| fs_type.clone()),
-            staging_path: staging.clone(),
-            published: Vec::new(),
-            single_writer: false,
-        })?;
-        let Some(fs) = fs else {
-            info!(device = %device.display(), "block volume staged");
-            return Ok(Response::new(NodeStageVolumeResponse {}));
-        };
-        let volume_uuid = Uuid::parse_str(&volume.id).ok();
-        blocking(move || {
-            if mounts::is_mount_point(&staging)? {
-                return match mounts::mount_source(&staging)? {
-                    Some(source) if same_device(&source, &device) => Ok(()),
-                    other => Err(Status::already_exists(format!(
-                        "{} is already mounted from {}, not from this volume's device {}",
-                        staging.display(),
-                        other.map_or("an unknown source".into(), |s| s.display().to_string()),
-                        device.display()
-                    ))),
-                };
+        let stage_at = staging.clone();
+        let (device, attached_here, fs) = blocking(move || {
+            let (device, attached_here) = device_over(&at)?;
+            if block {
+                return Ok((device, attached_here, None));
             }
-            match fs::identify(&device)? {
-                None => fs::format(&device, fs, volume_uuid)?,
-                Some(found) if found.kind == fs.as_str() => {
-                    // Ours only if it carries this volume's uuid: a filesystem left by
-                    // an earlier tenant of this space must never be mounted.
-                    if volume_uuid.is_some() && found.uuid != volume_uuid {
-                        return Err(Status::failed_precondition(format!(
-                            "the space of this volume holds a {} filesystem that is not this volume's (uuid {}); it was not wiped when its previous volume was deleted. Refusing to mount it",
-                            found.kind,
-                            found.uuid.map_or("unknown".into(), |u| u.to_string())
-                        )));
+            match mount_staged(&device, &stage_at, wanted, volume_uuid, &flags, read_only) {
+                Ok(fs) => Ok((device, attached_here, Some(fs))),
+                Err(err) => {
+                    // Nothing half-made: a device this call attached goes again.
+                    if attached_here {
+                        let _ = loopdev::detach(&device);
                     }
-                }
-                Some(found) => {
-                    return Err(Status::failed_precondition(format!(
-                        "volume is already formatted as {}, not {}: stage it with fsType {}",
-                        found.kind,
-                        fs.as_str(),
-                        found.kind
-                    )));
+                    Err(err)
                 }
             }
-            // A volume expanded while it was not staged (or whose node could not
-            // grow it online) is grown here, before the workload sees it.
-            let device_bytes = loopdev::size_bytes(&device)?;
-            if fs == fs::FsType::Ext4
-                && fs::ext4_size_bytes(&device)?.is_some_and(|fs_bytes| fs_bytes + GROW_SLACK_BYTES < device_bytes)
-            {
-                fs::grow(&device, &staging, fs)?;
-            }
-            std::fs::create_dir_all(&staging).map_err(|e| Status::internal(format!("cannot create {}: {e}", staging.display())))?;
-            mounts::mount(&device, &staging, Some(fs.as_str()), &flags, read_only)?;
-            if fs == fs::FsType::Xfs && !read_only {
-                // Cheap and a no-op when the filesystem already fills the device.
-                fs::grow(&device, &staging, fs)?;
-            }
-            Ok(())
         })
         .await?;
-        info!("volume staged");
+        let record = Staged {
+            volume_id: volume.id.clone(),
+            extent: extent.clone(),
+            block,
+            fs_type: fs.map(|f| f.as_str().to_string()),
+            staging_path: staging.clone(),
+            published: existing
+                .as_ref()
+                .map(|r| r.published.clone())
+                .unwrap_or_default(),
+            single_writer: existing.is_some_and(|r| r.single_writer),
+        };
+        if let Err(err) = self.save_record(&record) {
+            if attached_here {
+                let _ = blocking(move || {
+                    if !block {
+                        mounts::unmount(&staging)?;
+                    }
+                    Ok(loopdev::detach(&device)?)
+                })
+                .await;
+            }
+            return Err(err);
+        }
+        info!(block, "volume staged");
         Ok(Response::new(NodeStageVolumeResponse {}))
     }
 
@@ -432,17 +547,47 @@ impl<S: LedgerStore> Node for NodeService<S> {
         require(&req.volume_id, "volume_id")?;
         require(&req.staging_target_path, "staging_target_path")?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
-        let record = self.load_record(&req.volume_id)?;
         let staging = PathBuf::from(&req.staging_target_path);
+        let Some(record) = self.load_record(&req.volume_id)? else {
+            // Not staged here: nothing of this volume to take down, and another
+            // volume's mount at that path is not ours to touch.
+            return Ok(Response::new(NodeUnstageVolumeResponse {}));
+        };
+        if record.staging_path != staging {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is staged at {}, not at {}",
+                req.volume_id,
+                record.staging_path.display(),
+                staging.display()
+            )));
+        }
+        let at = self.locate(&record.extent)?;
+        let published = record.published.clone();
         blocking(move || {
-            let mounted_from = if mounts::is_mount_point(&staging)? {
-                mounts::mount_source(&staging)?
-            } else {
-                None
-            };
-            mounts::unmount(&staging)?;
-            // detach leaves anything that is not a bound loop device alone.
-            if let Some(device) = record.map(|r| r.device).or(mounted_from) {
+            // Check everything before taking anything down.
+            let device = at.device()?;
+            let still: Vec<String> = published
+                .iter()
+                .filter(|t| {
+                    device
+                        .as_deref()
+                        .is_some_and(|d| mounted_from(t, d).unwrap_or(true))
+                })
+                .map(|t| t.display().to_string())
+                .collect();
+            if !still.is_empty() {
+                return Err(Status::failed_precondition(format!(
+                    "volume is still published at {}: unpublish it first",
+                    still.join(", ")
+                )));
+            }
+            if let Some(device) = &device
+                && !record.block
+                && mounted_from(&staging, device)?
+            {
+                mounts::unmount(&staging)?;
+            }
+            if let Some(device) = device {
                 loopdev::detach(&device)?;
             }
             Ok(())
@@ -460,23 +605,38 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.staging_target_path, "staging_target_path")?;
         require(&req.target_path, "target_path")?;
         let cap = req
             .volume_capability
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         capability::validate(cap)?;
+        require(&req.staging_target_path, "staging_target_path")?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
-        let record = self.load_record(&req.volume_id)?.ok_or_else(|| {
+        let mut record = self.load_record(&req.volume_id)?.ok_or_else(|| {
             Status::failed_precondition(format!(
                 "volume {} is not staged on this node: call NodeStageVolume first",
                 req.volume_id
             ))
         })?;
-        let read_only = req.readonly || capability::is_read_only_mode(cap);
-        let target = PathBuf::from(&req.target_path);
+        if record.staging_path != Path::new(&req.staging_target_path) {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is staged at {}, not at {}",
+                req.volume_id,
+                record.staging_path.display(),
+                req.staging_target_path
+            )));
+        }
         let block = capability::is_block(cap);
+        if block != record.block {
+            return Err(Status::invalid_argument(format!(
+                "volume {} was staged as {} and cannot be published as {}",
+                req.volume_id,
+                if record.block { "block" } else { "mount" },
+                if block { "block" } else { "mount" }
+            )));
+        }
+        let target = PathBuf::from(&req.target_path);
         let single_writer = capability::is_single_writer(cap);
         let elsewhere = record.published.iter().any(|p| *p != target);
         if elsewhere && (single_writer || record.single_writer) {
@@ -489,22 +649,32 @@ impl<S: LedgerStore> Node for NodeService<S> {
                     .map_or(String::new(), |p| p.display().to_string())
             )));
         }
-        if block != record.block {
-            return Err(Status::invalid_argument(format!(
-                "volume {} was staged as {} and cannot be published as {}",
-                req.volume_id,
-                if record.block { "block" } else { "mount" },
-                if block { "block" } else { "mount" }
-            )));
-        }
-        let mut updated = record.clone();
-        if !updated.published.contains(&target) {
-            updated.published.push(target.clone());
-        }
-        updated.single_writer |= single_writer;
+        let read_only = req.readonly || capability::is_read_only_mode(cap);
+        let at = self.locate(&record.extent)?;
+        let staging = record.staging_path.clone();
+        let publish_at = target.clone();
         blocking(move || {
+            let target = publish_at;
+            let device = at.device()?.ok_or_else(|| {
+                Status::failed_precondition(
+                    "the volume's device is gone (the node restarted?): stage it again",
+                )
+            })?;
+            if !block && !mounted_from(&staging, &device)? {
+                return Err(Status::failed_precondition(format!(
+                    "the volume is not mounted at its staging path {}: stage it again",
+                    staging.display()
+                )));
+            }
             if mounts::is_mount_point(&target)? {
-                return Ok(());
+                return if mounted_from(&target, &device)? {
+                    Ok(())
+                } else {
+                    Err(Status::already_exists(format!(
+                        "{} is already mounted from something else",
+                        target.display()
+                    )))
+                };
             }
             let io = |e: std::io::Error| {
                 Status::internal(format!("cannot create {}: {e}", target.display()))
@@ -516,15 +686,19 @@ impl<S: LedgerStore> Node for NodeService<S> {
                 if !target.exists() {
                     std::fs::File::create(&target).map_err(io)?;
                 }
-                mounts::bind_mount(&record.device, &target, read_only)?;
+                mounts::bind_mount(&device, &target, read_only)?;
             } else {
                 std::fs::create_dir_all(&target).map_err(io)?;
-                mounts::bind_mount(&record.staging_path, &target, read_only)?;
+                mounts::bind_mount(&staging, &target, read_only)?;
             }
             Ok(())
         })
         .await?;
-        self.save_record(&updated)?;
+        if !record.published.contains(&target) {
+            record.published.push(target);
+        }
+        record.single_writer |= single_writer;
+        self.save_record(&record)?;
         info!("volume published");
         Ok(Response::new(NodePublishVolumeResponse {}))
     }
@@ -540,18 +714,30 @@ impl<S: LedgerStore> Node for NodeService<S> {
         let _flight = self.in_flight.begin(&req.volume_id)?;
         let target = PathBuf::from(&req.target_path);
         let record = self.load_record(&req.volume_id)?;
-        let unmount_target = target.clone();
+        let location = match &record {
+            Some(r) if !r.published.contains(&target) => Some(self.locate(&r.extent)?),
+            _ => None,
+        };
+        let unpublish_at = target.clone();
         blocking(move || {
-            let target = unmount_target;
-            mounts::unmount(&target)?;
-            let removed = match std::fs::symlink_metadata(&target) {
-                Ok(meta) if meta.is_dir() => std::fs::remove_dir(&target),
-                Ok(_) => std::fs::remove_file(&target),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(e),
-            };
-            removed
-                .map_err(|e| Status::internal(format!("cannot remove {}: {e}", target.display())))
+            let target = unpublish_at;
+            if mounts::is_mount_point(&target)? {
+                // A target this volume was not published at must at least be
+                // mounted from its device before it is taken away.
+                if let Some(at) = location {
+                    let ours = at
+                        .device()?
+                        .is_some_and(|d| mounted_from(&target, &d).unwrap_or(false));
+                    if !ours {
+                        return Err(Status::failed_precondition(format!(
+                            "{} is not where this volume is published",
+                            target.display()
+                        )));
+                    }
+                }
+                mounts::unmount(&target)?;
+            }
+            remove_target(&target)
         })
         .await?;
         if let Some(mut record) = record {
@@ -577,6 +763,14 @@ impl<S: LedgerStore> Node for NodeService<S> {
             ))
         })?;
         let path = PathBuf::from(&req.volume_path);
+        if record.staging_path != path && !record.published.contains(&path) {
+            return Err(Status::not_found(format!(
+                "{} is neither where volume {} is staged nor where it is published",
+                path.display(),
+                record.volume_id
+            )));
+        }
+        let at = self.locate(&record.extent)?;
         let usage = blocking(move || {
             if !path.exists() {
                 return Err(Status::not_found(format!(
@@ -584,34 +778,39 @@ impl<S: LedgerStore> Node for NodeService<S> {
                     path.display()
                 )));
             }
-            let gib_bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            let signed = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
+            let device = at.device()?.ok_or_else(|| {
+                Status::not_found(format!(
+                    "volume {} has no device on this node",
+                    record.volume_id
+                ))
+            })?;
             if record.block {
-                let total = loopdev::size_bytes(&record.device)?;
                 return Ok(vec![VolumeUsage {
-                    total: gib_bytes(total),
+                    total: signed(loopdev::size_bytes(&device)?),
                     unit: volume_usage::Unit::Bytes as i32,
                     ..Default::default()
                 }]);
             }
-            if !mounts::is_mount_point(&path)? {
+            if !mounted_from(&path, &device)? {
                 return Err(Status::not_found(format!(
-                    "{} is not where volume {} is mounted",
-                    path.display(),
-                    record.volume_id
+                    "volume {} is not mounted at {}",
+                    record.volume_id,
+                    path.display()
                 )));
             }
             let stats = mounts::stats(&path)?;
             Ok(vec![
                 VolumeUsage {
-                    available: gib_bytes(stats.available_bytes),
-                    total: gib_bytes(stats.total_bytes),
-                    used: gib_bytes(stats.used_bytes),
+                    available: signed(stats.available_bytes),
+                    total: signed(stats.total_bytes),
+                    used: signed(stats.used_bytes),
                     unit: volume_usage::Unit::Bytes as i32,
                 },
                 VolumeUsage {
-                    available: gib_bytes(stats.available_inodes),
-                    total: gib_bytes(stats.total_inodes),
-                    used: gib_bytes(stats.used_inodes),
+                    available: signed(stats.available_inodes),
+                    total: signed(stats.total_inodes),
+                    used: signed(stats.used_inodes),
                     unit: volume_usage::Unit::Inodes as i32,
                 },
             ])
@@ -631,6 +830,10 @@ impl<S: LedgerStore> Node for NodeService<S> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
         require(&req.volume_path, "volume_path")?;
+        let required = req.capacity_range.as_ref().map_or(0, |r| r.required_bytes);
+        let required = u64::try_from(required).map_err(|_| {
+            Status::invalid_argument("capacity_range required_bytes must not be negative")
+        })?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
         let record = self.load_record(&req.volume_id)?.ok_or_else(|| {
             Status::not_found(format!(
@@ -649,10 +852,6 @@ impl<S: LedgerStore> Node for NodeService<S> {
                     req.volume_id
                 ))
             })?;
-        let required = req
-            .capacity_range
-            .as_ref()
-            .map_or(0, |r| r.required_bytes.max(0) as u64);
         let claimed = volume.capacity_gib * GIB;
         if required > claimed {
             return Err(Status::failed_precondition(format!(
@@ -660,15 +859,22 @@ impl<S: LedgerStore> Node for NodeService<S> {
                 req.volume_id, volume.capacity_gib
             )));
         }
+        let [extent] = volume.extents.as_slice() else {
+            return Err(Status::failed_precondition(
+                "only one-drive volumes grow on a loop-backend node",
+            ));
+        };
+        let at = self.locate(extent)?;
         blocking(move || {
-            if loopdev::size_bytes(&record.device)? < claimed {
-                loopdev::set_size(&record.device, claimed)?;
+            let device = at.device()?.ok_or_else(|| {
+                Status::failed_precondition("the volume's device is gone: stage it again")
+            })?;
+            if loopdev::size_bytes(&device)? < claimed {
+                loopdev::set_size(&device, claimed)?;
             }
             if let Some(fs_type) = &record.fs_type {
-                let fs = fs_type
-                    .parse::<fs::FsType>()
-                    .map_err(|e| Status::internal(e.to_string()))?;
-                fs::grow(&record.device, &record.staging_path, fs)?;
+                let fs = fs_type.parse::<fs::FsType>().map_err(Status::from)?;
+                fs::grow(&device, &record.staging_path, fs)?;
             }
             Ok(())
         })
@@ -727,20 +933,26 @@ impl<S: LedgerStore> ExtentEraser for NodeService<S> {
         if volume.node != self.node_id {
             return Ok(false);
         }
+        if let Some(record) = self.load_record(&volume.id)? {
+            return Err(Status::failed_precondition(format!(
+                "volume {} is still staged at {}: unstage it before deleting",
+                volume.id,
+                record.staging_path.display()
+            )));
+        }
         for extent in &volume.extents {
-            let Some(drive) = self.drives.find(&extent.physical_uuid) else {
+            let Ok(at) = self.locate(extent) else {
                 warn!(drive = %extent.physical_uuid, "drive of a deleted volume is missing; its space is released unerased");
                 continue;
             };
-            let offset = signature::HEADER_BYTES + extent.offset_gib * GIB;
-            if let Some(device) = loopdev::find(&drive.path, offset)? {
+            if let Some(device) = at.device()? {
                 return Err(Status::failed_precondition(format!(
-                    "volume {} is still staged ({} is attached): unstage it before deleting",
+                    "volume {} still has a device ({}) on this node: unstage it before deleting",
                     volume.id,
                     device.display()
                 )));
             }
-            drives::erase(&drive.path, offset, extent.size_gib * GIB)?;
+            drives::erase(&at.drive, at.offset, at.size)?;
         }
         Ok(true)
     }

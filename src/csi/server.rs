@@ -26,6 +26,8 @@ pub enum ServeError {
         "{path} exists and is not a socket; refusing to replace it. Remove it or choose another --endpoint"
     )]
     NotASocket { path: PathBuf },
+    #[error("another server is listening on {path}; stop it or choose another --endpoint")]
+    InUse { path: PathBuf },
     #[error("cannot create the socket {path}: {source}")]
     Socket {
         path: PathBuf,
@@ -61,7 +63,15 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServeError> {
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(err)?;
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path).map_err(err)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            // Stale only if nobody answers on it: never take over a running server.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(ServeError::InUse {
+                    path: path.to_path_buf(),
+                });
+            }
+            std::fs::remove_file(path).map_err(err)?
+        }
         Ok(_) => {
             return Err(ServeError::NotASocket {
                 path: path.to_path_buf(),
@@ -152,6 +162,10 @@ mod tests {
         let first = bind(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
+        assert!(
+            matches!(bind(&path), Err(ServeError::InUse { .. })),
+            "a live socket is kept"
+        );
         drop(first);
         bind(&path).expect("a stale socket is replaced");
         let file = dir.path().join("not-a-socket");

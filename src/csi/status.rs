@@ -6,6 +6,10 @@ use super::params::ParamError;
 use crate::allocator::AllocError;
 use crate::ledger::{LedgerError, StoreError};
 
+/// The specification's capacity messages name its own keys; a StorageClass user
+/// needs to know which of vdrive's parameters those are.
+const KEYS_HINT: &str = " (for a vdrive volume: containerCapacity is the requested size, driveTypesRatio the tlc and qlc parameters; the minimum drive size is minDriveGiB, the drive count driveCores)";
+
 impl From<AllocError> for Status {
     fn from(err: AllocError) -> Self {
         let code = match &err {
@@ -18,7 +22,12 @@ impl From<AllocError> for Status {
             | AllocError::InsufficientDrives { .. }
             | AllocError::NoLayoutFits(_) => Code::ResourceExhausted,
         };
-        Status::new(code, err.to_string())
+        let hint = match err {
+            AllocError::InsufficientTypeCapacity { .. }
+            | AllocError::InsufficientTotalCapacity { .. } => KEYS_HINT,
+            _ => "",
+        };
+        Status::new(code, format!("{err}{hint}"))
     }
 }
 

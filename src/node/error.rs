@@ -43,7 +43,7 @@ pub enum NodeError {
 
     #[error(
         "{path} carries a vdrive signature that cannot be trusted: {reason}; \
-         if the drive holds no volumes, re-sign it with `vdrive sign --force {path}`"
+         if the drive holds no volumes, re-sign it with `vdrive sign --device {path} --type tlc|qlc --force`"
     )]
     BadSignature { path: PathBuf, reason: String },
 
