@@ -26,6 +26,7 @@ use vdrive::csi::capability::{block, mount};
 use vdrive::csi::proto::controller_client::ControllerClient;
 use vdrive::csi::proto::identity_client::IdentityClient;
 use vdrive::csi::proto::node_client::NodeClient;
+use vdrive::csi::proto::volume_capability;
 use vdrive::csi::proto::volume_capability::access_mode::Mode;
 use vdrive::csi::proto::{
     CapacityRange, ControllerExpandVolumeRequest, CreateVolumeRequest, DeleteVolumeRequest,
@@ -1325,4 +1326,132 @@ async fn identity_and_node_info() {
     assert_eq!(node.node_id, driver.node_id);
     let topology = node.accessible_topology.expect("accessible topology");
     assert_eq!(topology.segments.get(TOPOLOGY_KEY), Some(&driver.node_id));
+}
+
+// ---- regressions: the node never tears down or hands out what is in use -------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_published_volume_cannot_be_unstaged_or_deleted() {
+    let Some(driver) = Driver::start("busy", SMALL_DRIVES).await else {
+        return;
+    };
+    for (name, cap) in [("busy-block", raw_block()), ("busy-ext4", ext4())] {
+        let volume = driver.create(name, 1, cap.clone()).await.unwrap();
+        let id = volume.volume_id.clone();
+        let staging = driver.stage(&volume, &cap).await.unwrap();
+        let target = driver.publish(&volume, &cap).await.unwrap();
+        let err = assert_code(
+            driver.unstage(&id, &staging).await,
+            Code::FailedPrecondition,
+        );
+        assert!(
+            err.message().contains("still published"),
+            "{}",
+            err.message()
+        );
+        assert!(target.exists(), "the pod's target is untouched");
+        if !volume_is_block(&cap) {
+            assert!(
+                !mounts_at(&staging).is_empty(),
+                "the staging mount is untouched"
+            );
+        }
+        let err = assert_code(driver.delete(&id).await, Code::FailedPrecondition);
+        assert!(err.message().contains("still staged"), "{}", err.message());
+        driver.unpublish(&id, &target).await.unwrap();
+        driver.unstage(&id, &staging).await.unwrap();
+        driver.delete(&id).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstaging_another_volume_at_a_staging_path_touches_nothing() {
+    let Some(driver) = Driver::start("foreign", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("mine", 1, cap.clone()).await.unwrap();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    fs::write(staging.join("f"), b"still here").unwrap();
+    // Not staged: OK, and the other volume's mount stays.
+    driver.unstage("some-other-volume", &staging).await.unwrap();
+    assert_eq!(fs::read(staging.join("f")).unwrap(), b"still here");
+    // Staged elsewhere: refused.
+    let elsewhere = driver.dir.join("elsewhere");
+    let err = assert_code(
+        driver.unstage(&volume.volume_id, &elsewhere).await,
+        Code::FailedPrecondition,
+    );
+    assert!(err.message().contains("is staged at"), "{}", err.message());
+    driver.unstage(&volume.volume_id, &staging).await.unwrap();
+    driver.delete(&volume.volume_id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_stage_leaves_no_device_and_the_volume_can_be_deleted() {
+    let Some(driver) = Driver::start("failstage", SMALL_DRIVES).await else {
+        return;
+    };
+    let mut cap = ext4();
+    if let Some(volume_capability::AccessType::Mount(mount)) = &mut cap.access_type {
+        mount.mount_flags = vec!["bogus_mount_option".into()];
+    }
+    let volume = driver.create("flagged", 1, ext4()).await.unwrap();
+    assert!(
+        driver.stage(&volume, &cap).await.is_err(),
+        "an unknown mount option fails the mount"
+    );
+    assert_eq!(
+        volume_devices(&driver.dir),
+        Vec::<PathBuf>::new(),
+        "no loop device is left attached"
+    );
+    // Kubelet does not unstage after a failed stage: delete must still work.
+    driver.delete(&volume.volume_id).await.unwrap();
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stats_answer_only_for_the_volumes_own_paths() {
+    let Some(driver) = Driver::start("statspath", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("stats", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let stats = |path: &str| {
+        let mut node = driver.node();
+        let request = NodeGetVolumeStatsRequest {
+            volume_id: id.clone(),
+            volume_path: path.to_string(),
+            staging_target_path: String::new(),
+        };
+        async move { node.node_get_volume_stats(request).await }
+    };
+    assert!(stats(&path_str(&staging)).await.is_ok());
+    assert_code(stats("/").await, Code::NotFound);
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+/// Loop devices of volumes on the simulated drives under `dir`.
+fn volume_devices(dir: &Path) -> Vec<PathBuf> {
+    let all = loop_devices();
+    let drives: Vec<&PathBuf> = all
+        .iter()
+        .filter(|(_, backing)| backing.starts_with(dir))
+        .map(|(d, _)| d)
+        .collect();
+    all.iter()
+        .filter(|(_, backing)| drives.contains(&backing))
+        .map(|(device, _)| device.clone())
+        .collect()
+}
+
+fn volume_is_block(cap: &VolumeCapability) -> bool {
+    matches!(
+        cap.access_type,
+        Some(volume_capability::AccessType::Block(_))
+    )
 }
