@@ -162,11 +162,10 @@ impl Driver {
 
     /// Mount points at or under the temp directory, deepest first.
     fn mounts(&self) -> Vec<PathBuf> {
-        let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut found: Vec<PathBuf> = text
-            .lines()
-            .filter_map(|line| line.split(' ').nth(4))
-            .map(|field| PathBuf::from(unescape_mountinfo(field)))
+        let mut found: Vec<PathBuf> = vdrive::node::mounts::mountinfo()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| m.mount_point)
             .filter(|target| target.starts_with(&self.dir))
             .collect();
         found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
@@ -268,29 +267,6 @@ impl Drop for Driver {
             eprintln!("csi bench: loop devices still attached: {left_loops:?}");
         }
     }
-}
-
-/// `\040` and friends in /proc/self/mountinfo back to the characters.
-fn unescape_mountinfo(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes
-            .get(i + 1..i + 4)
-            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
-        match octal {
-            Some(d) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every bound loop device and its backing file or device, from sysfs.

@@ -462,45 +462,16 @@ struct MountPoint {
 
 /// Every mount at or below `dir`, in mount order.
 fn mounts_under(dir: &Path) -> Vec<MountPoint> {
-    let text = fs::read_to_string("/proc/self/mountinfo").expect("read /proc/self/mountinfo");
-    text.lines()
-        .filter_map(|line| {
-            // id parent major:minor root mount_point options [optional...] - fstype source super
-            let fields: Vec<&str> = line.split(' ').collect();
-            let dash = fields.iter().position(|f| *f == "-")?;
-            Some(MountPoint {
-                target: PathBuf::from(unescape_octal(fields.get(4)?)),
-                fs_type: fields.get(dash + 1)?.to_string(),
-                source: unescape_octal(fields.get(dash + 2)?),
-            })
+    vdrive::node::mounts::mountinfo()
+        .expect("read /proc/self/mountinfo")
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .map(|m| MountPoint {
+            target: m.mount_point,
+            fs_type: m.fs_type,
+            source: m.source,
         })
-        .filter(|m| m.target.starts_with(dir))
         .collect()
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space).
-fn unescape_octal(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
-            std::str::from_utf8(d)
-                .ok()
-                .and_then(|d| u8::from_str_radix(d, 8).ok())
-        });
-        match (bytes[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// The mounts exactly at `path`.
