@@ -266,6 +266,52 @@ impl Driver {
         Ok(target)
     }
 
+    /// ControllerExpandVolume to `bytes`.
+    async fn expand(
+        &self,
+        volume_id: &str,
+        bytes: i64,
+        capability: &VolumeCapability,
+    ) -> Result<vdrive::csi::proto::ControllerExpandVolumeResponse, tonic::Status> {
+        let request = ControllerExpandVolumeRequest {
+            volume_id: volume_id.to_string(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(capability.clone()),
+            ..Default::default()
+        };
+        Ok(self
+            .controller()
+            .controller_expand_volume(request)
+            .await?
+            .into_inner())
+    }
+
+    /// NodeExpandVolume of the volume at `path` to `bytes`.
+    async fn node_expand(
+        &self,
+        volume_id: &str,
+        path: &Path,
+        staging: &Path,
+        bytes: i64,
+        capability: &VolumeCapability,
+    ) -> Result<vdrive::csi::proto::NodeExpandVolumeResponse, tonic::Status> {
+        let request = NodeExpandVolumeRequest {
+            volume_id: volume_id.to_string(),
+            volume_path: path_str(path),
+            staging_target_path: path_str(staging),
+            capacity_range: Some(CapacityRange {
+                required_bytes: bytes,
+                limit_bytes: 0,
+            }),
+            volume_capability: Some(capability.clone()),
+            ..Default::default()
+        };
+        Ok(self.node().node_expand_volume(request).await?.into_inner())
+    }
+
     async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), tonic::Status> {
         self.node()
             .node_unpublish_volume(NodeUnpublishVolumeRequest {
@@ -916,39 +962,14 @@ async fn xfs_volume_expands_online() {
     let target = driver.publish(&volume, &cap).await.unwrap();
     let before = fs_size_bytes(&target);
 
-    let expanded = driver
-        .controller()
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 3 * GIB,
-                limit_bytes: 0,
-            }),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let expanded = driver.expand(&id, 3 * GIB, &cap).await.unwrap();
     assert_eq!(expanded.capacity_bytes, 3 * GIB);
     assert!(expanded.node_expansion_required);
 
     let node_expanded = driver
-        .node()
-        .node_expand_volume(NodeExpandVolumeRequest {
-            volume_id: id.clone(),
-            volume_path: path_str(&target),
-            staging_target_path: path_str(&staging),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 3 * GIB,
-                limit_bytes: 0,
-            }),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
+        .node_expand(&id, &target, &staging, 3 * GIB, &cap)
         .await
-        .unwrap()
-        .into_inner();
+        .unwrap();
     assert_eq!(node_expanded.capacity_bytes, 3 * GIB);
     let after = fs_size_bytes(&target);
     assert!(
@@ -977,40 +998,16 @@ async fn ext4_volume_expanded_by_the_controller_grows_when_staged_again() {
     fs::write(staging.join("keep.txt"), b"kept across growth").unwrap();
     let before = fs_size_bytes(&staging);
 
-    let expanded = driver
-        .controller()
-        .controller_expand_volume(ControllerExpandVolumeRequest {
-            volume_id: id.clone(),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 3 * GIB,
-                limit_bytes: 0,
-            }),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let expanded = driver.expand(&id, 3 * GIB, &cap).await.unwrap();
     assert_eq!(expanded.capacity_bytes, 3 * GIB);
     assert!(expanded.node_expansion_required);
 
     // Online growth of ext4 needs CAP_SYS_RESOURCE; without it the node says so.
     let online = driver
-        .node()
-        .node_expand_volume(NodeExpandVolumeRequest {
-            volume_id: id.clone(),
-            volume_path: path_str(&staging),
-            staging_target_path: path_str(&staging),
-            capacity_range: Some(CapacityRange {
-                required_bytes: 3 * GIB,
-                limit_bytes: 0,
-            }),
-            volume_capability: Some(cap.clone()),
-            ..Default::default()
-        })
+        .node_expand(&id, &staging, &staging, 3 * GIB, &cap)
         .await;
     if has_cap_sys_resource() {
-        assert_eq!(online.unwrap().into_inner().capacity_bytes, 3 * GIB);
+        assert_eq!(online.unwrap().capacity_bytes, 3 * GIB);
     } else {
         assert_code(online, Code::FailedPrecondition);
         assert_eq!(fs_size_bytes(&staging), before, "no growth while mounted");

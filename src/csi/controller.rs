@@ -16,9 +16,9 @@ use super::status::try_another_node;
 use crate::allocator;
 use crate::drive::DriveType;
 use crate::ledger::{ClaimRequest, Ledger, LedgerError, LedgerStore, NodeLedger, Volume};
+use crate::node::GIB;
 use crate::pools::{PoolSettings, node_allowance_gib};
 
-pub const GIB: u64 = 1 << 30;
 pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 /// Size of a volume whose request names none.
 const DEFAULT_VOLUME_GIB: u64 = 1;

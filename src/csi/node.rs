@@ -12,13 +12,13 @@ use uuid::Uuid;
 
 use super::capability;
 use super::context;
-use super::controller::{ExtentEraser, GIB, TOPOLOGY_KEY};
+use super::controller::{ExtentEraser, TOPOLOGY_KEY};
 use super::inflight::InFlight;
 use super::proto::node_server::Node;
 use super::proto::*;
 use crate::ledger::{Ledger, LedgerStore, Volume, VolumeExtent};
 use crate::node::drives::{self, SignedDrive};
-use crate::node::{NodeError, fs, loopdev, mounts, signature};
+use crate::node::{GIB, NodeError, fs, loopdev, mounts, signature};
 
 impl From<NodeError> for Status {
     fn from(err: NodeError) -> Self {
