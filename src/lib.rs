@@ -11,6 +11,7 @@
 
 pub mod allocator;
 pub mod cli;
+pub mod cluster;
 pub mod csi;
 pub mod drive;
 pub mod ledger;

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use vdrive::cli::all_in_one::{self, AllInOneArgs};
+use vdrive::cli::controller::{self, ControllerArgs};
 use vdrive::cli::csi::{self, CsiArgs};
+use vdrive::cli::node::{self, NodeArgs};
+use vdrive::cli::orphans::{self, OrphansArgs};
 use vdrive::cli::plan::{self, PlanArgs};
 use vdrive::cli::sign::{self, SignArgs};
 
@@ -24,6 +27,12 @@ struct Cli {
 enum Command {
     /// Controller, node and the embedded ledger in one process: vdrive on one machine.
     AllInOne(AllInOneArgs),
+    /// The CSI controller in a cluster: the ledger on the Nodes, pools from labels.
+    Controller(ControllerArgs),
+    /// The CSI node plugin in a cluster: drives, devices, mounts on this server.
+    Node(NodeArgs),
+    /// Find claims no PersistentVolume accounts for, and volumes whose claims are gone.
+    Orphans(OrphansArgs),
     /// Sign drives for shared use, or list the signed ones (`vdrive sign show`).
     Sign(SignArgs),
     /// Talk CSI to a vdrive socket (create, stage, publish… volumes).
@@ -57,6 +66,15 @@ fn main() -> ExitCode {
             init_logging();
             finish(run_async(all_in_one::run(args)).map(|()| String::new()))
         }
+        Command::Controller(args) => {
+            init_logging();
+            finish(run_async(controller::run(args)).map(|()| String::new()))
+        }
+        Command::Node(args) => {
+            init_logging();
+            finish(run_async(node::run(args)).map(|()| String::new()))
+        }
+        Command::Orphans(args) => finish(run_async(orphans::run(args))),
         Command::Csi(args) => finish(run_async(csi::run(args))),
     }
 }

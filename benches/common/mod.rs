@@ -44,6 +44,7 @@ pub fn busy_node() -> NodeLedger {
                 offset_gib: offset,
                 size_gib: size,
                 part: 0,
+                releasing: false,
             });
             made += 1;
         }

@@ -73,7 +73,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let store =
         EmbeddedStore::open(args.state_dir.join("ledger.redb")).map_err(|e| e.to_string())?;
-    let ledger = Arc::new(Ledger::new(store, args.settings.pools()));
+    let ledger = Arc::new(Ledger::new(store, args.settings.pools()?));
 
     let simulated_dir = args.state_dir.join("simulated-drives");
     let found = match &args.simulate_drives {

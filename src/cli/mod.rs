@@ -1,7 +1,10 @@
 //! Command-line front ends over the core modules.
 
 pub mod all_in_one;
+pub mod controller;
 pub mod csi;
+pub mod node;
+pub mod orphans;
 pub mod plan;
 pub mod settings;
 pub mod sign;

@@ -26,6 +26,12 @@ pub struct SettingsArgs {
     /// What each pool server keeps back.
     #[arg(long, default_value_t = 300, value_name = "GIB")]
     pub system_reserve_per_server_gib: u64,
+    /// Pool usage above this percentage is a warning.
+    #[arg(long, default_value_t = 75.0, value_name = "PERCENT")]
+    pub warning_threshold_percent: f64,
+    /// Pool usage above this percentage is critical.
+    #[arg(long, default_value_t = 90.0, value_name = "PERCENT")]
+    pub critical_threshold_percent: f64,
 }
 
 impl SettingsArgs {
@@ -41,11 +47,21 @@ impl SettingsArgs {
         }
     }
 
-    pub fn pools(&self) -> PoolSettings {
-        PoolSettings {
+    pub fn pools(&self) -> Result<PoolSettings, String> {
+        let (warning, critical) = (
+            self.warning_threshold_percent,
+            self.critical_threshold_percent,
+        );
+        if !(0.0 < warning && warning < critical && critical <= 100.0) {
+            return Err(format!(
+                "--warning-threshold-percent {warning} and --critical-threshold-percent {critical}: need 0 < warning < critical <= 100"
+            ));
+        }
+        Ok(PoolSettings {
             capacity_per_server_gib: self.capacity_per_server_gib,
             system_reserve_per_server_gib: self.system_reserve_per_server_gib,
-            ..PoolSettings::default()
-        }
+            warning_percent: self.warning_threshold_percent,
+            critical_percent: self.critical_threshold_percent,
+        })
     }
 }

@@ -25,7 +25,8 @@ const DEFAULT_VOLUME_GIB: u64 = 1;
 
 /// Wipes a volume's extents before their claims are released, so the next
 /// tenant of that space never reads this one's data. Provided by a node that
-/// runs in the same process (all-in-one).
+/// runs in the same process (all-in-one); without one, DeleteVolume marks the
+/// claims releasing and the volume's node erases and releases them.
 pub trait ExtentEraser: Send + Sync {
     /// Erases `volume`'s extents if they are on this eraser's node; returns
     /// whether it did (false: another node's volume).
@@ -294,13 +295,18 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
         // Erase before releasing: once released, the space may be claimed again.
-        if let Some(eraser) = self.eraser.clone() {
-            let doomed = volume.clone();
-            // Zeroing an extent is disk work: keep it off the async executor's threads.
-            tokio::task::spawn_blocking(move || eraser.erase(&doomed))
-                .await
-                .map_err(|e| Status::internal(format!("erasing the volume failed: {e}")))??;
-        }
+        let Some(eraser) = self.eraser.clone() else {
+            // The drives are on another machine: mark the claims releasing; the
+            // volume's node erases the extents and then releases them.
+            self.ledger.retire_on(&volume.node, &volume.id).await?;
+            info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted; its node erases the extents");
+            return Ok(Response::new(DeleteVolumeResponse {}));
+        };
+        let doomed = volume.clone();
+        // Zeroing an extent is disk work: keep it off the async executor's threads.
+        tokio::task::spawn_blocking(move || eraser.erase(&doomed))
+            .await
+            .map_err(|e| Status::internal(format!("erasing the volume failed: {e}")))??;
         self.ledger.release_on(&volume.node, &volume.id).await?;
         info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted");
         Ok(Response::new(DeleteVolumeResponse {}))
@@ -349,7 +355,12 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 "volume capability {bad:?} needs both an access_mode and an access_type"
             )));
         }
-        if self.ledger.volume(&req.volume_id).await?.is_none() {
+        if self
+            .ledger
+            .volume(&req.volume_id)
+            .await?
+            .is_none_or(|v| v.releasing)
+        {
             return Err(Status::not_found(format!(
                 "volume {} does not exist",
                 req.volume_id

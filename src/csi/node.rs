@@ -273,6 +273,11 @@ impl<S: LedgerStore> NodeService<S> {
                 "the volume context of {volume_id} does not match its claims in the ledger; refusing to build a device from it"
             )));
         }
+        if volume.releasing {
+            return Err(Status::not_found(format!(
+                "volume {volume_id} was deleted; its extents are waiting to be erased"
+            )));
+        }
         Ok(volume)
     }
 

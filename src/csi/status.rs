@@ -36,7 +36,7 @@ impl From<StoreError> for Status {
         let code = match &err {
             StoreError::NodeNotFound(_) => Code::NotFound,
             StoreError::Corrupt { .. } => Code::DataLoss,
-            StoreError::Unavailable { .. } => Code::Unavailable,
+            StoreError::Unavailable { .. } | StoreError::Api { .. } => Code::Unavailable,
         };
         Status::new(code, err.to_string())
     }

@@ -242,6 +242,7 @@ impl<S: LedgerStore> Ledger<S> {
                     offset_gib: placement.offset_gib,
                     size_gib: placement.size_gib,
                     part: part as u32,
+                    releasing: false,
                 };
                 ledger.claims.push(claim);
             }
@@ -268,6 +269,7 @@ impl<S: LedgerStore> Ledger<S> {
         self.update(&node, |ledger| {
             let volume = ledger
                 .volume(volume_id)
+                .filter(|v| !v.releasing)
                 .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
             if new_gib <= volume.capacity_gib {
                 return Ok(Change::Unchanged(volume));
@@ -343,6 +345,34 @@ impl<S: LedgerStore> Ledger<S> {
             }
         }
         Ok(None)
+    }
+
+    /// Marks `volume_id`'s claims on `node` as releasing: the volume is gone, but
+    /// its extents stay claimed until the node has erased them and calls
+    /// [`Ledger::release_on`]. For a controller that cannot reach the drives.
+    /// Retiring an unknown or already retired volume changes nothing.
+    pub async fn retire_on(
+        &self,
+        node: &str,
+        volume_id: &str,
+    ) -> Result<Option<Volume>, LedgerError> {
+        self.update(node, |ledger| {
+            let Some(volume) = ledger.volume(volume_id) else {
+                return Ok(Change::Unchanged(None));
+            };
+            if volume.releasing {
+                return Ok(Change::Unchanged(Some(volume)));
+            }
+            for claim in ledger
+                .claims
+                .iter_mut()
+                .filter(|c| c.volume_id == volume_id)
+            {
+                claim.releasing = true;
+            }
+            Ok(Change::Write(ledger.volume(volume_id)))
+        })
+        .await
     }
 
     /// Releases `volume_id` on a known node.

@@ -36,6 +36,10 @@ pub struct Claim {
     pub size_gib: u64,
     /// Position of this virtual drive within its volume's linear device.
     pub part: u32,
+    /// The volume was deleted and its node has not erased this extent yet. The
+    /// extent stays claimed (never handed out unerased) but belongs to no volume.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub releasing: bool,
 }
 
 impl Claim {
@@ -76,6 +80,9 @@ pub struct Volume {
     pub capacity_gib: u64,
     /// TLC extents first, then QLC: the order of the volume's linear device.
     pub extents: Vec<VolumeExtent>,
+    /// Deleted, waiting for its node to erase the extents (see [`Claim::releasing`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub releasing: bool,
 }
 
 impl NodeLedger {
@@ -168,14 +175,24 @@ impl NodeLedger {
         self.assemble(|c| c.volume_id == volume_id)
     }
 
+    /// The live volume named `name`; a deleted one still being erased is not it.
     pub fn volume_by_name(&self, name: &str) -> Option<Volume> {
-        self.assemble(|c| c.volume_name == name)
+        self.assemble(|c| c.volume_name == name && !c.releasing)
     }
 
-    /// Every volume on this node, in the order their first claim was made.
+    /// Every live volume on this node, in the order their first claim was made.
     pub fn volumes(&self) -> Vec<Volume> {
+        self.volumes_where(|c| !c.releasing)
+    }
+
+    /// Deleted volumes whose extents wait for this node to erase them.
+    pub fn releasing_volumes(&self) -> Vec<Volume> {
+        self.volumes_where(|c| c.releasing)
+    }
+
+    fn volumes_where(&self, keep: impl Fn(&Claim) -> bool) -> Vec<Volume> {
         let mut ids: Vec<&str> = Vec::new();
-        for claim in &self.claims {
+        for claim in self.claims.iter().filter(|c| keep(c)) {
             if !ids.contains(&claim.volume_id.as_str()) {
                 ids.push(&claim.volume_id);
             }
@@ -194,6 +211,7 @@ impl NodeLedger {
             owner: first.owner.clone(),
             pool: first.pool,
             capacity_gib: claims.iter().map(|c| c.size_gib).sum(),
+            releasing: claims.iter().any(|c| c.releasing),
             extents: claims
                 .iter()
                 .map(|c| VolumeExtent {

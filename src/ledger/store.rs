@@ -32,6 +32,9 @@ pub enum StoreError {
     Corrupt { node: String, reason: String },
     #[error("the ledger store at {path} cannot be used: {reason}")]
     Unavailable { path: String, reason: String },
+    /// The Kubernetes API did not answer as it should (not a lost swap).
+    #[error("the Kubernetes API: {reason}")]
+    Api { reason: String },
 }
 
 /// A backend for node ledgers.

@@ -134,6 +134,50 @@ fn release_frees_the_space_and_unknown_volumes_are_fine() {
 }
 
 #[test]
+fn a_retired_volume_keeps_its_space_until_its_node_releases_it() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    let volume = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 1000)))
+        .unwrap();
+    let retired = rt
+        .block_on(f.ledger.retire_on(NODE, &volume.id))
+        .unwrap()
+        .unwrap();
+    assert!(retired.releasing);
+    // Retiring again changes nothing; the volume is gone for every reader but
+    // the node that erases it.
+    let revision = rt.block_on(f.ledger.store().load(NODE)).unwrap().revision;
+    rt.block_on(f.ledger.retire_on(NODE, &volume.id)).unwrap();
+    assert_eq!(
+        rt.block_on(f.ledger.store().load(NODE)).unwrap().revision,
+        revision
+    );
+    let node = rt.block_on(f.ledger.node(NODE)).unwrap();
+    assert!(node.volumes().is_empty());
+    assert_eq!(node.releasing_volumes(), vec![retired.clone()]);
+    assert_eq!(rt.block_on(f.ledger.volume_by_name("a")).unwrap(), None);
+    assert!(matches!(
+        rt.block_on(f.ledger.grow(&volume.id, 1000)),
+        Err(LedgerError::VolumeNotFound(_))
+    ));
+    // Its extent is still taken: nothing is handed out unerased.
+    assert!(
+        rt.block_on(f.ledger.claim(NODE, &tlc_request("a", 1)))
+            .is_err()
+    );
+    assert_eq!(
+        rt.block_on(f.ledger.release_on(NODE, &volume.id))
+            .unwrap()
+            .map(|v| v.id),
+        Some(volume.id.clone())
+    );
+    let again = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 1000)))
+        .unwrap();
+    assert_ne!(again.id, volume.id, "a new volume under the old name");
+}
+
+#[test]
 fn seed_capacity_management_example() {
     // 4 × 3840 GiB; cluster A takes 6000, cluster B 5000: 4360 GiB left, 8000 does not fit.
     let drives = (1..=4).map(|n| drive(n, Tlc, 3840)).collect();

@@ -1,0 +1,110 @@
+//! `vdrive controller`: the CSI controller of a cluster (a Deployment beside
+//! csi-provisioner and csi-resizer, which elect the active replica). The ledger
+//! is the Nodes' annotations; pools are the Nodes' `pool` labels, watched.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::Api;
+
+use super::all_in_one::shutdown_signal;
+use super::settings::SettingsArgs;
+use crate::cluster::events::Notifier;
+use crate::cluster::{self, KubeStore, Scope, orphans};
+use crate::csi::controller::ControllerService;
+use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::inflight::InFlight;
+use crate::csi::server::{self, Services};
+use crate::ledger::Ledger;
+
+const API_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Args)]
+pub struct ControllerArgs {
+    /// Where to serve CSI (the socket shared with the sidecars).
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// A kubeconfig (default: in-cluster, or KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Seconds between orphan checks, which report (Events, logs) but never
+    /// release; 0 turns them off.
+    #[arg(long, default_value_t = 300, value_name = "SECONDS")]
+    pub orphan_check_interval: u64,
+    /// This replica's name in Events (in a pod: POD_NAME from metadata.name).
+    #[arg(long, env = "POD_NAME", default_value = "vdrive-controller")]
+    pub instance: String,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+}
+
+pub async fn run(args: ControllerArgs) -> Result<(), String> {
+    let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    let pools = args.settings.pools()?;
+    let client = cluster::client(args.kubeconfig.as_deref()).await?;
+    let store = KubeStore::start(client.clone(), Scope::AllNodes);
+    store
+        .wait_ready(API_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ledger = Arc::new(Ledger::new(store, pools));
+    // No eraser: the drives are on the nodes, which erase released extents.
+    // The loop backend builds a volume from one virtual drive.
+    let controller = ControllerService::new(
+        ledger.clone(),
+        args.settings.defaults(),
+        Some(1),
+        None,
+        InFlight::default(),
+    );
+    let checks = (args.orphan_check_interval > 0).then(|| {
+        let notifier = Notifier::new(client.clone(), &args.instance);
+        tokio::spawn(check_orphans(
+            ledger.clone(),
+            client.clone(),
+            notifier,
+            Duration::from_secs(args.orphan_check_interval),
+        ))
+    });
+    let readiness = Readiness::default();
+    readiness.set_ready();
+    let nodes = ledger.nodes().await.map_err(|e| e.to_string())?;
+    println!(
+        "vdrive controller: serving csi.vdrive.io on unix://{} ({} nodes with drives or a pool)",
+        socket.display(),
+        nodes.len()
+    );
+    let services = Services {
+        identity: IdentityService::new(readiness, true),
+        controller: Some(controller),
+        node: None,
+    };
+    let served = server::serve(&socket, services, shutdown_signal()).await;
+    if let Some(checks) = checks {
+        checks.abort();
+    }
+    served.map_err(|e| e.to_string())?;
+    println!("vdrive controller: stopped");
+    Ok(())
+}
+
+async fn check_orphans(
+    ledger: Arc<Ledger<Arc<KubeStore>>>,
+    client: kube::Client,
+    notifier: Notifier,
+    every: Duration,
+) {
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await; // not at start: let in-flight provisioning settle
+    loop {
+        ticks.tick().await;
+        match orphans::check(&ledger, &client).await {
+            Ok(report) => orphans::announce(&report, &notifier, &pvs).await,
+            Err(err) => tracing::warn!(%err, "orphan check failed"),
+        }
+    }
+}

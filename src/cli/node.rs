@@ -1,0 +1,145 @@
+//! `vdrive node`: the node plugin of a cluster (a privileged DaemonSet pod).
+//! It serves CSI Node on the kubelet's plugin socket, publishes its signed
+//! drives on its Node (annotation and extended resource), and erases the
+//! extents of deleted volumes before their claims are released.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+
+use super::all_in_one::{SUGGESTED_SIMULATION, node_name, shutdown_signal};
+use crate::cluster::events::Notifier;
+use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
+use crate::csi::controller::ExtentEraser;
+use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::inflight::InFlight;
+use crate::csi::node::{DriveRegistry, NodeService};
+use crate::csi::server::{self, Services};
+use crate::ledger::Ledger;
+use crate::node::drives;
+use crate::pools::PoolSettings;
+
+/// How often the node looks for drives signed, attached or gone.
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
+/// How long to wait for the API server at start.
+const API_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// Where to serve CSI (the kubelet's plugin directory).
+    #[arg(long, default_value = "unix:///csi/csi.sock")]
+    pub endpoint: String,
+    /// This node's name as Kubernetes knows it (in a pod: the NODE_NAME env from spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_id: Option<String>,
+    /// Staging records (and simulated drives) live here; keep it on the host.
+    #[arg(long, default_value = "/var/lib/vdrive")]
+    pub state_dir: PathBuf,
+    /// Most volumes this node takes (NodeGetInfo).
+    #[arg(long, default_value_t = 256)]
+    pub max_volumes: i64,
+    /// Sparse files attached as loop devices and signed, e.g. tlc:3840x4,qlc:7680x2,
+    /// for test clusters without spare NVMe drives.
+    #[arg(long, value_name = "SPEC")]
+    pub simulate_drives: Option<String>,
+    /// A kubeconfig (default: in-cluster, or KUBECONFIG).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+}
+
+pub async fn run(args: NodeArgs) -> Result<(), String> {
+    let node_id = node_name(args.node_id.clone())?;
+    let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    let client = cluster::client(args.kubeconfig.as_deref()).await?;
+    let store = KubeStore::start(client.clone(), Scope::OneNode(node_id.clone()));
+    store
+        .wait_ready(API_WAIT)
+        .await
+        .map_err(|e| e.to_string())?;
+    // The node only checks claims against its drives; pool shares are the controller's.
+    let ledger = Arc::new(Ledger::new(store.clone(), PoolSettings::default()));
+    let notifier = Notifier::new(client, &node_id);
+
+    let simulated_dir = args.state_dir.join("simulated-drives");
+    let found = match &args.simulate_drives {
+        Some(spec) => drives::simulate(&simulated_dir, spec).map_err(|e| e.to_string())?,
+        None => drives::discover(&drives::candidates()),
+    };
+    if found.is_empty() {
+        eprintln!(
+            "vdrive node: no signed drives on {node_id}; volumes cannot be placed here until drives are signed \
+             (`vdrive sign --all-not-root --type tlc`, or the chart's sign-drives Job; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
+        );
+    }
+    let physical = found.iter().map(|d| d.to_physical()).collect();
+    inventory::publish(&ledger, &notifier, &node_id, physical).await?;
+
+    let registry = Arc::new(DriveRegistry::new(found.clone()));
+    let node = Arc::new(NodeService::new(
+        node_id.clone(),
+        ledger.clone(),
+        registry.clone(),
+        args.state_dir.join("node"),
+        args.max_volumes,
+        InFlight::default(),
+    ));
+    let eraser: Arc<dyn ExtentEraser> = node.clone();
+    let reclaimer = tokio::spawn(reclaim::erase_released(
+        ledger.clone(),
+        eraser,
+        node_id.clone(),
+    ));
+    let rescans = tokio::spawn(keep_drives_current(
+        ledger.clone(),
+        notifier,
+        registry,
+        node_id.clone(),
+    ));
+    let readiness = Readiness::default();
+    readiness.set_ready();
+    let capacity: u64 = found.iter().map(|d| d.signature.capacity_gib()).sum();
+    println!(
+        "vdrive node: serving csi.vdrive.io on unix://{} (node {node_id}, {} signed drives, {capacity} GiB)",
+        socket.display(),
+        found.len()
+    );
+    let services = Services {
+        identity: IdentityService::new(readiness, false),
+        controller: None,
+        node: Some(node.clone()),
+    };
+    let served = server::serve(&socket, services, shutdown_signal()).await;
+    reclaimer.abort();
+    rescans.abort();
+    served.map_err(|e| e.to_string())?;
+    if args.simulate_drives.is_some() && !node.has_staged_volumes() {
+        if let Err(e) = drives::detach_simulated(&simulated_dir) {
+            eprintln!("vdrive node: could not detach the simulated drives: {e}");
+        }
+    }
+    println!("vdrive node: stopped");
+    Ok(())
+}
+
+async fn keep_drives_current(
+    ledger: Arc<Ledger<Arc<KubeStore>>>,
+    notifier: Notifier,
+    registry: Arc<DriveRegistry>,
+    node_id: String,
+) {
+    let mut every = tokio::time::interval(RESCAN_EVERY);
+    every.tick().await; // the first tick is immediate; startup already scanned
+    loop {
+        every.tick().await;
+        let scan = registry.clone();
+        let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
+            continue;
+        };
+        let physical = found.iter().map(|d| d.to_physical()).collect();
+        if let Err(err) = inventory::publish(&ledger, &notifier, &node_id, physical).await {
+            tracing::warn!(%err, "could not publish this node's drives");
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The two Node annotations that hold a node's ledger in Kubernetes, in the
+//! drive-sharing spec's format so that its `kubectl get node … | jq` reads them:
+//!
+//! - `vdrive.io/virtual-drive-claims`: one entry per virtual drive,
+//!   `{"<virtual uuid>": ["<namespace>:<pvc>", "<physical uuid>", <GiB>, <offset GiB>,
+//!   "<volume id>", "<pool>"|null, "<volume name>", <part>]}`. The spec's three
+//!   fields come first; what vdrive needs follows. A ninth element `"releasing"`
+//!   marks a deleted volume's extent that its node has not erased yet.
+//! - `vdrive.io/shared-drives`: the node's signed drives, `[{"uuid", "serial",
+//!   "type", "capacityGiB", "backend", "missing"?}]`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use crate::drive::DriveType;
+use crate::ledger::{Claim, PhysicalDrive};
+use crate::pools::Pool;
+
+pub const CLAIMS_ANNOTATION: &str = "vdrive.io/virtual-drive-claims";
+pub const DRIVES_ANNOTATION: &str = "vdrive.io/shared-drives";
+/// The Node label that puts a server in a pool (`pool=k8s|vm`).
+pub const POOL_LABEL: &str = "pool";
+/// The extended resource a node advertises: GiB of signed drives.
+pub const CAPACITY_RESOURCE: &str = "vdrive.io/shared-drives-capacity";
+
+/// How this node builds block devices on its drives.
+const BACKEND: &str = "loop";
+const RELEASING: &str = "releasing";
+
+pub fn encode_claims(claims: &[Claim]) -> String {
+    let entries: Map<String, Value> = claims
+        .iter()
+        .map(|c| {
+            let mut entry = vec![
+                json!(c.owner),
+                json!(c.physical_uuid),
+                json!(c.size_gib),
+                json!(c.offset_gib),
+                json!(c.volume_id),
+                json!(c.pool.map(Pool::as_str)),
+                json!(c.volume_name),
+                json!(c.part),
+            ];
+            if c.releasing {
+                entry.push(json!(RELEASING));
+            }
+            (c.virtual_uuid.to_string(), Value::Array(entry))
+        })
+        .collect();
+    Value::Object(entries).to_string()
+}
+
+/// Parses the claims annotation. Any malformed entry fails the whole node: a
+/// ledger read in part would hand out space that is in use.
+pub fn decode_claims(text: &str) -> Result<Vec<Claim>, String> {
+    let entries: Map<String, Value> = serde_json::from_str(text)
+        .map_err(|e| format!("{CLAIMS_ANNOTATION} is not a JSON object: {e}"))?;
+    entries
+        .into_iter()
+        .map(|(key, value)| {
+            decode_claim(&key, value).map_err(|e| format!("{CLAIMS_ANNOTATION} entry {key:?}: {e}"))
+        })
+        .collect()
+}
+
+fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
+    let virtual_uuid = Uuid::parse_str(key).map_err(|e| format!("the key is not a uuid: {e}"))?;
+    let Value::Array(fields) = value else {
+        return Err("not an array".into());
+    };
+    if !(8..=9).contains(&fields.len()) {
+        return Err(format!(
+            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"releasing\"",
+            fields.len()
+        ));
+    }
+    let text = |i: usize, what: &str| {
+        fields[i]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("field {i} ({what}) is not a string"))
+    };
+    let number = |i: usize, what: &str| {
+        fields[i]
+            .as_u64()
+            .ok_or_else(|| format!("field {i} ({what}) is not a whole number"))
+    };
+    let pool = match &fields[5] {
+        Value::Null => None,
+        Value::String(name) => Some(
+            name.parse::<Pool>()
+                .map_err(|e| format!("field 5 (pool): {e}"))?,
+        ),
+        _ => return Err("field 5 (pool) is neither a string nor null".into()),
+    };
+    let releasing = match fields.get(8) {
+        None => false,
+        Some(Value::String(state)) if state == RELEASING => true,
+        Some(other) => return Err(format!("field 8 is {other}, expected \"{RELEASING}\"")),
+    };
+    Ok(Claim {
+        virtual_uuid,
+        owner: text(0, "owner")?,
+        physical_uuid: Uuid::parse_str(&text(1, "physical uuid")?)
+            .map_err(|e| format!("field 1 (physical uuid): {e}"))?,
+        size_gib: number(2, "GiB")?,
+        offset_gib: number(3, "offset GiB")?,
+        volume_id: text(4, "volume id")?,
+        pool,
+        volume_name: text(6, "volume name")?,
+        part: u32::try_from(number(7, "part")?)
+            .map_err(|_| "field 7 (part) is too large".to_string())?,
+        releasing,
+    })
+}
+
+/// One drive as the `vdrive.io/shared-drives` annotation lists it.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SharedDrive {
+    uuid: Uuid,
+    serial: String,
+    #[serde(rename = "type")]
+    drive_type: DriveType,
+    #[serde(rename = "capacityGiB")]
+    capacity_gib: u64,
+    backend: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    missing: bool,
+}
+
+pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
+    let listed: Vec<SharedDrive> = drives
+        .iter()
+        .map(|d| SharedDrive {
+            uuid: d.uuid,
+            serial: d.serial.clone(),
+            drive_type: d.drive_type,
+            capacity_gib: d.capacity_gib,
+            backend: BACKEND.to_string(),
+            missing: d.missing,
+        })
+        .collect();
+    serde_json::to_string(&listed).unwrap_or_else(|_| "[]".to_string())
+}
+
+pub fn decode_drives(text: &str) -> Result<Vec<PhysicalDrive>, String> {
+    let listed: Vec<SharedDrive> = serde_json::from_str(text)
+        .map_err(|e| format!("{DRIVES_ANNOTATION} is not a list of drives: {e}"))?;
+    Ok(listed
+        .into_iter()
+        .map(|d| PhysicalDrive {
+            uuid: d.uuid,
+            serial: d.serial,
+            drive_type: d.drive_type,
+            capacity_gib: d.capacity_gib,
+            missing: d.missing,
+        })
+        .collect())
+}
+
+/// The pool a `pool` label value names; any other value is no pool.
+pub fn pool_from_label(value: Option<&str>) -> Option<Pool> {
+    value.and_then(|v| v.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(part: u32, releasing: bool) -> Claim {
+        Claim {
+            virtual_uuid: Uuid::from_u128(0x31de939a + part as u128),
+            volume_id: "5f1c".into(),
+            volume_name: "pvc-1".into(),
+            owner: "default:data".into(),
+            pool: Some(Pool::K8s),
+            physical_uuid: Uuid::from_u128(0xfb05d910),
+            offset_gib: 10 * part as u64,
+            size_gib: 10,
+            part,
+            releasing,
+        }
+    }
+
+    #[test]
+    fn claims_lead_with_the_specs_three_fields() {
+        let text = encode_claims(&[claim(0, false)]);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let entry = &parsed["00000000-0000-0000-0000-000031de939a"];
+        assert_eq!(entry[0], "default:data");
+        assert_eq!(entry[1], "00000000-0000-0000-0000-0000fb05d910");
+        assert_eq!(entry[2], 10);
+        assert_eq!(entry.as_array().unwrap().len(), 8);
+    }
+
+    #[test]
+    fn claims_round_trip_including_releasing_and_no_pool() {
+        let mut outside = claim(1, true);
+        outside.pool = None;
+        let claims = vec![claim(0, false), outside];
+        assert_eq!(decode_claims(&encode_claims(&claims)).unwrap(), claims);
+    }
+
+    #[test]
+    fn malformed_claims_are_refused_whole() {
+        for bad in [
+            "[]",
+            r#"{"not-a-uuid": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0]}"#,
+            r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1]}"#,
+            r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", -1, 0, "v", null, "n", 0]}"#,
+            r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", "ceph", "n", 0]}"#,
+            r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, "gone"]}"#,
+        ] {
+            assert!(decode_claims(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn drives_round_trip_and_name_their_backend() {
+        let drives = vec![PhysicalDrive {
+            uuid: Uuid::from_u128(7),
+            serial: "S1".into(),
+            drive_type: DriveType::Qlc,
+            capacity_gib: 7680,
+            missing: true,
+        }];
+        let text = encode_drives(&drives);
+        assert!(text.contains(r#""capacityGiB":7680"#), "{text}");
+        assert!(text.contains(r#""backend":"loop""#), "{text}");
+        assert_eq!(decode_drives(&text).unwrap(), drives);
+        assert!(decode_drives("{}").is_err());
+    }
+
+    #[test]
+    fn only_the_two_pools_are_pools() {
+        assert_eq!(pool_from_label(Some("k8s")), Some(Pool::K8s));
+        assert_eq!(pool_from_label(Some("vm")), Some(Pool::Vm));
+        assert_eq!(pool_from_label(Some("gpu")), None);
+        assert_eq!(pool_from_label(None), None);
+    }
+}

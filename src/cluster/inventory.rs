@@ -1,0 +1,80 @@
+//! What a node plugin tells the cluster about its drives: the
+//! `vdrive.io/shared-drives` annotation (written through the ledger), the
+//! `vdrive.io/shared-drives-capacity` extended resource, and an Event for every
+//! drive that vanished while holding volumes.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::json;
+
+use super::annotations::CAPACITY_RESOURCE;
+use super::events::{Notifier, node_reference};
+use super::store::{FIELD_MANAGER, KubeStore};
+use crate::ledger::{Ledger, PhysicalDrive};
+
+/// Records the drives the node sees now and publishes what follows from them.
+/// Returns the uuids of missing drives that still hold claims.
+pub async fn publish(
+    ledger: &Ledger<Arc<KubeStore>>,
+    notifier: &Notifier,
+    node: &str,
+    reported: Vec<PhysicalDrive>,
+) -> Result<Vec<uuid::Uuid>, String> {
+    let sync = ledger
+        .sync_drives(node, reported)
+        .await
+        .map_err(|e| format!("could not record this node's drives: {e}"))?;
+    let api = ledger.store().client_api();
+    // Missing drives hold claims but no usable space: they do not count.
+    let usable_gib: u64 = sync
+        .ledger
+        .drives
+        .iter()
+        .filter(|d| !d.missing)
+        .map(|d| d.capacity_gib)
+        .sum();
+    set_capacity(api, node, usable_gib).await?;
+    if !sync.missing_with_claims.is_empty() {
+        let uid = api.get_opt(node).await.ok().flatten().and_then(|n| n.uid());
+        for uuid in &sync.missing_with_claims {
+            let volumes: Vec<String> = sync
+                .ledger
+                .claims
+                .iter()
+                .filter(|c| c.physical_uuid == *uuid)
+                .map(|c| format!("{} ({})", c.volume_id, c.owner))
+                .collect();
+            tracing::warn!(drive = %uuid, volumes = ?volumes, "a drive that holds volumes is missing; its claims are kept");
+            notifier
+                .warn(
+                    &node_reference(node, uid.clone()),
+                    "SharedDriveMissing",
+                    "ScanDrives",
+                    format!(
+                        "signed drive {uuid} is no longer seen on this node but holds {} virtual drive(s) of {}. Its claims are kept: reattach the drive, or delete those volumes",
+                        volumes.len(),
+                        volumes.join(", ")
+                    ),
+                )
+                .await;
+        }
+    }
+    Ok(sync.missing_with_claims)
+}
+
+/// Sets the node's extended resource to `gib`, the documented way: a patch of
+/// the Node's status capacity (the kubelet mirrors it into allocatable).
+async fn set_capacity(api: &Api<Node>, node: &str, gib: u64) -> Result<(), String> {
+    let patch = json!({ "status": { "capacity": { CAPACITY_RESOURCE: gib.to_string() } } });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(node, &params, &Patch::Merge(&patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("could not set {CAPACITY_RESOURCE} on Node {node:?}: {e}"))
+}

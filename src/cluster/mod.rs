@@ -1,0 +1,35 @@
+//! vdrive in a Kubernetes cluster: the ledger on Node objects, the node's drive
+//! inventory and extended resource, Events, and the orphan check. The core
+//! modules know nothing of Kubernetes; this module translates.
+
+pub mod annotations;
+pub mod events;
+pub mod inventory;
+pub mod orphans;
+pub mod reclaim;
+pub mod store;
+
+use std::path::Path;
+
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub use store::{KubeStore, Scope};
+
+/// A client from `--kubeconfig`, else the usual places (`KUBECONFIG`,
+/// `~/.kube/config`, the in-cluster service account).
+pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| format!("the kubeconfig {} is not usable: {e}", path.display()))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            format!("no Kubernetes configuration found ({e}): run in a pod, set KUBECONFIG, or pass --kubeconfig")
+        })?,
+    };
+    Client::try_from(config).map_err(|e| format!("cannot build a Kubernetes client: {e}"))
+}

@@ -1,0 +1,70 @@
+//! On a node plugin: erases the extents of deleted volumes and then releases
+//! their claims. The controller cannot reach the drives, so DeleteVolume only
+//! marks the claims releasing; the space is handed out again only after this
+//! node has zeroed it, so the next tenant never reads the previous one's data.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::store::KubeStore;
+use crate::csi::controller::ExtentEraser;
+use crate::ledger::Ledger;
+
+/// Looks again at least this often, even without a change to the Node (a volume
+/// still staged when it was deleted is erased once it is unstaged).
+const RETRY_EVERY: Duration = Duration::from_secs(15);
+
+/// Runs until the process stops.
+pub async fn erase_released(
+    ledger: Arc<Ledger<Arc<KubeStore>>>,
+    eraser: Arc<dyn ExtentEraser>,
+    node: String,
+) {
+    let mut changes = ledger.store().subscribe();
+    loop {
+        if let Err(err) = erase_once(&ledger, &eraser, &node).await {
+            tracing::warn!(%err, "could not erase released volumes; retrying");
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(RETRY_EVERY) => {}
+        }
+    }
+}
+
+/// Erases and releases every releasing volume of `node` that can be; returns
+/// how many were released.
+pub async fn erase_once(
+    ledger: &Ledger<Arc<KubeStore>>,
+    eraser: &Arc<dyn ExtentEraser>,
+    node: &str,
+) -> Result<usize, String> {
+    let releasing = ledger
+        .node(node)
+        .await
+        .map_err(|e| e.to_string())?
+        .releasing_volumes();
+    let mut released = 0;
+    for volume in releasing {
+        let doomed = volume.clone();
+        let eraser = eraser.clone();
+        let erased = tokio::task::spawn_blocking(move || eraser.erase(&doomed))
+            .await
+            .map_err(|e| format!("erasing volume {} failed: {e}", volume.id))?;
+        match erased {
+            Ok(_) => {
+                ledger
+                    .release_on(node, &volume.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(volume = %volume.id, gib = volume.capacity_gib, "deleted volume erased and released");
+                released += 1;
+            }
+            // Still staged or published: kubelet unstages first; try again later.
+            Err(status) => {
+                tracing::info!(volume = %volume.id, reason = status.message(), "deleted volume not erased yet")
+            }
+        }
+    }
+    Ok(released)
+}
