@@ -15,5 +15,6 @@ pub mod cluster;
 pub mod csi;
 pub mod drive;
 pub mod ledger;
+pub mod metrics;
 pub mod node;
 pub mod pools;

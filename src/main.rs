@@ -10,6 +10,7 @@ use vdrive::cli::csi::{self, CsiArgs};
 use vdrive::cli::node::{self, NodeArgs};
 use vdrive::cli::orphans::{self, OrphansArgs};
 use vdrive::cli::plan::{self, PlanArgs};
+use vdrive::cli::pools::{self, PoolsArgs};
 use vdrive::cli::sign::{self, SignArgs};
 
 #[derive(Debug, Parser)]
@@ -33,6 +34,8 @@ enum Command {
     Node(NodeArgs),
     /// Find claims no PersistentVolume accounts for, and volumes whose claims are gone.
     Orphans(OrphansArgs),
+    /// The k8s and vm pools of a cluster: status and health.
+    Pools(PoolsArgs),
     /// Sign drives for shared use, or list the signed ones (`vdrive sign show`).
     Sign(SignArgs),
     /// Talk CSI to a vdrive socket (create, stage, publish… volumes).
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
             finish(run_async(node::run(args)).map(|()| String::new()))
         }
         Command::Orphans(args) => finish(run_async(orphans::run(args))),
+        Command::Pools(args) => finish(run_async(pools::run(args))),
         Command::Csi(args) => finish(run_async(csi::run(args))),
     }
 }

@@ -18,7 +18,9 @@ use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
 use crate::csi::server::{self, Services};
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, NodeLedger};
+use crate::metrics::{self, Gauges, Refresh};
+use crate::pools::{Health, Pool, pools_health, pools_status};
 
 const API_WAIT: Duration = Duration::from_secs(60);
 
@@ -34,6 +36,9 @@ pub struct ControllerArgs {
     /// release; 0 turns them off.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub orphan_check_interval: u64,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
     /// This replica's name in Events (in a pod: POD_NAME from metadata.name).
     #[arg(long, env = "POD_NAME", default_value = "vdrive-controller")]
     pub instance: String,
@@ -60,14 +65,20 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         None,
         InFlight::default(),
     );
+    let gauges = Arc::new(Gauges::default());
     let checks = (args.orphan_check_interval > 0).then(|| {
         let notifier = Notifier::new(client.clone(), &args.instance);
         tokio::spawn(check_orphans(
             ledger.clone(),
             client.clone(),
             notifier,
+            gauges.clone(),
             Duration::from_secs(args.orphan_check_interval),
         ))
+    });
+    let metrics = args.metrics_address.map(|address| {
+        let refresh = pool_gauges(ledger.clone(), gauges.clone());
+        metrics::spawn(address, gauges.clone(), Some(refresh))
     });
     let readiness = Readiness::default();
     readiness.set_ready();
@@ -83,8 +94,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         node: None,
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
-    if let Some(checks) = checks {
-        checks.abort();
+    for task in checks.into_iter().chain(metrics) {
+        task.abort();
     }
     served.map_err(|e| e.to_string())?;
     println!("vdrive controller: stopped");
@@ -95,6 +106,7 @@ async fn check_orphans(
     ledger: Arc<Ledger<Arc<KubeStore>>>,
     client: kube::Client,
     notifier: Notifier,
+    gauges: Arc<Gauges>,
     every: Duration,
 ) {
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
@@ -103,8 +115,77 @@ async fn check_orphans(
     loop {
         ticks.tick().await;
         match orphans::check(&ledger, &client).await {
-            Ok(report) => orphans::announce(&report, &notifier, &pvs).await,
+            Ok(report) => {
+                gauges.set(
+                    "vdrive_orphaned_claims",
+                    "Volumes in the ledger that no PersistentVolume accounts for (last orphan check).",
+                    &[],
+                    report.orphaned_claims.len() as f64,
+                );
+                gauges.set(
+                    "vdrive_volumes_missing_claims",
+                    "vdrive PersistentVolumes whose claims are missing from the ledger (last orphan check).",
+                    &[],
+                    report.lost_volumes.len() as f64,
+                );
+                orphans::announce(&report, &notifier, &pvs).await
+            }
             Err(err) => tracing::warn!(%err, "orphan check failed"),
         }
     }
+}
+
+/// On each scrape: the pools' servers, capacity, usage and health, from the
+/// watched labels and the ledger (never stored twice).
+fn pool_gauges(ledger: Arc<Ledger<Arc<KubeStore>>>, gauges: Arc<Gauges>) -> Refresh {
+    Arc::new(move || {
+        let ledger = ledger.clone();
+        let gauges = gauges.clone();
+        Box::pin(async move {
+            let Ok(nodes) = ledger.nodes().await else {
+                return;
+            };
+            let nodes: Vec<NodeLedger> = nodes.iter().map(|n| (**n).clone()).collect();
+            let settings = ledger.pool_settings();
+            let status = pools_status(&nodes, settings);
+            let health = pools_health(&nodes, settings);
+            for pool in Pool::ALL {
+                let s = status.pool(pool);
+                let labels = [("pool", pool.as_str())];
+                gauges.set(
+                    "vdrive_pool_servers",
+                    "Servers labelled into the pool.",
+                    &labels,
+                    s.servers as f64,
+                );
+                gauges.set(
+                    "vdrive_pool_capacity_gib",
+                    "The pool's capacity: servers x capacityPerServerGiB.",
+                    &labels,
+                    s.total_capacity_gb as f64,
+                );
+                gauges.set(
+                    "vdrive_pool_used_gib",
+                    "GiB the pool's volumes hold.",
+                    &labels,
+                    s.used_capacity_gb as f64,
+                );
+                let level = match pool {
+                    Pool::K8s => health.pools.k8s_pool,
+                    Pool::Vm => health.pools.vm_pool,
+                };
+                let level = match level {
+                    Health::Healthy => 0.0,
+                    Health::Warning => 1.0,
+                    Health::Critical => 2.0,
+                };
+                gauges.set(
+                    "vdrive_pool_health",
+                    "0 healthy, 1 warning, 2 critical.",
+                    &labels,
+                    level,
+                );
+            }
+        })
+    })
 }

@@ -6,5 +6,6 @@ pub mod csi;
 pub mod node;
 pub mod orphans;
 pub mod plan;
+pub mod pools;
 pub mod settings;
 pub mod sign;

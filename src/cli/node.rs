@@ -18,6 +18,7 @@ use crate::csi::inflight::InFlight;
 use crate::csi::node::{DriveRegistry, NodeService};
 use crate::csi::server::{self, Services};
 use crate::ledger::Ledger;
+use crate::metrics::{self, Gauges};
 use crate::node::drives;
 use crate::pools::PoolSettings;
 
@@ -47,6 +48,9 @@ pub struct NodeArgs {
     /// A kubeconfig (default: in-cluster, or KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
+    #[arg(long, value_name = "ADDRESS")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: NodeArgs) -> Result<(), String> {
@@ -61,6 +65,10 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     // The node only checks claims against its drives; pool shares are the controller's.
     let ledger = Arc::new(Ledger::new(store.clone(), PoolSettings::default()));
     let notifier = Notifier::new(client, &node_id);
+    let gauges = Arc::new(Gauges::default());
+    let metrics = args
+        .metrics_address
+        .map(|address| metrics::spawn(address, gauges.clone(), None));
 
     let simulated_dir = args.state_dir.join("simulated-drives");
     let found = match &args.simulate_drives {
@@ -74,7 +82,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         );
     }
     let physical = found.iter().map(|d| d.to_physical()).collect();
-    inventory::publish(&ledger, &notifier, &node_id, physical).await?;
+    inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await?;
 
     let registry = Arc::new(DriveRegistry::new(found.clone()));
     let node = Arc::new(NodeService::new(
@@ -89,11 +97,13 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let reclaimer = tokio::spawn(reclaim::erase_released(
         ledger.clone(),
         eraser,
+        gauges.clone(),
         node_id.clone(),
     ));
     let rescans = tokio::spawn(keep_drives_current(
         ledger.clone(),
         notifier,
+        gauges,
         registry,
         node_id.clone(),
     ));
@@ -113,6 +123,9 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let served = server::serve(&socket, services, shutdown_signal()).await;
     reclaimer.abort();
     rescans.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     served.map_err(|e| e.to_string())?;
     if args.simulate_drives.is_some() && !node.has_staged_volumes() {
         if let Err(e) = drives::detach_simulated(&simulated_dir) {
@@ -126,6 +139,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
 async fn keep_drives_current(
     ledger: Arc<Ledger<Arc<KubeStore>>>,
     notifier: Notifier,
+    gauges: Arc<Gauges>,
     registry: Arc<DriveRegistry>,
     node_id: String,
 ) {
@@ -138,7 +152,8 @@ async fn keep_drives_current(
             continue;
         };
         let physical = found.iter().map(|d| d.to_physical()).collect();
-        if let Err(err) = inventory::publish(&ledger, &notifier, &node_id, physical).await {
+        if let Err(err) = inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await
+        {
             tracing::warn!(%err, "could not publish this node's drives");
         }
     }

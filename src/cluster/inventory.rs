@@ -14,12 +14,14 @@ use super::annotations::CAPACITY_RESOURCE;
 use super::events::{Notifier, node_reference};
 use super::store::{FIELD_MANAGER, KubeStore};
 use crate::ledger::{Ledger, PhysicalDrive};
+use crate::metrics::Gauges;
 
 /// Records the drives the node sees now and publishes what follows from them.
 /// Returns the uuids of missing drives that still hold claims.
 pub async fn publish(
     ledger: &Ledger<Arc<KubeStore>>,
     notifier: &Notifier,
+    gauges: &Gauges,
     node: &str,
     reported: Vec<PhysicalDrive>,
 ) -> Result<Vec<uuid::Uuid>, String> {
@@ -37,6 +39,18 @@ pub async fn publish(
         .map(|d| d.capacity_gib)
         .sum();
     set_capacity(api, node, usable_gib).await?;
+    gauges.set(
+        "vdrive_node_capacity_gib",
+        "GiB of this node's signed drives that are present (the vdrive.io/shared-drives-capacity resource).",
+        &[],
+        usable_gib as f64,
+    );
+    gauges.set(
+        "vdrive_node_missing_drives_with_claims",
+        "Signed drives this node no longer sees that still hold virtual drives.",
+        &[],
+        sync.missing_with_claims.len() as f64,
+    );
     if !sync.missing_with_claims.is_empty() {
         let uid = api.get_opt(node).await.ok().flatten().and_then(|n| n.uid());
         for uuid in &sync.missing_with_claims {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::store::KubeStore;
 use crate::csi::controller::ExtentEraser;
 use crate::ledger::Ledger;
+use crate::metrics::Gauges;
 
 /// Looks again at least this often, even without a change to the Node (a volume
 /// still staged when it was deleted is erased once it is unstaged).
@@ -18,12 +19,21 @@ const RETRY_EVERY: Duration = Duration::from_secs(15);
 pub async fn erase_released(
     ledger: Arc<Ledger<Arc<KubeStore>>>,
     eraser: Arc<dyn ExtentEraser>,
+    gauges: Arc<Gauges>,
     node: String,
 ) {
     let mut changes = ledger.store().subscribe();
     loop {
         if let Err(err) = erase_once(&ledger, &eraser, &node).await {
             tracing::warn!(%err, "could not erase released volumes; retrying");
+        }
+        if let Ok(now) = ledger.node(&node).await {
+            gauges.set(
+                "vdrive_node_volumes_awaiting_erase",
+                "Deleted volumes whose extents this node has not erased and released yet (still staged, or failing).",
+                &[],
+                now.releasing_volumes().len() as f64,
+            );
         }
         tokio::select! {
             _ = changes.changed() => {}
