@@ -100,7 +100,11 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
 
-    let registry = Arc::new(DriveRegistry::new(found.clone()));
+    let registry = Arc::new(if args.simulate_drives.is_some() {
+        DriveRegistry::only(found.clone())
+    } else {
+        DriveRegistry::new(found.clone())
+    });
     let in_flight = InFlight::default();
     let rescans = tokio::spawn(keep_drives_current(
         ledger.clone(),

@@ -84,7 +84,11 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let physical = found.iter().map(|d| d.to_physical()).collect();
     inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await?;
 
-    let registry = Arc::new(DriveRegistry::new(found.clone()));
+    let registry = Arc::new(if args.simulate_drives.is_some() {
+        DriveRegistry::only(found.clone())
+    } else {
+        DriveRegistry::new(found.clone())
+    });
     let node = Arc::new(NodeService::new(
         node_id.clone(),
         ledger.clone(),

@@ -65,11 +65,14 @@ impl From<NodeError> for Status {
 const GROW_SLACK_BYTES: u64 = 64 << 20;
 
 /// The signed drives this node has found, refreshed when a uuid is not known.
-#[derive(Default)]
 pub struct DriveRegistry {
     drives: RwLock<Vec<SignedDrive>>,
     /// Extra devices to consider besides the machine's block devices.
     extra: RwLock<Vec<PathBuf>>,
+    /// Whether a rescan looks at the machine's block devices at all. Simulated
+    /// drives are this node's own: several simulated nodes on one machine (a
+    /// test cluster) must not pick up each other's loop devices.
+    scan_machine: bool,
 }
 
 impl DriveRegistry {
@@ -78,6 +81,15 @@ impl DriveRegistry {
         DriveRegistry {
             drives: RwLock::new(initial),
             extra: RwLock::new(extra),
+            scan_machine: true,
+        }
+    }
+
+    /// A registry that only ever looks at these drives' devices (simulated drives).
+    pub fn only(initial: Vec<SignedDrive>) -> Self {
+        DriveRegistry {
+            scan_machine: false,
+            ..DriveRegistry::new(initial)
         }
     }
 
@@ -90,7 +102,11 @@ impl DriveRegistry {
 
     /// Scans the machine's block devices (and known extra paths) for signed drives.
     pub fn rescan(&self) -> Vec<SignedDrive> {
-        let mut paths = drives::candidates();
+        let mut paths = if self.scan_machine {
+            drives::candidates()
+        } else {
+            Vec::new()
+        };
         for extra in self.extra.read().unwrap_or_else(|p| p.into_inner()).iter() {
             if !paths.contains(extra) {
                 paths.push(extra.clone());
