@@ -76,6 +76,11 @@ pub enum CsiCommand {
         /// Filesystem for a blank volume (default: what the volume was created with, else ext4).
         #[arg(long, default_value = "")]
         fs_type: String,
+        /// The volume context as KEY=VALUE (repeatable), as a CO keeps it from
+        /// CreateVolume (a PV's volumeAttributes). Default: asked of the endpoint's
+        /// controller with ListVolumes, which a cluster's node plugin does not serve.
+        #[arg(long = "context", value_parser = parse_pair)]
+        context: Vec<(String, String)>,
     },
     /// Unmount and tear down the staged device (NodeUnstageVolume).
     Unstage {
@@ -312,8 +317,13 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
             staging_path,
             block,
             fs_type,
+            context,
         } => {
-            let context = volume_context(&mut controller, &volume_id).await?;
+            let context = if context.is_empty() {
+                volume_context(&mut controller, &volume_id).await?
+            } else {
+                context.into_iter().collect()
+            };
             node.node_stage_volume(NodeStageVolumeRequest {
                 volume_id: volume_id.clone(),
                 staging_target_path: staging_path.clone(),
