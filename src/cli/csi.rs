@@ -106,6 +106,19 @@ pub enum CsiCommand {
         #[arg(long)]
         target_path: String,
     },
+    /// Grow a staged volume's device and filesystem to what the controller
+    /// expanded it to (NodeExpandVolume).
+    NodeExpand {
+        volume_id: String,
+        /// Where the volume is published (or staged).
+        #[arg(long)]
+        volume_path: String,
+        #[arg(long, default_value = "")]
+        staging_path: String,
+        /// The size the volume was expanded to, e.g. 8Gi.
+        #[arg(long, value_parser = parse_size)]
+        size: u64,
+    },
     /// Usage of a staged or published volume (NodeGetVolumeStats).
     Stats {
         volume_id: String,
@@ -377,6 +390,28 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
             .await
             .map_err(status_text)?;
             format!("unpublished {volume_id}")
+        }
+        CsiCommand::NodeExpand {
+            volume_id,
+            volume_path,
+            staging_path,
+            size,
+        } => {
+            let response = node
+                .node_expand_volume(NodeExpandVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    volume_path,
+                    staging_target_path: staging_path,
+                    capacity_range: Some(CapacityRange {
+                        required_bytes: size as i64,
+                        limit_bytes: 0,
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map_err(status_text)?
+                .into_inner();
+            format!("{volume_id} now holds {}", gib(response.capacity_bytes))
         }
         CsiCommand::Stats { volume_id, path } => {
             let stats = node

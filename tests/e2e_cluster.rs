@@ -1,0 +1,1066 @@
+//! vdrive in a real Kubernetes control plane: etcd, kube-apiserver,
+//! kube-controller-manager, kube-scheduler, csi-provisioner and csi-resizer as
+//! local processes (see `support::cluster`), `vdrive controller`, and one
+//! `vdrive node` per simulated server, each with its own loop-backed drives.
+//! No kubelet runs: the test creates the Nodes and CSINodes, and does the
+//! kubelet's CSI calls (NodeStage/NodePublish/NodeExpand) itself.
+//!
+//! The scenarios run in order on one cluster (starting one takes a while), each
+//! asserting on the API objects and on the ledger in the Nodes' annotations.
+//! Run with `e2e/run`.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSIStorageCapacity, StorageClass};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use support::cluster::{Cluster, Daemon, SIDECAR_NAMESPACE, bin_dir_from_env, eventually};
+use support::devices::release_everything_under;
+use vdrive::cluster::annotations::{CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims};
+use vdrive::ledger::Claim;
+
+const DRIVER: &str = "csi.vdrive.io";
+const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
+const K8S_CLASS: &str = "k8s-pool-storage";
+const VM_CLASS: &str = "vm-pool-storage";
+/// What each server gives its pool in this test: small, so that filling a node
+/// takes one volume (sparse drives make the size free anyway).
+const SHARE_GIB: u64 = 100;
+const RESERVE_GIB: u64 = 20;
+/// Every simulated server: one TLC drive for the k8s class, one QLC for the vm class.
+const DRIVES: &str = "tlc:160x1,qlc:160x1";
+const GIB: u64 = 1 << 30;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The processes and paths of one test run. Field order is drop order: the
+/// vdrive processes and sidecars stop before the control plane.
+struct Setup {
+    controller: Daemon,
+    nodes: BTreeMap<String, Daemon>,
+    _provisioner: Daemon,
+    _resizer: Daemon,
+    cluster: Cluster,
+    vdrive: PathBuf,
+    client: Client,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        // Whatever a failed scenario left staged, and the nodes' simulated drives.
+        self.nodes.clear();
+        if !release_everything_under(self.cluster.dir()) {
+            eprintln!(
+                "cleanup: mounts remain under {}",
+                self.cluster.dir().display()
+            );
+        }
+    }
+}
+
+impl Setup {
+    fn node_socket(&self, node: &str) -> PathBuf {
+        self.cluster.dir().join(format!("{node}.sock"))
+    }
+
+    fn controller_socket(&self) -> PathBuf {
+        self.cluster.dir().join("controller.sock")
+    }
+
+    /// Runs `vdrive` with `args`; Ok(stdout) or Err(stderr and stdout).
+    fn vdrive(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new(&self.vdrive)
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run vdrive: {e}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() {
+            Ok(stdout)
+        } else {
+            Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
+        }
+    }
+
+    fn kubeconfig(&self) -> String {
+        self.cluster.kubeconfig_path().display().to_string()
+    }
+}
+
+fn start_node(cluster: &Cluster, vdrive: &Path, name: &str) -> Daemon {
+    let mut command = Command::new(vdrive);
+    command
+        .arg("node")
+        .arg(format!(
+            "--endpoint=unix://{}/{name}.sock",
+            cluster.dir().display()
+        ))
+        .arg(format!("--node-id={name}"))
+        .arg(format!("--state-dir={}/{name}", cluster.dir().display()))
+        .arg(format!("--simulate-drives={DRIVES}"))
+        .arg(format!(
+            "--kubeconfig={}",
+            cluster.kubeconfig_path().display()
+        ))
+        .env("RUST_LOG", "info");
+    cluster.spawn(&format!("vdrive-node-{name}"), command)
+}
+
+fn controller_command(cluster: &Cluster, vdrive: &Path) -> Command {
+    let mut command = Command::new(vdrive);
+    command
+        .arg("controller")
+        .arg(format!(
+            "--endpoint=unix://{}/controller.sock",
+            cluster.dir().display()
+        ))
+        .arg(format!(
+            "--kubeconfig={}",
+            cluster.kubeconfig_path().display()
+        ))
+        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
+        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
+        .arg("--orphan-check-interval=0")
+        .env("RUST_LOG", "info");
+    command
+}
+
+async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
+    let path = path.to_path_buf();
+    for _ in 0..300 {
+        if path.exists() {
+            return;
+        }
+        daemon.assert_running();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
+}
+
+#[test]
+#[ignore = "needs Kubernetes binaries: run e2e/run"]
+fn vdrive_in_a_kubernetes_cluster() {
+    let bin = bin_dir_from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async move {
+        let mut setup = set_up(&bin).await;
+        install_from_deploy(&setup).await;
+        let first = pvc_lands_on_a_k8s_node_and_mounts(&setup).await;
+        capacity_steers_pods_and_labels_move_servers(&setup, &first).await;
+        delete_releases_and_retain_keeps(&setup, &first).await;
+        expansion_grows_pv_and_filesystem(&setup).await;
+        fifty_pvcs_at_once(&setup).await;
+        controller_killed_mid_burst(&mut setup).await;
+    });
+}
+
+async fn set_up(bin: &Path) -> Setup {
+    let cluster = Cluster::start(bin);
+    let client = cluster.client().await;
+    let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
+    // Three servers: two in the k8s pool, one in the vm pool.
+    let mut nodes = BTreeMap::new();
+    for (name, pool) in [("n1", "k8s"), ("n2", "k8s"), ("n3", "vm")] {
+        cluster
+            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
+            .await;
+        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
+        let mut daemon = start_node(&cluster, &vdrive, name);
+        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+        nodes.insert(name.to_string(), daemon);
+    }
+    let mut controller = cluster.spawn("vdrive-controller", controller_command(&cluster, &vdrive));
+    let socket = cluster.dir().join("controller.sock");
+    wait_for_socket(&socket, &mut controller).await;
+    let provisioner = cluster.start_provisioner(
+        &socket,
+        &[
+            // A local volume must be where the scheduler put the pod, or nowhere.
+            "--strict-topology",
+            "--timeout=30s",
+            // Retry soon after a failure (a full node, a restarted controller).
+            "--retry-interval-max=5s",
+        ],
+    );
+    let resizer = cluster.start_resizer(&socket, &[]);
+    Setup {
+        controller,
+        nodes,
+        _provisioner: provisioner,
+        _resizer: resizer,
+        cluster,
+        vdrive,
+        client,
+    }
+}
+
+// ---- scenario 1 ----------------------------------------------------------------
+
+async fn install_from_deploy(setup: &Setup) {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+    let out = setup
+        .cluster
+        .kubectl(["apply", "-k", &deploy.display().to_string()]);
+    eprintln!("kubectl apply -k deploy/:\n{out}");
+    let driver = Api::<CSIDriver>::all(setup.client.clone())
+        .get(DRIVER)
+        .await
+        .expect("the CSIDriver from deploy/");
+    let spec = driver.spec;
+    assert_eq!(spec.attach_required, Some(false));
+    assert_eq!(spec.pod_info_on_mount, Some(true));
+    assert_eq!(spec.storage_capacity, Some(true));
+    assert_eq!(spec.fs_group_policy.as_deref(), Some("File"));
+    let classes = Api::<StorageClass>::all(setup.client.clone());
+    let k8s = classes.get(K8S_CLASS).await.expect("k8s-pool-storage");
+    assert_eq!(k8s.provisioner, DRIVER);
+    assert_eq!(k8s.reclaim_policy.as_deref(), Some("Delete"));
+    assert_eq!(
+        k8s.volume_binding_mode.as_deref(),
+        Some("WaitForFirstConsumer")
+    );
+    assert_eq!(k8s.allow_volume_expansion, Some(true));
+    let vm = classes.get(VM_CLASS).await.expect("vm-pool-storage");
+    assert_eq!(vm.reclaim_policy.as_deref(), Some("Retain"));
+    for (kind, name) in [
+        ("deployment", "vdrive-controller"),
+        ("daemonset", "vdrive-node"),
+        ("serviceaccount", "vdrive-controller"),
+        ("serviceaccount", "vdrive-node"),
+    ] {
+        setup
+            .cluster
+            .kubectl(["get", kind, name, "--namespace", "vdrive"]);
+    }
+}
+
+// ---- scenario 2 ----------------------------------------------------------------
+
+/// The first volume of scenario 2: where it went and what it is.
+struct Placed {
+    pvc: String,
+    node: String,
+    pv: PersistentVolume,
+    staging: PathBuf,
+    target: PathBuf,
+}
+
+async fn pvc_lands_on_a_k8s_node_and_mounts(setup: &Setup) -> Placed {
+    // The scheduler reads CSIStorageCapacity; wait until the provisioner has
+    // published them for every node.
+    for node in ["n1", "n2"] {
+        wait_for_capacity(setup, K8S_CLASS, node, |gib| gib == SHARE_GIB).await;
+    }
+    wait_for_capacity(setup, K8S_CLASS, "n3", |gib| gib == 0).await;
+    wait_for_capacity(setup, VM_CLASS, "n3", |gib| gib == SHARE_GIB).await;
+
+    create_pvc(setup, "default", "data", K8S_CLASS, 10).await;
+    create_pod(setup, "default", "app", "data").await;
+    let node = setup
+        .cluster
+        .wait_for_pod_node("default", "app", WAIT)
+        .await;
+    assert!(
+        node == "n1" || node == "n2",
+        "k8s volume on {node}, outside the k8s pool"
+    );
+    let pv = bound_pv(setup, "default", "data").await;
+    let affinity = serde_json::to_value(&pv.spec.as_ref().unwrap().node_affinity).unwrap();
+    assert_eq!(
+        affinity["required"]["nodeSelectorTerms"][0]["matchExpressions"][0],
+        json!({ "key": TOPOLOGY_KEY, "operator": "In", "values": [node] }),
+        "the PV is pinned to the pod's node"
+    );
+    let handle = volume_handle(&pv);
+    let claims = live_claims(setup, &node).await;
+    let mine: Vec<&Claim> = claims.iter().filter(|c| c.volume_id == handle).collect();
+    assert_eq!(
+        mine.len(),
+        1,
+        "one virtual drive for the volume: {claims:?}"
+    );
+    assert_eq!(mine[0].owner, "default:data", "the PVC owns the claim");
+    assert_eq!(mine[0].size_gib, 10);
+
+    // The kubelet's part: stage and publish on that node's plugin, then use it.
+    let staging = setup.cluster.dir().join("mnt/data/staging");
+    let target = setup.cluster.dir().join("mnt/data/target");
+    stage_and_publish(setup, &node, &pv, &staging, &target);
+    std::fs::write(target.join("hello"), "vdrive").expect("write on the volume");
+    assert_eq!(
+        std::fs::read_to_string(staging.join("hello")).expect("read it back"),
+        "vdrive"
+    );
+    Placed {
+        pvc: "data".into(),
+        node,
+        pv,
+        staging,
+        target,
+    }
+}
+
+// ---- scenario 3 ----------------------------------------------------------------
+
+async fn capacity_steers_pods_and_labels_move_servers(setup: &Setup, first: &Placed) {
+    let other = if first.node == "n1" { "n2" } else { "n1" };
+    // The first node has 90 GiB of its share left; a 95 GiB volume fits only on
+    // the other. Wait for the scheduler's view to say so, then ask.
+    wait_for_capacity(setup, K8S_CLASS, &first.node, |gib| gib == SHARE_GIB - 10).await;
+    create_pvc(setup, "default", "big", K8S_CLASS, 95).await;
+    create_pod(setup, "default", "big-app", "big").await;
+    let node = setup
+        .cluster
+        .wait_for_pod_node("default", "big-app", WAIT)
+        .await;
+    assert_eq!(node, other, "the full node was skipped");
+    bound_pv(setup, "default", "big").await;
+    wait_for_capacity(setup, K8S_CLASS, other, |gib| gib == SHARE_GIB - 95).await;
+
+    // Relabel the vm server into the k8s pool: its k8s capacity appears at once
+    // (one provisioner poll), and the pool grows by one share.
+    let before = pools_status(setup);
+    label_pool(setup, "n3", Some("k8s"));
+    wait_for_capacity(setup, K8S_CLASS, "n3", |gib| gib == SHARE_GIB).await;
+    wait_for_capacity(setup, VM_CLASS, "n3", |gib| gib == 0).await;
+    let after = pools_status(setup);
+    assert_eq!(
+        servers(&after, "k8s_pool"),
+        servers(&before, "k8s_pool") + 1
+    );
+    assert_eq!(
+        after["k8s_pool"]["total_capacity_gb"],
+        json!(3 * SHARE_GIB),
+        "{after}"
+    );
+    assert_eq!(servers(&after, "vm_pool"), 0);
+    label_pool(setup, "n3", Some("vm"));
+    wait_for_capacity(setup, K8S_CLASS, "n3", |gib| gib == 0).await;
+    wait_for_capacity(setup, VM_CLASS, "n3", |gib| gib == SHARE_GIB).await;
+
+    // The pools seed's scaling examples on a server with no vdrive yet.
+    setup
+        .cluster
+        .add_node("n4", &[(TOPOLOGY_KEY, "n4")], "8", "32Gi")
+        .await;
+    let base = pools_status(setup);
+    // Example 1: add a server to the k8s pool.
+    label_pool(setup, "n4", Some("k8s"));
+    let added = pools_status(setup);
+    assert_eq!(servers(&added, "k8s_pool"), servers(&base, "k8s_pool") + 1);
+    assert_eq!(
+        gb(&added, "k8s_pool", "total_capacity_gb"),
+        gb(&base, "k8s_pool", "total_capacity_gb") + SHARE_GIB
+    );
+    // Example 3: move it to the vm pool.
+    label_pool(setup, "n4", Some("vm"));
+    let moved = pools_status(setup);
+    assert_eq!(servers(&moved, "k8s_pool"), servers(&base, "k8s_pool"));
+    assert_eq!(servers(&moved, "vm_pool"), servers(&base, "vm_pool") + 1);
+    // Example 2: remove it from the pools.
+    label_pool(setup, "n4", None);
+    let removed = pools_status(setup);
+    assert_eq!(servers(&removed, "vm_pool"), servers(&base, "vm_pool"));
+    assert_eq!(
+        removed["system_reserve"]["total_servers"],
+        base["system_reserve"]["total_servers"]
+    );
+    setup.cluster.kubectl(["delete", "node", "n4"]);
+
+    // Clean up the big volume: pod, PVC; the PV and claim go (Delete).
+    setup.cluster.force_delete_pod("default", "big-app").await;
+    let big = bound_pv(setup, "default", "big").await;
+    delete_pvc(setup, "default", "big").await;
+    wait_for_pv_gone(setup, &big.name_any()).await;
+    wait_for_claims_gone(setup, other, &volume_handle(&big)).await;
+}
+
+// ---- scenario 4 ----------------------------------------------------------------
+
+async fn delete_releases_and_retain_keeps(setup: &Setup, first: &Placed) {
+    // The kubelet's part of deleting a pod: unpublish and unstage.
+    let handle = volume_handle(&first.pv);
+    let endpoint = format!("unix://{}", setup.node_socket(&first.node).display());
+    setup
+        .vdrive(&[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "unpublish",
+            &handle,
+            "--target-path",
+            &first.target.display().to_string(),
+        ])
+        .expect("unpublish");
+    setup
+        .vdrive(&[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "unstage",
+            &handle,
+            "--staging-path",
+            &first.staging.display().to_string(),
+        ])
+        .expect("unstage");
+    setup.cluster.force_delete_pod("default", "app").await;
+    delete_pvc(setup, "default", &first.pvc).await;
+    wait_for_pv_gone(setup, &first.pv.name_any()).await;
+    // The controller marks the claim releasing; the node erases it and releases it.
+    wait_for_claims_gone(setup, &first.node, &handle).await;
+    wait_for_capacity(setup, K8S_CLASS, &first.node, |gib| gib == SHARE_GIB).await;
+
+    // vm-pool-storage keeps its volume (Retain).
+    create_pvc(setup, "default", "disk", VM_CLASS, 20).await;
+    create_pod(setup, "default", "vm", "disk").await;
+    let node = setup.cluster.wait_for_pod_node("default", "vm", WAIT).await;
+    assert_eq!(node, "n3", "the only vm server");
+    let pv = bound_pv(setup, "default", "disk").await;
+    let handle = volume_handle(&pv);
+    setup.cluster.force_delete_pod("default", "vm").await;
+    delete_pvc(setup, "default", "disk").await;
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let pv_name = pv.name_any();
+    let released = eventually("the vm PV to be Released", WAIT, || {
+        let pvs = pvs.clone();
+        let pv_name = pv_name.clone();
+        async move {
+            let pv = pvs.get(&pv_name).await.map_err(|e| e.to_string())?;
+            match pv.status.as_ref().and_then(|s| s.phase.clone()) {
+                Some(phase) if phase == "Released" => Ok(pv),
+                other => Err(format!("phase {other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        released
+            .spec
+            .as_ref()
+            .unwrap()
+            .persistent_volume_reclaim_policy
+            .as_deref(),
+        Some("Retain")
+    );
+    assert!(
+        live_claims(setup, "n3")
+            .await
+            .iter()
+            .any(|c| c.volume_id == handle),
+        "a retained volume keeps its claim"
+    );
+
+    // The orphan check: nothing is orphaned while the PV is kept; once an admin
+    // deletes the PV, the claim is reported, and released only when asked.
+    let kubeconfig = setup.kubeconfig();
+    let clean = setup
+        .vdrive(&["orphans", "--json", "--kubeconfig", &kubeconfig])
+        .expect("no orphans while the PV exists");
+    let report: Value = serde_json::from_str(&clean).unwrap();
+    assert_eq!(report["orphaned_claims"], json!([]), "{report}");
+    assert_eq!(report["lost_volumes"], json!([]), "{report}");
+    setup.cluster.kubectl(["delete", "pv", &pv_name]);
+    wait_for_pv_gone(setup, &pv_name).await;
+    let found = setup
+        .vdrive(&["orphans", "--json", "--kubeconfig", &kubeconfig])
+        .expect_err("an orphan makes the check fail");
+    let report: Value = serde_json::from_str(found.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("{e}: {found}"));
+    assert_eq!(
+        report["orphaned_claims"][0]["volume_id"],
+        json!(handle),
+        "{report}"
+    );
+    assert_eq!(report["orphaned_claims"][0]["owner"], json!("default:disk"));
+    assert!(
+        live_claims(setup, "n3")
+            .await
+            .iter()
+            .any(|c| c.volume_id == handle),
+        "reporting releases nothing"
+    );
+    let released = setup
+        .vdrive(&[
+            "orphans",
+            "--release",
+            "--json",
+            "--kubeconfig",
+            &kubeconfig,
+        ])
+        .expect("releasing every orphan succeeds");
+    let report: Value = serde_json::from_str(&released).unwrap();
+    assert_eq!(report["released"], json!([handle]));
+    wait_for_claims_gone(setup, "n3", &handle).await;
+}
+
+// ---- scenario 5 ----------------------------------------------------------------
+
+async fn expansion_grows_pv_and_filesystem(setup: &Setup) {
+    create_pvc(setup, "default", "grow", K8S_CLASS, 4).await;
+    create_pod(setup, "default", "grower", "grow").await;
+    let node = setup
+        .cluster
+        .wait_for_pod_node("default", "grower", WAIT)
+        .await;
+    let pv = bound_pv(setup, "default", "grow").await;
+    let handle = volume_handle(&pv);
+    let staging = setup.cluster.dir().join("mnt/grow/staging");
+    let target = setup.cluster.dir().join("mnt/grow/target");
+    stage_and_publish(setup, &node, &pv, &staging, &target);
+    let before = filesystem_bytes(&target);
+
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(setup.client.clone(), "default");
+    pvcs.patch(
+        "grow",
+        &PatchParams::default(),
+        &Patch::Merge(json!({ "spec": { "resources": { "requests": { "storage": "8Gi" } } } })),
+    )
+    .await
+    .expect("ask for 8Gi");
+    // csi-resizer calls ControllerExpandVolume and grows the PV.
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let pv_name = pv.name_any();
+    eventually("the PV to grow to 8Gi", WAIT, || {
+        let pvs = pvs.clone();
+        let pv_name = pv_name.clone();
+        async move {
+            let pv = pvs.get(&pv_name).await.map_err(|e| e.to_string())?;
+            let capacity = pv
+                .spec
+                .and_then(|s| s.capacity)
+                .and_then(|c| c.get("storage").map(|q| q.0.clone()))
+                .unwrap_or_default();
+            if quantity_bytes(&capacity) == Some(8 * GIB) {
+                Ok(())
+            } else {
+                Err(format!("capacity {capacity}"))
+            }
+        }
+    })
+    .await;
+    let claims = live_claims(setup, &node).await;
+    let grown: u64 = claims
+        .iter()
+        .filter(|c| c.volume_id == handle)
+        .map(|c| c.size_gib)
+        .sum();
+    assert_eq!(grown, 8, "the ledger holds the new size");
+
+    // The kubelet's part: NodeExpandVolume on the staged volume. ext4 grows
+    // online where the plugin may (CAP_SYS_RESOURCE); otherwise on restage.
+    let endpoint = format!("unix://{}", setup.node_socket(&node).display());
+    let path = target.display().to_string();
+    let staging_arg = staging.display().to_string();
+    let expanded = setup.vdrive(&[
+        "csi",
+        "--endpoint",
+        &endpoint,
+        "node-expand",
+        &handle,
+        "--volume-path",
+        &path,
+        "--staging-path",
+        &staging_arg,
+        "--size",
+        "8Gi",
+    ]);
+    if expanded.is_err() {
+        unstage(setup, &node, &handle, &staging, &target);
+        stage_and_publish(setup, &node, &pv, &staging, &target);
+    }
+    let after = filesystem_bytes(&target);
+    assert!(
+        after > before + 3 * GIB,
+        "the filesystem grew from {before} to {after} bytes ({expanded:?})"
+    );
+    unstage(setup, &node, &handle, &staging, &target);
+    setup.cluster.force_delete_pod("default", "grower").await;
+    delete_pvc(setup, "default", "grow").await;
+    wait_for_pv_gone(setup, &pv_name).await;
+    wait_for_claims_gone(setup, &node, &handle).await;
+}
+
+// ---- scenario 6 ----------------------------------------------------------------
+
+async fn fifty_pvcs_at_once(setup: &Setup) {
+    // All three servers in the k8s pool; 50 × 5 GiB needs all three shares.
+    label_pool(setup, "n3", Some("k8s"));
+    wait_for_capacity(setup, K8S_CLASS, "n3", |gib| gib == SHARE_GIB).await;
+    setup.cluster.create_namespace("burst").await;
+    let names: Vec<String> = (0..50).map(|i| format!("vol-{i:02}")).collect();
+    let creates = names.iter().map(|name| async move {
+        create_pvc(setup, "burst", name, K8S_CLASS, 5).await;
+        create_pod(setup, "burst", &format!("pod-{name}"), name).await;
+    });
+    futures_util::future::join_all(creates).await;
+    let ledger = wait_all_bound(setup, "burst", &names).await;
+    let used: HashSet<&str> = ledger.values().map(|c| c.1.as_str()).collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "the burst spreads over all three servers: {used:?}"
+    );
+    delete_all(setup, "burst", &names).await;
+    label_pool(setup, "n3", Some("vm"));
+}
+
+/// Waits until every PVC is bound and every pod scheduled, then checks the
+/// ledger against the PVs: one live volume per PV, owned by its PVC, on the PV's
+/// node, and no extent booked twice. Returns volume id → (owner, node).
+async fn wait_all_bound(
+    setup: &Setup,
+    namespace: &str,
+    names: &[String],
+) -> HashMap<String, (String, String)> {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(setup.client.clone(), namespace);
+    let pvcs = &pvcs;
+    let bound = eventually(
+        &format!("{} PVCs in {namespace} to be bound", names.len()),
+        Duration::from_secs(300),
+        || async move {
+            let list = pvcs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            let pending: Vec<String> = list
+                .items
+                .iter()
+                .filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
+                .map(|c| c.name_any())
+                .collect();
+            if pending.is_empty() && list.items.len() == names.len() {
+                Ok(list.items)
+            } else {
+                Err(format!("{} not bound: {pending:?}", pending.len()))
+            }
+        },
+    )
+    .await;
+    for name in names {
+        setup
+            .cluster
+            .wait_for_pod_node(namespace, &format!("pod-{name}"), WAIT)
+            .await;
+    }
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let mut expected: HashMap<String, (String, String)> = HashMap::new();
+    for pvc in &bound {
+        let pv_name = pvc
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.clone())
+            .expect("bound to a PV");
+        let pv = pvs.get(&pv_name).await.expect("the bound PV");
+        let node = pv_node(&pv);
+        expected.insert(
+            volume_handle(&pv),
+            (format!("{namespace}:{}", pvc.name_any()), node),
+        );
+    }
+    // The ledger equals the PVs: no leaked claim, no lost volume.
+    let mut recorded: HashMap<String, (String, String)> = HashMap::new();
+    for node in ["n1", "n2", "n3"] {
+        let ledger = node_ledger(setup, node).await;
+        ledger
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("node {node}'s ledger: {e}"));
+        for claim in ledger.claims.iter().filter(|c| !c.releasing) {
+            if claim.owner.starts_with(&format!("{namespace}:")) {
+                recorded.insert(
+                    claim.volume_id.clone(),
+                    (claim.owner.clone(), node.to_string()),
+                );
+            }
+        }
+    }
+    assert_eq!(recorded, expected, "the ledger equals the PVs");
+    expected
+}
+
+async fn delete_all(setup: &Setup, namespace: &str, names: &[String]) {
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let mut handles = Vec::new();
+    for name in names {
+        setup
+            .cluster
+            .force_delete_pod(namespace, &format!("pod-{name}"))
+            .await;
+        let pv = bound_pv(setup, namespace, name).await;
+        handles.push((pv.name_any(), volume_handle(&pv), pv_node(&pv)));
+        delete_pvc(setup, namespace, name).await;
+    }
+    for (pv, handle, node) in handles {
+        wait_for_pv_gone(setup, &pv).await;
+        wait_for_claims_gone(setup, &node, &handle).await;
+    }
+    assert!(
+        pvs.list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+}
+
+// ---- scenario 7 ----------------------------------------------------------------
+
+async fn controller_killed_mid_burst(setup: &mut Setup) {
+    setup.cluster.create_namespace("storm").await;
+    let names: Vec<String> = (0..24).map(|i| format!("vol-{i:02}")).collect();
+    {
+        let setup = &*setup;
+        let creates = names.iter().map(|name| async move {
+            create_pvc(setup, "storm", name, K8S_CLASS, 2).await;
+            create_pod(setup, "storm", &format!("pod-{name}"), name).await;
+        });
+        futures_util::future::join_all(creates).await;
+    }
+    // Kill it hard once provisioning is under way: some volumes made, some not.
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let pvs = &pvs;
+    eventually("the first volumes of the burst", WAIT, || async move {
+        let made = pvs
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if made >= 3 {
+            Ok(())
+        } else {
+            Err(format!("{made} PVs"))
+        }
+    })
+    .await;
+    let pid = setup.controller.pid().expect("the controller runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill the controller");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    setup.controller.restart();
+    let socket = setup.controller_socket();
+    wait_for_socket(&socket, &mut setup.controller).await;
+    wait_all_bound(setup, "storm", &names).await;
+    delete_all(setup, "storm", &names).await;
+}
+
+// ---- helpers -------------------------------------------------------------------
+
+async fn create_pvc(setup: &Setup, namespace: &str, name: &str, class: &str, gib: u64) {
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": class,
+            "resources": { "requests": { "storage": format!("{gib}Gi") } },
+        },
+    }))
+    .expect("a PVC");
+    Api::<PersistentVolumeClaim>::namespaced(setup.client.clone(), namespace)
+        .create(&PostParams::default(), &pvc)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create PVC {namespace}/{name}: {e}"));
+}
+
+async fn create_pod(setup: &Setup, namespace: &str, name: &str, pvc: &str) {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": namespace },
+        "spec": {
+            "containers": [{
+                "name": "app",
+                "image": "busybox",
+                "volumeMounts": [{ "name": "data", "mountPath": "/data" }],
+            }],
+            "volumes": [{ "name": "data", "persistentVolumeClaim": { "claimName": pvc } }],
+        },
+    }))
+    .expect("a Pod");
+    Api::<Pod>::namespaced(setup.client.clone(), namespace)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create pod {namespace}/{name}: {e}"));
+}
+
+async fn delete_pvc(setup: &Setup, namespace: &str, name: &str) {
+    Api::<PersistentVolumeClaim>::namespaced(setup.client.clone(), namespace)
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot delete PVC {namespace}/{name}: {e}"));
+}
+
+async fn bound_pv(setup: &Setup, namespace: &str, pvc: &str) -> PersistentVolume {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(setup.client.clone(), namespace);
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let (pvcs, pvs) = (&pvcs, &pvs);
+    eventually(
+        &format!("PVC {namespace}/{pvc} to be bound"),
+        WAIT,
+        || async move {
+            let claim = pvcs.get(pvc).await.map_err(|e| e.to_string())?;
+            let phase = claim.status.as_ref().and_then(|s| s.phase.clone());
+            let volume = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+            match (phase.as_deref(), volume) {
+                (Some("Bound"), Some(volume)) => pvs.get(&volume).await.map_err(|e| e.to_string()),
+                (phase, _) => Err(format!("phase {phase:?}")),
+            }
+        },
+    )
+    .await
+}
+
+async fn wait_for_pv_gone(setup: &Setup, name: &str) {
+    let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
+    let pvs = &pvs;
+    eventually(&format!("PV {name} to be deleted"), WAIT, || async move {
+        match pvs.get_opt(name).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(pv) => Err(format!("phase {:?}", pv.status.and_then(|s| s.phase))),
+        }
+    })
+    .await;
+}
+
+async fn wait_for_claims_gone(setup: &Setup, node: &str, volume_id: &str) {
+    eventually(
+        &format!("the claims of {volume_id} to leave {node}'s ledger"),
+        WAIT,
+        || async move {
+            let claims = node_ledger(setup, node).await.claims;
+            match claims.iter().find(|c| c.volume_id == volume_id) {
+                None => Ok(()),
+                Some(c) => Err(format!("still there (releasing: {})", c.releasing)),
+            }
+        },
+    )
+    .await;
+}
+
+fn volume_handle(pv: &PersistentVolume) -> String {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .map(|csi| csi.volume_handle.clone())
+        .expect("a CSI PV")
+}
+
+fn pv_node(pv: &PersistentVolume) -> String {
+    let affinity = serde_json::to_value(&pv.spec.as_ref().unwrap().node_affinity).unwrap();
+    affinity["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0]
+        .as_str()
+        .expect("a PV pinned to a node")
+        .to_string()
+}
+
+/// The node's ledger as the annotations say, decoded by vdrive's own code.
+async fn node_ledger(setup: &Setup, node: &str) -> vdrive::ledger::NodeLedger {
+    let found = Api::<Node>::all(setup.client.clone())
+        .get(node)
+        .await
+        .unwrap_or_else(|e| panic!("Node {node}: {e}"));
+    let annotations = found.annotations();
+    let mut ledger = vdrive::ledger::NodeLedger::new(node);
+    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
+        ledger.claims = decode_claims(text).expect("a readable claims annotation");
+    }
+    let drives: Value = serde_json::from_str(
+        annotations
+            .get(DRIVES_ANNOTATION)
+            .map(String::as_str)
+            .unwrap_or("[]"),
+    )
+    .expect("a readable drives annotation");
+    for drive in drives.as_array().into_iter().flatten() {
+        ledger.drives.push(vdrive::ledger::PhysicalDrive {
+            uuid: drive["uuid"].as_str().unwrap().parse().unwrap(),
+            serial: drive["serial"].as_str().unwrap_or_default().to_string(),
+            drive_type: serde_json::from_value(drive["type"].clone()).unwrap(),
+            capacity_gib: drive["capacityGiB"].as_u64().unwrap(),
+            missing: drive["missing"].as_bool().unwrap_or(false),
+        });
+    }
+    ledger
+}
+
+async fn live_claims(setup: &Setup, node: &str) -> Vec<Claim> {
+    node_ledger(setup, node)
+        .await
+        .claims
+        .into_iter()
+        .filter(|c| !c.releasing)
+        .collect()
+}
+
+fn stage_and_publish(
+    setup: &Setup,
+    node: &str,
+    pv: &PersistentVolume,
+    staging: &Path,
+    target: &Path,
+) {
+    std::fs::create_dir_all(staging).unwrap();
+    std::fs::create_dir_all(target).unwrap();
+    let csi = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.as_ref())
+        .expect("a CSI PV");
+    let endpoint = format!("unix://{}", setup.node_socket(node).display());
+    let mut args: Vec<String> = vec![
+        "csi".into(),
+        "--endpoint".into(),
+        endpoint.clone(),
+        "stage".into(),
+        csi.volume_handle.clone(),
+        "--staging-path".into(),
+        staging.display().to_string(),
+    ];
+    for (key, value) in csi.volume_attributes.iter().flatten() {
+        args.push("--context".into());
+        args.push(format!("{key}={value}"));
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    setup.vdrive(&args).expect("NodeStageVolume");
+    setup
+        .vdrive(&[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "publish",
+            &csi.volume_handle,
+            "--staging-path",
+            &staging.display().to_string(),
+            "--target-path",
+            &target.display().to_string(),
+        ])
+        .expect("NodePublishVolume");
+}
+
+fn unstage(setup: &Setup, node: &str, handle: &str, staging: &Path, target: &Path) {
+    let endpoint = format!("unix://{}", setup.node_socket(node).display());
+    setup
+        .vdrive(&[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "unpublish",
+            handle,
+            "--target-path",
+            &target.display().to_string(),
+        ])
+        .expect("NodeUnpublishVolume");
+    setup
+        .vdrive(&[
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "unstage",
+            handle,
+            "--staging-path",
+            &staging.display().to_string(),
+        ])
+        .expect("NodeUnstageVolume");
+}
+
+fn filesystem_bytes(path: &Path) -> u64 {
+    let stat = nix::sys::statvfs::statvfs(path).expect("statvfs");
+    stat.blocks() * stat.fragment_size()
+}
+
+/// The capacity the provisioner published for `class` on `node`, in GiB.
+async fn capacity_gib(setup: &Setup, class: &str, node: &str) -> Option<u64> {
+    let all: Api<CSIStorageCapacity> = Api::namespaced(setup.client.clone(), SIDECAR_NAMESPACE);
+    let list = all.list(&ListParams::default()).await.ok()?;
+    list.items.iter().find_map(|c| {
+        let labels = c.node_topology.as_ref()?.match_labels.as_ref()?;
+        (c.storage_class_name == class
+            && labels.get(TOPOLOGY_KEY).map(String::as_str) == Some(node))
+        .then(|| {
+            c.capacity
+                .as_ref()
+                .and_then(|q| quantity_bytes(&q.0))
+                .unwrap_or(0)
+                / GIB
+        })
+    })
+}
+
+async fn wait_for_capacity(setup: &Setup, class: &str, node: &str, ok: impl Fn(u64) -> bool) {
+    let ok = &ok;
+    eventually(
+        &format!("CSIStorageCapacity of {class} on {node}"),
+        WAIT,
+        || async move {
+            match capacity_gib(setup, class, node).await {
+                Some(gib) if ok(gib) => Ok(()),
+                other => Err(format!("{other:?} GiB")),
+            }
+        },
+    )
+    .await;
+}
+
+/// Bytes of a Kubernetes quantity as the sidecars write them ("100Gi", "0", "5368709120").
+fn quantity_bytes(text: &str) -> Option<u64> {
+    let units = [
+        ("Ki", 1u64 << 10),
+        ("Mi", 1 << 20),
+        ("Gi", 1 << 30),
+        ("Ti", 1 << 40),
+        ("k", 1000),
+        ("M", 1_000_000),
+        ("G", 1_000_000_000),
+    ];
+    for (suffix, factor) in units {
+        if let Some(number) = text.strip_suffix(suffix) {
+            return number.parse::<u64>().ok().map(|n| n * factor);
+        }
+    }
+    text.parse().ok()
+}
+
+fn label_pool(setup: &Setup, node: &str, pool: Option<&str>) {
+    let label = match pool {
+        Some(pool) => format!("pool={pool}"),
+        None => "pool-".to_string(),
+    };
+    setup
+        .cluster
+        .kubectl(["label", "node", node, &label, "--overwrite"]);
+}
+
+/// `vdrive pools status` against the cluster, with the test's pool settings.
+fn pools_status(setup: &Setup) -> Value {
+    let out = setup
+        .vdrive(&[
+            "pools",
+            "status",
+            "--kubeconfig",
+            &setup.kubeconfig(),
+            &format!("--capacity-per-server-gib={SHARE_GIB}"),
+            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+        ])
+        .expect("vdrive pools status");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+fn servers(status: &Value, pool: &str) -> u64 {
+    status[pool]["servers"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{status}"))
+}
+
+fn gb(status: &Value, pool: &str, key: &str) -> u64 {
+    status[pool][key]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{status}"))
+}

@@ -1,0 +1,132 @@
+//! Devices and mounts the tests leave behind, found and released by path: every
+//! mount under a test's directory, and the loop devices of the simulated drives
+//! kept there (and the volume devices built on them).
+
+// Each test crate that says `mod support;` uses a different part of this.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::Duration;
+
+/// Unmounts everything under `dir` (deepest first), then detaches the loop devices
+/// of the simulated drives in `dir`: first those built on those drives (volume
+/// devices), then the drives' own. True when nothing is mounted under `dir` any more.
+pub fn release_everything_under(dir: &Path) -> bool {
+    for attempt in 0..6 {
+        let mut targets: Vec<PathBuf> = mounts_under(dir).into_iter().map(|m| m.target).collect();
+        if targets.is_empty() {
+            break;
+        }
+        targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+        for target in targets {
+            let mut umount = Command::new("umount");
+            if attempt >= 4 {
+                umount.arg("--lazy");
+            }
+            let _ = umount.arg(&target).stderr(Stdio::null()).status();
+        }
+    }
+    for attempt in 0..10 {
+        let loops = loop_devices();
+        let drives: Vec<&PathBuf> = loops
+            .iter()
+            .filter(|(_, backing)| backing.starts_with(dir))
+            .map(|(device, _)| device)
+            .collect();
+        let volumes: Vec<&PathBuf> = loops
+            .iter()
+            .filter(|(_, backing)| drives.contains(&backing))
+            .map(|(device, _)| device)
+            .collect();
+        if drives.is_empty() && volumes.is_empty() {
+            break;
+        }
+        if attempt == 9 {
+            eprintln!("cleanup: loop devices still bound: {volumes:?} {drives:?}");
+            break;
+        }
+        for device in volumes.into_iter().chain(drives) {
+            let _ = Command::new("losetup")
+                .arg("--detach")
+                .arg(device)
+                .stderr(Stdio::null())
+                .status();
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    mounts_under(dir).is_empty()
+}
+
+/// Bound loop devices and their backing files, from `losetup --list`.
+pub fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
+    let Ok(out) = Command::new("losetup")
+        .args([
+            "--list",
+            "--noheadings",
+            "--raw",
+            "--output",
+            "NAME,BACK-FILE",
+        ])
+        .output()
+    else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let (name, backing) = line.trim().split_once(' ')?;
+            let backing = unescape_raw(backing.trim());
+            let backing = backing.strip_suffix(" (deleted)").unwrap_or(&backing);
+            Some((PathBuf::from(name), PathBuf::from(backing)))
+        })
+        .collect()
+}
+
+/// Undoes `lsblk`/`losetup --raw` escaping (`\x20`).
+pub fn unescape_raw(text: &str) -> String {
+    let mut out = String::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("\\x") {
+        out.push_str(&rest[..at]);
+        match rest
+            .get(at + 2..at + 4)
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            Some(byte) => {
+                out.push(char::from(byte));
+                rest = &rest[at + 4..];
+            }
+            None => {
+                out.push_str("\\x");
+                rest = &rest[at + 2..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+/// One line of /proc/self/mountinfo.
+#[derive(Debug, Clone)]
+
+pub struct MountPoint {
+    pub target: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+}
+
+/// Every mount at or below `dir`, in mount order.
+pub fn mounts_under(dir: &Path) -> Vec<MountPoint> {
+    vdrive::node::mounts::mountinfo()
+        .expect("read /proc/self/mountinfo")
+        .into_iter()
+        .filter(|m| m.mount_point.starts_with(dir))
+        .map(|m| MountPoint {
+            target: m.mount_point,
+            fs_type: m.fs_type,
+            source: m.source,
+        })
+        .collect()
+}
