@@ -268,6 +268,10 @@ impl LedgerStore for Arc<KubeStore> {
         record.snapshot(node)
     }
 
+    async fn load_latest(&self, node: &str) -> Result<Snapshot, StoreError> {
+        self.fetch(node).await?.snapshot(node)
+    }
+
     async fn compare_and_swap(
         &self,
         expected: &Revision,

@@ -263,17 +263,21 @@ impl<S: LedgerStore> NodeService<S> {
                 ctx.node, self.node_id
             )));
         }
-        let volume = self
-            .ledger
-            .node(&self.node_id)
-            .await?
-            .volume(volume_id)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "volume {volume_id} has no claims on node {}",
-                    self.node_id
-                ))
-            })?;
+        // A volume created a moment ago may not have reached a cached ledger yet.
+        let volume = match self.ledger.node(&self.node_id).await?.volume(volume_id) {
+            Some(volume) => Some(volume),
+            None => self
+                .ledger
+                .node_latest(&self.node_id)
+                .await?
+                .volume(volume_id),
+        }
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "volume {volume_id} has no claims on node {}",
+                self.node_id
+            ))
+        })?;
         let same = |a: &VolumeExtent, b: &VolumeExtent| {
             (a.virtual_uuid, a.physical_uuid, a.offset_gib)
                 == (b.virtual_uuid, b.physical_uuid, b.offset_gib)
@@ -862,17 +866,26 @@ impl<S: LedgerStore> Node for NodeService<S> {
                 req.volume_id
             ))
         })?;
-        let volume = self
+        let cached = self
             .ledger
             .node(&self.node_id)
             .await?
-            .volume(&req.volume_id)
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "volume {} has no claims on this node",
-                    req.volume_id
-                ))
-            })?;
+            .volume(&req.volume_id);
+        // The controller has just grown the claim; a cached ledger may lag behind.
+        let volume = match cached {
+            Some(volume) if volume.capacity_gib * GIB >= required => Some(volume),
+            _ => self
+                .ledger
+                .node_latest(&self.node_id)
+                .await?
+                .volume(&req.volume_id),
+        }
+        .ok_or_else(|| {
+            Status::not_found(format!(
+                "volume {} has no claims on this node",
+                req.volume_id
+            ))
+        })?;
         let claimed = volume.capacity_gib * GIB;
         if required > claimed {
             return Err(Status::failed_precondition(format!(

@@ -95,6 +95,11 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(self.store.load(node).await?.ledger)
     }
 
+    /// The node's ledger read from the store's source, past any cache.
+    pub async fn node_latest(&self, node: &str) -> Result<Arc<NodeLedger>, LedgerError> {
+        Ok(self.store.load_latest(node).await?.ledger)
+    }
+
     pub async fn nodes(&self) -> Result<Vec<Arc<NodeLedger>>, LedgerError> {
         let mut ledgers = Vec::new();
         for name in self.store.node_names().await? {

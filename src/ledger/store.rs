@@ -42,6 +42,14 @@ pub trait LedgerStore: Send + Sync + 'static {
     /// The node's ledger and its revision. A node never written yet loads empty.
     fn load(&self, node: &str) -> impl Future<Output = Result<Snapshot, StoreError>> + Send;
 
+    /// Like [`LedgerStore::load`], but never older than the store itself: a
+    /// backend that reads through a cache reads the source. For a reader that
+    /// missed something it was told exists (a node asked to stage a volume just
+    /// created elsewhere).
+    fn load_latest(&self, node: &str) -> impl Future<Output = Result<Snapshot, StoreError>> + Send {
+        self.load(node)
+    }
+
     /// Replaces `ledger.node`'s ledger if its revision is still `expected`.
     /// Ok(false) means someone else wrote first: load again and retry.
     fn compare_and_swap(
