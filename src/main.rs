@@ -77,7 +77,17 @@ fn main() -> ExitCode {
             init_logging();
             finish(run_async(node::run(args)).map(|()| String::new()))
         }
-        Command::Orphans(args) => finish(run_async(orphans::run(args))),
+        Command::Orphans(args) => match run_async(orphans::run(args)) {
+            Ok((report, clean)) => {
+                println!("{report}");
+                if clean {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(err) => finish(Err(err)),
+        },
         Command::Pools(args) => finish(run_async(pools::run(args))),
         Command::Csi(args) => finish(run_async(csi::run(args))),
     }

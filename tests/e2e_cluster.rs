@@ -44,8 +44,8 @@ const WAIT: Duration = Duration::from_secs(90);
 struct Setup {
     controller: Daemon,
     nodes: BTreeMap<String, Daemon>,
-    _provisioner: Daemon,
-    _resizer: Daemon,
+    provisioner: Daemon,
+    resizer: Daemon,
     cluster: Cluster,
     vdrive: PathBuf,
     client: Client,
@@ -82,6 +82,9 @@ impl Setup {
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
             Ok(stdout)
+        } else if out.stderr.is_empty() {
+            // A report that says something is wrong (vdrive orphans, pools health).
+            Err(stdout)
         } else {
             Err(format!("{}{stdout}", String::from_utf8_lossy(&out.stderr)))
         }
@@ -194,8 +197,8 @@ async fn set_up(bin: &Path) -> Setup {
     Setup {
         controller,
         nodes,
-        _provisioner: provisioner,
-        _resizer: resizer,
+        provisioner,
+        resizer,
         cluster,
         vdrive,
         client,
@@ -472,8 +475,7 @@ async fn delete_releases_and_retain_keeps(setup: &Setup, first: &Placed) {
     let found = setup
         .vdrive(&["orphans", "--json", "--kubeconfig", &kubeconfig])
         .expect_err("an orphan makes the check fail");
-    let report: Value = serde_json::from_str(found.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("{e}: {found}"));
+    let report: Value = serde_json::from_str(&found).unwrap_or_else(|e| panic!("{e}: {found}"));
     assert_eq!(
         report["orphaned_claims"][0]["volume_id"],
         json!(handle),
@@ -610,6 +612,7 @@ async fn fifty_pvcs_at_once(setup: &Setup) {
     );
     delete_all(setup, "burst", &names).await;
     label_pool(setup, "n3", Some("vm"));
+    wait_for_capacity(setup, K8S_CLASS, "n3", |gib| gib == 0).await;
 }
 
 /// Waits until every PVC is bound and every pod scheduled, then checks the
@@ -750,6 +753,13 @@ async fn controller_killed_mid_burst(setup: &mut Setup) {
     setup.controller.restart();
     let socket = setup.controller_socket();
     wait_for_socket(&socket, &mut setup.controller).await;
+    // The sidecars exit when they lose the driver; in a pod the kubelet restarts
+    // them, here the test does.
+    for sidecar in [&mut setup.provisioner, &mut setup.resizer] {
+        if !sidecar.is_running() {
+            sidecar.restart();
+        }
+    }
     wait_all_bound(setup, "storm", &names).await;
     delete_all(setup, "storm", &names).await;
 }

@@ -23,9 +23,9 @@ pub struct OrphansArgs {
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// Exit status: Ok when nothing is orphaned or lost (or all orphans were
-/// released), Err carrying the report otherwise, so scripts can alert on it.
-pub async fn run(args: OrphansArgs) -> Result<String, String> {
+/// The report, and whether all is well: nothing orphaned or lost (or every
+/// orphan released). The command exits 1 when not, so scripts can alert on it.
+pub async fn run(args: OrphansArgs) -> Result<(String, bool), String> {
     let client = cluster::client(args.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client.clone(), Scope::AllNodes);
     store
@@ -51,7 +51,7 @@ pub async fn run(args: OrphansArgs) -> Result<String, String> {
     };
     let clean = report.lost_volumes.is_empty()
         && (report.orphaned_claims.is_empty() || released.len() == report.orphaned_claims.len());
-    if clean { Ok(out) } else { Err(out) }
+    Ok((out, clean))
 }
 
 fn render(report: &orphans::OrphanReport, released: &[String], releasing: bool) -> String {

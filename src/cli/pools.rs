@@ -15,25 +15,34 @@ use crate::pools::{Health, pools_health, pools_status};
 pub struct PoolsArgs {
     #[command(subcommand)]
     pub command: PoolsCommand,
-    /// A kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long, global = true)]
-    pub kubeconfig: Option<PathBuf>,
-    #[command(flatten)]
-    pub settings: SettingsArgs,
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum PoolsCommand {
     /// Capacity, usage and servers of the k8s and vm pools and the system reserve.
-    Status,
+    Status(PoolsOptions),
     /// healthy / warning / critical per pool, with what to do about it. Exits 1
     /// when the cluster is not healthy.
-    Health,
+    Health(PoolsOptions),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PoolsOptions {
+    /// A kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
+    /// The pool settings the controller runs with (the chart's values).
+    #[command(flatten)]
+    pub settings: SettingsArgs,
 }
 
 pub async fn run(args: PoolsArgs) -> Result<String, String> {
-    let settings = args.settings.pools()?;
-    let client = cluster::client(args.kubeconfig.as_deref()).await?;
+    let (options, health) = match args.command {
+        PoolsCommand::Status(options) => (options, false),
+        PoolsCommand::Health(options) => (options, true),
+    };
+    let settings = options.settings.pools()?;
+    let client = cluster::client(options.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client, Scope::AllNodes);
     store
         .wait_ready(Duration::from_secs(30))
@@ -48,18 +57,16 @@ pub async fn run(args: PoolsArgs) -> Result<String, String> {
         .map(|n| (*n).clone())
         .collect();
     let pretty = |value: serde_json::Result<String>| value.map_err(|e| e.to_string());
-    match args.command {
-        PoolsCommand::Status => pretty(serde_json::to_string_pretty(&pools_status(
+    if !health {
+        return pretty(serde_json::to_string_pretty(&pools_status(
             &nodes, &settings,
-        ))),
-        PoolsCommand::Health => {
-            let report = pools_health(&nodes, &settings);
-            let out = pretty(serde_json::to_string_pretty(&report))?;
-            if report.status == Health::Healthy {
-                Ok(out)
-            } else {
-                Err(out)
-            }
-        }
+        )));
+    }
+    let report = pools_health(&nodes, &settings);
+    let out = pretty(serde_json::to_string_pretty(&report))?;
+    if report.status == Health::Healthy {
+        Ok(out)
+    } else {
+        Err(out)
     }
 }

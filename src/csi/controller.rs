@@ -69,14 +69,12 @@ impl<S: LedgerStore> ControllerService<S> {
         params: &ClassParams,
         requirements: Option<&TopologyRequirement>,
     ) -> Result<Vec<Arc<NodeLedger>>, Status> {
-        let nodes: Vec<Arc<NodeLedger>> = self
-            .ledger
-            .nodes()
-            .await?
-            .into_iter()
-            .filter(|n| n.drives.iter().any(|d| !d.missing))
-            .filter(|n| params.pool.is_none_or(|pool| n.pool == Some(pool)))
-            .collect();
+        let all = self.ledger.nodes().await?;
+        let usable = |n: &NodeLedger| {
+            n.drives.iter().any(|d| !d.missing)
+                && params.pool.is_none_or(|pool| n.pool == Some(pool))
+        };
+        let nodes: Vec<Arc<NodeLedger>> = all.iter().filter(|n| usable(n)).cloned().collect();
         let pool_note = params
             .pool
             .map_or(String::new(), |p| format!(" in the {p} pool"));
@@ -120,9 +118,24 @@ impl<S: LedgerStore> ControllerService<S> {
             .filter_map(|name| nodes.iter().find(|n| &n.node == name).cloned())
             .collect();
         if chosen.is_empty() {
+            // Say per node why it cannot take the volume.
+            let reasons: Vec<String> = wanted
+                .iter()
+                .map(|name| match all.iter().find(|n| &n.node == name) {
+                    None => format!("{name} has no signed drives and no pool label"),
+                    Some(n) if !n.drives.iter().any(|d| !d.missing) => {
+                        format!("{name} has no signed drives")
+                    }
+                    Some(n) => format!(
+                        "{name} is not in the {} pool (label pool={})",
+                        params.pool.map_or("requested", |p| p.as_str()),
+                        n.pool.map_or("<none>", |p| p.as_str())
+                    ),
+                })
+                .collect();
             return Err(Status::resource_exhausted(format!(
-                "none of the requested nodes ({}) has signed drives{pool_note}",
-                wanted.join(", ")
+                "no requested node can take a volume{pool_note}: {}",
+                reasons.join("; ")
             )));
         }
         Ok(chosen)
