@@ -1,0 +1,539 @@
+//! The plain manifests in deploy/ (rendered from charts/vdrive by
+//! scripts/render-manifests) checked against the code: the StorageClasses are the
+//! presets of `vdrive::csi::params`, the CSIDriver and the node plugin's socket
+//! carry the driver name vdrive reports, and the controller starts with the
+//! code's own cluster defaults. No cluster needed.
+//!
+//! The manifests are read by a small reader for the block-style YAML the chart
+//! renders (mappings, sequences, plain/quoted scalars, one-line flow lists);
+//! every scalar comes back as a string.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use vdrive::csi::identity::DRIVER_NAME;
+use vdrive::csi::params::{Defaults, FSTYPE_KEY, presets};
+use vdrive::pools::PoolSettings;
+
+const HEADER: &str = "# generated from charts/vdrive by scripts/render-manifests; do not edit";
+const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
+const KUBELET_DIR: &str = "/var/lib/kubelet";
+
+fn deploy_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy")
+}
+
+// ---- the YAML reader ---------------------------------------------------------
+
+struct Line {
+    number: usize,
+    indent: usize,
+    text: String,
+}
+
+struct Reader {
+    file: String,
+    lines: Vec<Line>,
+    pos: usize,
+}
+
+/// Every document of one file under deploy/.
+fn documents(name: &str) -> Vec<Value> {
+    let path = deploy_dir().join(name);
+    let text = fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {}: {e} (scripts/render-manifests writes deploy/)",
+            path.display()
+        )
+    });
+    let mut docs = Vec::new();
+    let mut lines = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        if raw == "---" {
+            docs.extend(read_document(name, std::mem::take(&mut lines)));
+            continue;
+        }
+        let text = raw.trim();
+        if text.is_empty() || text.starts_with('#') {
+            continue;
+        }
+        lines.push(Line {
+            number: i + 1,
+            indent: raw.len() - raw.trim_start().len(),
+            text: text.to_string(),
+        });
+    }
+    docs.extend(read_document(name, lines));
+    docs
+}
+
+fn read_document(file: &str, lines: Vec<Line>) -> Option<Value> {
+    let indent = lines.first()?.indent;
+    let mut reader = Reader {
+        file: file.to_string(),
+        lines,
+        pos: 0,
+    };
+    let value = reader.node(indent);
+    if let Some(line) = reader.lines.get(reader.pos) {
+        reader.fail(line.number, "unexpected indentation");
+    }
+    Some(value)
+}
+
+fn is_item(text: &str) -> bool {
+    text == "-" || text.starts_with("- ")
+}
+
+/// `key: value` or `key:` → (key, value); None for a plain scalar.
+fn split_key(text: &str) -> Option<(&str, &str)> {
+    if text.starts_with(['"', '\'', '[', '{']) {
+        return None;
+    }
+    if let Some((key, value)) = text.split_once(": ") {
+        return Some((key, value.trim()));
+    }
+    text.strip_suffix(':').map(|key| (key, ""))
+}
+
+impl Reader {
+    fn fail(&self, line: usize, what: &str) -> ! {
+        panic!(
+            "deploy/{} line {line}: {what} (this reader takes the block-style YAML the chart renders)",
+            self.file
+        )
+    }
+
+    fn node(&mut self, indent: usize) -> Value {
+        if is_item(&self.lines[self.pos].text) {
+            self.sequence(indent)
+        } else {
+            self.mapping(indent)
+        }
+    }
+
+    /// The value of a `key:` with nothing after the colon: what is indented
+    /// deeper, or a sequence at the key's own indentation.
+    fn nested(&mut self, indent: usize) -> Value {
+        match self.lines.get(self.pos) {
+            Some(next) if next.indent > indent => {
+                let deeper = next.indent;
+                self.node(deeper)
+            }
+            Some(next) if next.indent == indent && is_item(&next.text) => self.sequence(indent),
+            _ => Value::Null,
+        }
+    }
+
+    fn mapping(&mut self, indent: usize) -> Value {
+        let mut map = Map::new();
+        while let Some(line) = self.lines.get(self.pos) {
+            if line.indent < indent || is_item(&line.text) {
+                break;
+            }
+            let number = line.number;
+            if line.indent > indent {
+                self.fail(number, "unexpected indentation");
+            }
+            let Some((key, rest)) = split_key(&line.text) else {
+                self.fail(number, "expected `key: value`");
+            };
+            let (key, rest) = (key.to_string(), rest.to_string());
+            self.pos += 1;
+            let value = if rest.is_empty() {
+                self.nested(indent)
+            } else {
+                self.scalar(number, &rest)
+            };
+            if map.insert(key.clone(), value).is_some() {
+                self.fail(number, &format!("duplicate key {key}"));
+            }
+        }
+        Value::Object(map)
+    }
+
+    fn sequence(&mut self, indent: usize) -> Value {
+        let mut items = Vec::new();
+        while let Some(line) = self.lines.get(self.pos) {
+            if line.indent != indent || !is_item(&line.text) {
+                if line.indent > indent {
+                    self.fail(line.number, "unexpected indentation");
+                }
+                break;
+            }
+            let number = line.number;
+            let rest = line.text[1..].trim_start().to_string();
+            if rest.is_empty() {
+                self.pos += 1;
+                items.push(self.nested(indent));
+            } else if split_key(&rest).is_some() {
+                // A mapping whose first entry sits on the dash line: read that
+                // line again as the entry, at the indentation of what follows "- ".
+                let inner = indent + (line.text.len() - rest.len());
+                self.lines[self.pos] = Line {
+                    number,
+                    indent: inner,
+                    text: rest,
+                };
+                items.push(self.mapping(inner));
+            } else {
+                self.pos += 1;
+                items.push(self.scalar(number, &rest));
+            }
+        }
+        Value::Array(items)
+    }
+
+    fn scalar(&self, line: usize, text: &str) -> Value {
+        if text == "{}" {
+            return Value::Object(Map::new());
+        }
+        if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+            if inner.trim().is_empty() {
+                return Value::Array(Vec::new());
+            }
+            return Value::Array(
+                inner
+                    .split(',')
+                    .map(|item| Value::String(self.unquote(line, item.trim())))
+                    .collect(),
+            );
+        }
+        if text.starts_with(['|', '>', '&', '*', '!', '{', '[']) || text.contains(" #") {
+            self.fail(line, &format!("unsupported value {text}"));
+        }
+        Value::String(self.unquote(line, text))
+    }
+
+    fn unquote(&self, line: usize, text: &str) -> String {
+        if let Some(inner) = text.strip_prefix('"') {
+            let Some(inner) = inner.strip_suffix('"') else {
+                self.fail(line, "unterminated string");
+            };
+            return inner.replace("\\\"", "\"").replace("\\\\", "\\");
+        }
+        if let Some(inner) = text.strip_prefix('\'') {
+            let Some(inner) = inner.strip_suffix('\'') else {
+                self.fail(line, "unterminated string");
+            };
+            return inner.replace("''", "'");
+        }
+        text.to_string()
+    }
+}
+
+// ---- access helpers ----------------------------------------------------------
+
+/// The value at `path` (object keys; array indexes as numbers), or Null.
+fn at<'a>(value: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(value, |v, key| match v {
+        Value::Array(items) => key
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| items.get(i))
+            .unwrap_or(&Value::Null),
+        _ => v.get(key).unwrap_or(&Value::Null),
+    })
+}
+
+fn text<'a>(value: &'a Value, path: &[&str]) -> &'a str {
+    at(value, path).as_str().unwrap_or_else(|| {
+        panic!(
+            "{} is not a string in {}",
+            path.join("."),
+            at(value, &["metadata", "name"])
+        )
+    })
+}
+
+fn list<'a>(value: &'a Value, path: &[&str]) -> &'a [Value] {
+    at(value, path)
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+}
+
+/// The resources kustomization.yaml lists.
+fn resources() -> Vec<String> {
+    let kustomization = documents("kustomization.yaml");
+    assert_eq!(kustomization.len(), 1, "one document in kustomization.yaml");
+    assert_eq!(text(&kustomization[0], &["kind"]), "Kustomization");
+    list(&kustomization[0], &["resources"])
+        .iter()
+        .map(|r| r.as_str().expect("resource names are strings").to_string())
+        .collect()
+}
+
+/// Every object `kubectl apply -k deploy/` applies.
+fn objects() -> Vec<Value> {
+    resources().iter().flat_map(|r| documents(r)).collect()
+}
+
+fn objects_of(kind: &str) -> Vec<Value> {
+    objects()
+        .into_iter()
+        .filter(|o| text(o, &["kind"]) == kind)
+        .collect()
+}
+
+fn one_of(kind: &str) -> Value {
+    let mut found = objects_of(kind);
+    assert_eq!(found.len(), 1, "deploy/ has one {kind}");
+    found.remove(0)
+}
+
+fn container<'a>(workload: &'a Value, name: &str) -> &'a Value {
+    list(workload, &["spec", "template", "spec", "containers"])
+        .iter()
+        .find(|c| text(c, &["name"]) == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no container {name} in {}",
+                text(workload, &["metadata", "name"])
+            )
+        })
+}
+
+fn args(container: &Value) -> Vec<&str> {
+    list(container, &["args"])
+        .iter()
+        .map(|a| a.as_str().expect("args are strings"))
+        .collect()
+}
+
+/// `--name=value` arguments as a map (flags without a value map to "").
+fn flags(container: &Value) -> BTreeMap<&str, &str> {
+    args(container)
+        .into_iter()
+        .filter_map(|a| a.strip_prefix("--"))
+        .map(|a| a.split_once('=').unwrap_or((a, "")))
+        .collect()
+}
+
+// ---- the checks ---------------------------------------------------------------
+
+#[test]
+fn the_reader_reads_block_yaml() {
+    let lines = "a: 1\nb:\n  c: \"x: y\"\n  d:\n  - e: f\n    g: ['h', \"i\"]\n  - j\nk: {}\n";
+    let mut reader = Reader {
+        file: "sample".into(),
+        lines: lines
+            .lines()
+            .enumerate()
+            .map(|(i, raw)| Line {
+                number: i + 1,
+                indent: raw.len() - raw.trim_start().len(),
+                text: raw.trim().to_string(),
+            })
+            .collect(),
+        pos: 0,
+    };
+    let value = reader.node(0);
+    assert_eq!(
+        value,
+        serde_json::json!({"a": "1", "b": {"c": "x: y", "d": [{"e": "f", "g": ["h", "i"]}, "j"]}, "k": {}})
+    );
+}
+
+#[test]
+fn kustomization_lists_every_generated_file() {
+    let listed: BTreeSet<String> = resources().into_iter().collect();
+    let mut present = BTreeSet::new();
+    for entry in fs::read_dir(deploy_dir()).expect("deploy/ exists") {
+        let name = entry
+            .expect("deploy/ is readable")
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
+        let content = fs::read_to_string(deploy_dir().join(&name)).expect("readable file");
+        assert_eq!(
+            content.lines().next(),
+            Some(HEADER),
+            "deploy/{name} starts with the generated-file header"
+        );
+        if name != "kustomization.yaml" {
+            present.insert(name);
+        }
+    }
+    assert_eq!(
+        listed, present,
+        "deploy/kustomization.yaml lists exactly the files in deploy/"
+    );
+}
+
+#[test]
+fn storage_classes_are_the_presets() {
+    let classes = objects_of("StorageClass");
+    let names: BTreeSet<&str> = classes
+        .iter()
+        .map(|c| text(c, &["metadata", "name"]))
+        .collect();
+    let presets = presets();
+    let preset_names: BTreeSet<&str> = presets.iter().map(|p| p.name).collect();
+    assert_eq!(names, preset_names, "deploy/ ships exactly the presets");
+
+    for preset in &presets {
+        let class = classes
+            .iter()
+            .find(|c| text(c, &["metadata", "name"]) == preset.name)
+            .expect("every preset is rendered");
+        let name = preset.name;
+        assert_eq!(text(class, &["provisioner"]), DRIVER_NAME, "{name}");
+        assert_eq!(
+            text(class, &["reclaimPolicy"]),
+            preset.reclaim_policy,
+            "{name}"
+        );
+        assert_eq!(
+            text(class, &["volumeBindingMode"]),
+            preset.binding_mode,
+            "{name}"
+        );
+        assert_eq!(
+            text(class, &["allowVolumeExpansion"]),
+            preset.allow_volume_expansion.to_string(),
+            "{name}"
+        );
+        let default_class = at(
+            class,
+            &["metadata", "annotations", DEFAULT_CLASS_ANNOTATION],
+        );
+        assert_eq!(
+            default_class.as_str() == Some("true"),
+            preset.default_class,
+            "{name}: {DEFAULT_CLASS_ANNOTATION} is {default_class}"
+        );
+
+        let rendered: BTreeMap<&str, &str> = at(class, &["parameters"])
+            .as_object()
+            .expect("parameters")
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    v.as_str().expect("parameter values are strings"),
+                )
+            })
+            .collect();
+        let mut expected = preset.parameters.clone();
+        expected.insert(FSTYPE_KEY, "ext4");
+        assert_eq!(rendered, expected, "{name}: parameters");
+    }
+}
+
+#[test]
+fn csi_driver_object() {
+    let driver = one_of("CSIDriver");
+    assert_eq!(text(&driver, &["apiVersion"]), "storage.k8s.io/v1");
+    assert_eq!(text(&driver, &["metadata", "name"]), DRIVER_NAME);
+    let spec = |field| text(&driver, &["spec", field]);
+    assert_eq!(spec("attachRequired"), "false");
+    assert_eq!(spec("podInfoOnMount"), "true");
+    assert_eq!(spec("storageCapacity"), "true");
+    assert_eq!(spec("fsGroupPolicy"), "File");
+    assert_eq!(
+        list(&driver, &["spec", "volumeLifecycleModes"]),
+        [Value::from("Persistent")]
+    );
+}
+
+#[test]
+fn node_plugin_serves_the_driver_socket_kubelet_expects() {
+    let node = one_of("DaemonSet");
+    let plugin_dir = format!("{KUBELET_DIR}/plugins/{DRIVER_NAME}");
+    let registrar = container(&node, "node-driver-registrar");
+    assert_eq!(
+        flags(registrar).get("kubelet-registration-path").copied(),
+        Some(format!("{plugin_dir}/csi.sock").as_str())
+    );
+    let volumes = list(&node, &["spec", "template", "spec", "volumes"]);
+    let host_path = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| text(v, &["name"]) == name)
+            .map(|v| text(v, &["hostPath", "path"]))
+    };
+    assert_eq!(host_path("plugin-dir"), Some(plugin_dir.as_str()));
+    assert_eq!(
+        host_path("registration-dir"),
+        Some(format!("{KUBELET_DIR}/plugins_registry").as_str())
+    );
+
+    let vdrive = container(&node, "vdrive");
+    assert_eq!(args(vdrive).first(), Some(&"node"));
+    assert_eq!(text(vdrive, &["securityContext", "privileged"]), "true");
+    let kubelet_mount = list(vdrive, &["volumeMounts"])
+        .iter()
+        .find(|m| text(m, &["mountPath"]) == KUBELET_DIR)
+        .expect("the node plugin mounts kubelet's directory");
+    assert_eq!(text(kubelet_mount, &["mountPropagation"]), "Bidirectional");
+}
+
+#[test]
+fn controller_starts_with_the_code_defaults() {
+    let controller = one_of("Deployment");
+    let vdrive = container(&controller, "vdrive");
+    assert_eq!(args(vdrive).first(), Some(&"controller"));
+    let vdrive_flags = flags(vdrive);
+    let flag = |name: &str| {
+        *vdrive_flags
+            .get(name)
+            .unwrap_or_else(|| panic!("vdrive controller has no --{name}"))
+    };
+    // The chart's values.yaml defaults are the code's defaults.
+    let defaults = Defaults::default();
+    let pools = PoolSettings::default();
+    let expected = [
+        ("default-tlc", defaults.ratio.tlc.to_string()),
+        ("default-qlc", defaults.ratio.qlc.to_string()),
+        (
+            "max-virtual-drives-per-core",
+            defaults.max_virtual_drives_per_core.to_string(),
+        ),
+        (
+            "enforce-min-drives-per-type-per-core",
+            defaults.enforce_min_drives_per_type_per_core.to_string(),
+        ),
+        ("min-virtual-drive-gib", defaults.min_drive_gib.to_string()),
+        (
+            "capacity-per-server-gib",
+            pools.capacity_per_server_gib.to_string(),
+        ),
+        (
+            "system-reserve-per-server-gib",
+            pools.system_reserve_per_server_gib.to_string(),
+        ),
+    ];
+    for (name, value) in expected {
+        assert_eq!(flag(name), value, "vdrive controller --{name}");
+    }
+    for (name, value) in [
+        ("warning-threshold-percent", pools.warning_percent),
+        ("critical-threshold-percent", pools.critical_percent),
+    ] {
+        let rendered: f64 = flag(name)
+            .parse()
+            .unwrap_or_else(|e| panic!("vdrive controller --{name}: {e}"));
+        assert_eq!(rendered, value, "vdrive controller --{name}");
+    }
+
+    // The provisioner passes the PVC's name to CreateVolume (the claim's
+    // owner), publishes capacity (the CSIDriver's storageCapacity), and asks
+    // for the one node the pod was scheduled to.
+    let provisioner = flags(container(&controller, "csi-provisioner"));
+    for needed in [
+        "extra-create-metadata",
+        "enable-capacity",
+        "strict-topology",
+        "leader-election",
+    ] {
+        assert!(
+            provisioner.contains_key(needed),
+            "csi-provisioner runs with --{needed}"
+        );
+    }
+    assert_eq!(provisioner.get("immediate-topology"), Some(&"false"));
+}
