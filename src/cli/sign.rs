@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::drive::DriveType;
+use crate::node::NodeError;
 use crate::node::drives;
 
 #[derive(Debug, Clone, Args)]
@@ -68,6 +69,12 @@ pub fn run(args: SignArgs) -> Result<String, String> {
                 drive.signature.capacity_gib(),
                 drive.signature.uuid
             )),
+            // Sweeping a machine (the chart's sign-drives Job, run again on every
+            // install) meets drives that must be left alone: those are skipped,
+            // and only a drive that could not be signed for another reason fails.
+            Err(err) if args.all_not_root && is_left_alone(&err) => {
+                out.push(format!("skipped {}: {err}", path.display()));
+            }
             Err(err) => {
                 failed = true;
                 out.push(format!("not signed {}: {err}", path.display()));
@@ -81,6 +88,20 @@ pub fn run(args: SignArgs) -> Result<String, String> {
     }
     let text = out.join("\n");
     if failed { Err(text) } else { Ok(text) }
+}
+
+/// Drives a sweep must not touch: the root disk, partitions, drives in use or
+/// mounted, drives holding data (without --force), drives already signed.
+fn is_left_alone(err: &NodeError) -> bool {
+    matches!(
+        err,
+        NodeError::RootDisk { .. }
+            | NodeError::NotWholeDisk { .. }
+            | NodeError::Mounted { .. }
+            | NodeError::InUse { .. }
+            | NodeError::HasData { .. }
+            | NodeError::AlreadySigned { .. }
+    )
 }
 
 fn show(as_json: bool) -> String {
@@ -118,4 +139,24 @@ fn show(as_json: bool) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn a_sweep_skips_drives_it_must_not_touch_and_fails_on_the_rest() {
+        let device = PathBuf::from("/dev/sdz");
+        assert!(is_left_alone(&NodeError::RootDisk {
+            device: device.clone()
+        }));
+        assert!(is_left_alone(&NodeError::AlreadySigned {
+            device: device.clone(),
+            uuid: uuid::Uuid::nil(),
+        }));
+        assert!(!is_left_alone(&NodeError::NotBlockDevice { path: device }));
+    }
 }
