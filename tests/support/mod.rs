@@ -1,0 +1,4 @@
+//! Fixtures shared by the integration tests that opt in with `mod support;`.
+
+pub mod cluster;
+pub mod devices;
