@@ -1080,3 +1080,224 @@ fn gb(status: &Value, pool: &str, key: &str) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("{status}"))
 }
+
+// ---- two controllers, one node; a drive vanishes --------------------------------
+
+/// Releases the devices and mounts under a directory when dropped (declare it
+/// after the cluster and before the daemons, so it runs between them).
+struct ReleaseUnder(PathBuf);
+
+impl Drop for ReleaseUnder {
+    fn drop(&mut self) {
+        release_everything_under(&self.0);
+    }
+}
+
+#[test]
+#[ignore = "needs Kubernetes binaries: run e2e/run"]
+fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
+    let bin = bin_dir_from_env();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async move {
+        let cluster = Cluster::start(&bin);
+        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let client = cluster.client().await;
+        let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
+        cluster
+            .add_node(
+                "solo",
+                &[("pool", "k8s"), (TOPOLOGY_KEY, "solo")],
+                "8",
+                "32Gi",
+            )
+            .await;
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut command = Command::new(&vdrive);
+        command
+            .arg("node")
+            .arg(format!(
+                "--endpoint=unix://{}/solo.sock",
+                cluster.dir().display()
+            ))
+            .arg("--node-id=solo")
+            .arg(format!("--state-dir={}/solo", cluster.dir().display()))
+            .arg(format!("--simulate-drives={DRIVES}"))
+            .arg(format!(
+                "--kubeconfig={}",
+                cluster.kubeconfig_path().display()
+            ))
+            .arg("--rescan-interval=1")
+            .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"));
+        let mut node = cluster.spawn("vdrive-node-solo", command);
+        wait_for_socket(&cluster.dir().join("solo.sock"), &mut node).await;
+        // Two replicas, as the Deployment runs them, both taking requests.
+        let mut controllers = Vec::new();
+        for name in ["c1", "c2"] {
+            let mut command = Command::new(&vdrive);
+            command
+                .arg("controller")
+                .arg(format!(
+                    "--endpoint=unix://{}/{name}.sock",
+                    cluster.dir().display()
+                ))
+                .arg(format!(
+                    "--kubeconfig={}",
+                    cluster.kubeconfig_path().display()
+                ))
+                .arg("--orphan-check-interval=0");
+            let mut daemon = cluster.spawn(&format!("vdrive-controller-{name}"), command);
+            wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+            controllers.push(daemon);
+        }
+
+        // 40 × 10 GiB at once through both, onto one 160 GiB TLC drive: exactly
+        // 16 fit, and no extent is booked twice.
+        let requests = (0..40).map(|i| {
+            let endpoint = format!("unix://{}/c{}.sock", cluster.dir().display(), 1 + i % 2);
+            let vdrive = vdrive.clone();
+            tokio::task::spawn_blocking(move || {
+                Command::new(&vdrive)
+                    .args(["csi", "--endpoint", &endpoint, "create-volume"])
+                    .arg(format!("race-{i:02}"))
+                    .args(["--size", "10Gi", "--class", K8S_CLASS])
+                    .output()
+                    .expect("run vdrive csi create-volume")
+            })
+        });
+        let outcomes = futures_util::future::join_all(requests).await;
+        let mut created = 0;
+        for outcome in outcomes {
+            let out = outcome.expect("a create-volume run");
+            let text = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                created += 1;
+            } else {
+                assert!(
+                    text.contains("Insufficient") || text.contains("insufficient"),
+                    "a refusal says the drive is full: {text}"
+                );
+            }
+        }
+        assert_eq!(created, 16, "exactly what the drive holds");
+        let nodes: Api<Node> = Api::all(client.clone());
+        let solo = nodes.get("solo").await.expect("Node solo");
+        let claims = decode_claims(&solo.annotations()[CLAIMS_ANNOTATION]).expect("claims");
+        assert_eq!(claims.len(), 16);
+        let mut ledger = vdrive::ledger::NodeLedger::new("solo");
+        ledger.claims = claims.clone();
+        ledger.drives = serde_json::from_str::<Vec<Value>>(&solo.annotations()[DRIVES_ANNOTATION])
+            .expect("drives")
+            .iter()
+            .map(|d| vdrive::ledger::PhysicalDrive {
+                uuid: d["uuid"].as_str().unwrap().parse().unwrap(),
+                serial: String::new(),
+                drive_type: serde_json::from_value(d["type"].clone()).unwrap(),
+                capacity_gib: d["capacityGiB"].as_u64().unwrap(),
+                missing: false,
+            })
+            .collect();
+        ledger.check_invariants().expect("no extent booked twice");
+        assert_eq!(
+            solo.status
+                .as_ref()
+                .and_then(|s| s.capacity.as_ref())
+                .and_then(|c| c.get("vdrive.io/shared-drives-capacity"))
+                .map(|q| q.0.clone()),
+            Some("320".to_string()),
+            "the extended resource counts the signed GiB"
+        );
+
+        // The TLC drive vanishes (its loop device goes away) while it holds all
+        // 16 volumes: the claims stay, the drive is marked missing, and the node
+        // says so in an Event and a metric.
+        let image = cluster.dir().join("solo/simulated-drives/sim-tlc-0.img");
+        let found = Command::new("losetup")
+            .arg("-j")
+            .arg(&image)
+            .output()
+            .expect("losetup -j");
+        let listing = String::from_utf8_lossy(&found.stdout);
+        let device = listing
+            .split(':')
+            .next()
+            .filter(|d| !d.is_empty())
+            .expect("the TLC drive's loop device")
+            .to_string();
+        let detached = Command::new("losetup")
+            .args(["-d", &device])
+            .status()
+            .expect("losetup -d");
+        assert!(detached.success());
+        let nodes = &nodes;
+        eventually("the TLC drive to be marked missing", WAIT, || async move {
+            let solo = nodes.get("solo").await.map_err(|e| e.to_string())?;
+            let drives = solo.annotations()[DRIVES_ANNOTATION].clone();
+            let claims =
+                decode_claims(&solo.annotations()[CLAIMS_ANNOTATION]).map_err(|e| e.to_string())?;
+            let capacity = solo.status.and_then(|s| s.capacity).and_then(|c| {
+                c.get("vdrive.io/shared-drives-capacity")
+                    .map(|q| q.0.clone())
+            });
+            if drives.contains(r#""missing":true"#)
+                && claims.len() == 16
+                && capacity.as_deref() == Some("160")
+            {
+                Ok(())
+            } else {
+                Err(format!(
+                    "drives {drives}, {} claims, capacity {capacity:?}",
+                    claims.len()
+                ))
+            }
+        })
+        .await;
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+        let events = &events;
+        let note = eventually(
+            "a SharedDriveMissing Event on Node solo",
+            WAIT,
+            || async move {
+                let list = events
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("SharedDriveMissing")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("solo")
+                    })
+                    .and_then(|e| e.note)
+                    .ok_or_else(|| "no such Event yet".to_string())
+            },
+        )
+        .await;
+        assert!(note.contains("16 virtual drive(s)"), "{note}");
+        let scrape = http_get(metrics_port, "/metrics");
+        assert!(
+            scrape.contains("vdrive_node_missing_drives_with_claims 1"),
+            "{scrape}"
+        );
+        drop(controllers);
+        drop(node);
+    });
+}
+
+/// A plain HTTP/1.0 GET on loopback; the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(response)
+}

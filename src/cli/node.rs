@@ -22,8 +22,6 @@ use crate::metrics::{self, Gauges};
 use crate::node::drives;
 use crate::pools::PoolSettings;
 
-/// How often the node looks for drives signed, attached or gone.
-const RESCAN_EVERY: Duration = Duration::from_secs(30);
 /// How long to wait for the API server at start.
 const API_WAIT: Duration = Duration::from_secs(60);
 
@@ -48,6 +46,9 @@ pub struct NodeArgs {
     /// A kubeconfig (default: in-cluster, or KUBECONFIG).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
+    /// Seconds between looks for drives signed, attached or gone.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub rescan_interval: u64,
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -105,6 +106,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         node_id.clone(),
     ));
     let rescans = tokio::spawn(keep_drives_current(
+        Duration::from_secs(args.rescan_interval.max(1)),
         ledger.clone(),
         notifier,
         gauges,
@@ -141,16 +143,17 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
 }
 
 async fn keep_drives_current(
+    every: Duration,
     ledger: Arc<Ledger<Arc<KubeStore>>>,
     notifier: Notifier,
     gauges: Arc<Gauges>,
     registry: Arc<DriveRegistry>,
     node_id: String,
 ) {
-    let mut every = tokio::time::interval(RESCAN_EVERY);
-    every.tick().await; // the first tick is immediate; startup already scanned
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await; // the first tick is immediate; startup already scanned
     loop {
-        every.tick().await;
+        ticks.tick().await;
         let scan = registry.clone();
         let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
             continue;
