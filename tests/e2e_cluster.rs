@@ -95,7 +95,7 @@ impl Setup {
     }
 }
 
-fn start_node(cluster: &Cluster, vdrive: &Path, name: &str) -> Daemon {
+fn start_node(cluster: &Cluster, vdrive: &Path, name: &str, extra_args: &[String]) -> Daemon {
     let mut command = Command::new(vdrive);
     command
         .arg("node")
@@ -110,6 +110,7 @@ fn start_node(cluster: &Cluster, vdrive: &Path, name: &str) -> Daemon {
             "--kubeconfig={}",
             cluster.kubeconfig_path().display()
         ))
+        .args(extra_args)
         .env("RUST_LOG", "info");
     cluster.spawn(&format!("vdrive-node-{name}"), command)
 }
@@ -145,15 +146,18 @@ async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
     panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
 #[test]
 #[ignore = "needs Kubernetes binaries: run e2e/run"]
 fn vdrive_in_a_kubernetes_cluster() {
     let bin = bin_dir_from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let mut setup = set_up(&bin).await;
         install_from_deploy(&setup).await;
         let first = pvc_lands_on_a_k8s_node_and_mounts(&setup).await;
@@ -176,7 +180,7 @@ async fn set_up(bin: &Path) -> Setup {
             .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
             .await;
         cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = start_node(&cluster, &vdrive, name);
+        let mut daemon = start_node(&cluster, &vdrive, name, &[]);
         wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
         nodes.insert(name.to_string(), daemon);
     }
@@ -677,7 +681,7 @@ async fn wait_all_bound(
     // The ledger equals the PVs: no leaked claim, no lost volume.
     let mut recorded: HashMap<String, (String, String)> = HashMap::new();
     for node in ["n1", "n2", "n3"] {
-        let ledger = node_ledger(setup, node).await;
+        let ledger = node_ledger(&setup.client, node).await;
         ledger
             .check_invariants()
             .unwrap_or_else(|e| panic!("node {node}'s ledger: {e}"));
@@ -851,7 +855,7 @@ async fn wait_for_claims_gone(setup: &Setup, node: &str, volume_id: &str) {
         &format!("the claims of {volume_id} to leave {node}'s ledger"),
         WAIT,
         || async move {
-            let claims = node_ledger(setup, node).await.claims;
+            let claims = node_ledger(&setup.client, node).await.claims;
             match claims.iter().find(|c| c.volume_id == volume_id) {
                 None => Ok(()),
                 Some(c) => Err(format!("still there (releasing: {})", c.releasing)),
@@ -878,8 +882,8 @@ fn pv_node(pv: &PersistentVolume) -> String {
 }
 
 /// The node's ledger as the annotations say, decoded by vdrive's own code.
-async fn node_ledger(setup: &Setup, node: &str) -> vdrive::ledger::NodeLedger {
-    let found = Api::<Node>::all(setup.client.clone())
+async fn node_ledger(client: &Client, node: &str) -> vdrive::ledger::NodeLedger {
+    let found = Api::<Node>::all(client.clone())
         .get(node)
         .await
         .unwrap_or_else(|e| panic!("Node {node}: {e}"));
@@ -908,7 +912,7 @@ async fn node_ledger(setup: &Setup, node: &str) -> vdrive::ledger::NodeLedger {
 }
 
 async fn live_claims(setup: &Setup, node: &str) -> Vec<Claim> {
-    node_ledger(setup, node)
+    node_ledger(&setup.client, node)
         .await
         .claims
         .into_iter()
@@ -1097,11 +1101,7 @@ impl Drop for ReleaseUnder {
 #[ignore = "needs Kubernetes binaries: run e2e/run"]
 fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
     let bin = bin_dir_from_env();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    runtime.block_on(async move {
+    runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
         let _release = ReleaseUnder(cluster.dir().to_path_buf());
         let client = cluster.client().await;
@@ -1118,23 +1118,15 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut command = Command::new(&vdrive);
-        command
-            .arg("node")
-            .arg(format!(
-                "--endpoint=unix://{}/solo.sock",
-                cluster.dir().display()
-            ))
-            .arg("--node-id=solo")
-            .arg(format!("--state-dir={}/solo", cluster.dir().display()))
-            .arg(format!("--simulate-drives={DRIVES}"))
-            .arg(format!(
-                "--kubeconfig={}",
-                cluster.kubeconfig_path().display()
-            ))
-            .arg("--rescan-interval=1")
-            .arg(format!("--metrics-address=127.0.0.1:{metrics_port}"));
-        let mut node = cluster.spawn("vdrive-node-solo", command);
+        let mut node = start_node(
+            &cluster,
+            &vdrive,
+            "solo",
+            &[
+                "--rescan-interval=1".to_string(),
+                format!("--metrics-address=127.0.0.1:{metrics_port}"),
+            ],
+        );
         wait_for_socket(&cluster.dir().join("solo.sock"), &mut node).await;
         // Two replicas, as the Deployment runs them, both taking requests.
         let mut controllers = Vec::new();
@@ -1187,21 +1179,8 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
         assert_eq!(created, 16, "exactly what the drive holds");
         let nodes: Api<Node> = Api::all(client.clone());
         let solo = nodes.get("solo").await.expect("Node solo");
-        let claims = decode_claims(&solo.annotations()[CLAIMS_ANNOTATION]).expect("claims");
-        assert_eq!(claims.len(), 16);
-        let mut ledger = vdrive::ledger::NodeLedger::new("solo");
-        ledger.claims = claims.clone();
-        ledger.drives = serde_json::from_str::<Vec<Value>>(&solo.annotations()[DRIVES_ANNOTATION])
-            .expect("drives")
-            .iter()
-            .map(|d| vdrive::ledger::PhysicalDrive {
-                uuid: d["uuid"].as_str().unwrap().parse().unwrap(),
-                serial: String::new(),
-                drive_type: serde_json::from_value(d["type"].clone()).unwrap(),
-                capacity_gib: d["capacityGiB"].as_u64().unwrap(),
-                missing: false,
-            })
-            .collect();
+        let ledger = node_ledger(&client, "solo").await;
+        assert_eq!(ledger.claims.len(), 16);
         ledger.check_invariants().expect("no extent booked twice");
         assert_eq!(
             solo.status
