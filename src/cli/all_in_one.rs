@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Args;
 
@@ -12,12 +13,12 @@ use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
 use crate::csi::node::{DriveRegistry, NodeService};
 use crate::csi::server::{self, Services};
-use crate::ledger::{EmbeddedStore, Ledger, LedgerStore};
+use crate::ledger::{EmbeddedStore, Ledger, PhysicalDrive};
 use crate::node::drives;
 use crate::pools::Pool;
 
 /// How often the node looks for drives signed, attached or gone since it started.
-const RESCAN_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
 /// The drives `--simulate-drives` suggests when a machine has none signed.
 pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
@@ -106,11 +107,26 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         DriveRegistry::new(found.clone())
     });
     let in_flight = InFlight::default();
-    let rescans = tokio::spawn(keep_drives_current(
-        ledger.clone(),
-        registry.clone(),
-        node_id.clone(),
-    ));
+    // Newly signed drives become usable; vanished ones holding volumes are kept
+    // and reported.
+    let rescans = tokio::spawn({
+        let (ledger, node_id) = (ledger.clone(), node_id.clone());
+        rescan_drives(RESCAN_EVERY, registry.clone(), move |physical| {
+            let (ledger, node_id) = (ledger.clone(), node_id.clone());
+            async move {
+                match ledger.sync_drives(&node_id, physical).await {
+                    Ok(sync) => {
+                        for uuid in sync.missing_with_claims {
+                            tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "could not record this node's drives in the ledger")
+                    }
+                }
+            }
+        })
+    });
     let node = Arc::new(NodeService::new(
         node_id.clone(),
         ledger.clone(),
@@ -160,31 +176,25 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Rescans the machine's drives now and then and records what changed in the
-/// ledger: newly signed drives become usable, vanished ones holding volumes are
-/// kept and reported.
-async fn keep_drives_current<S: LedgerStore>(
-    ledger: Arc<Ledger<S>>,
+/// Rescans the node's drives every `every` and hands what it finds to
+/// `record`, which writes it down (the ledger; in a cluster also the Node).
+pub(super) async fn rescan_drives<F, Fut>(
+    every: Duration,
     registry: Arc<DriveRegistry>,
-    node_id: String,
-) {
-    let mut every = tokio::time::interval(RESCAN_EVERY);
-    every.tick().await; // the first tick is immediate; startup already scanned
+    mut record: F,
+) where
+    F: FnMut(Vec<PhysicalDrive>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(every);
+    ticks.tick().await; // the first tick is immediate; startup already scanned
     loop {
-        every.tick().await;
+        ticks.tick().await;
         let scan = registry.clone();
         let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
             continue;
         };
-        let physical = found.iter().map(|d| d.to_physical()).collect();
-        match ledger.sync_drives(&node_id, physical).await {
-            Ok(sync) => {
-                for uuid in sync.missing_with_claims {
-                    tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
-                }
-            }
-            Err(err) => tracing::warn!(%err, "could not record this node's drives in the ledger"),
-        }
+        record(found.iter().map(|d| d.to_physical()).collect()).await;
     }
 }
 

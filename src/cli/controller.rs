@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use k8s_openapi::api::core::v1::PersistentVolume;
-use kube::Api;
 
 use super::all_in_one::shutdown_signal;
 use super::settings::SettingsArgs;
@@ -109,7 +107,6 @@ async fn check_orphans(
     gauges: Arc<Gauges>,
     every: Duration,
 ) {
-    let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await; // not at start: let in-flight provisioning settle
     loop {
@@ -128,7 +125,7 @@ async fn check_orphans(
                     &[],
                     report.lost_volumes.len() as f64,
                 );
-                orphans::announce(&report, &notifier, &pvs).await
+                orphans::announce(&report, &notifier).await
             }
             Err(err) => tracing::warn!(%err, "orphan check failed"),
         }

@@ -230,10 +230,7 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
             let response = controller
                 .create_volume(CreateVolumeRequest {
                     name,
-                    capacity_range: Some(CapacityRange {
-                        required_bytes: size as i64,
-                        limit_bytes: 0,
-                    }),
+                    capacity_range: at_least(size),
                     volume_capabilities: vec![mode_capability(block, &fs_type)],
                     parameters,
                     accessibility_requirements: topology(on.as_ref()).map(|t| {
@@ -273,10 +270,7 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
             let response = controller
                 .controller_expand_volume(ControllerExpandVolumeRequest {
                     volume_id: volume_id.clone(),
-                    capacity_range: Some(CapacityRange {
-                        required_bytes: size as i64,
-                        limit_bytes: 0,
-                    }),
+                    capacity_range: at_least(size),
                     ..Default::default()
                 })
                 .await
@@ -402,10 +396,7 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
                     volume_id: volume_id.clone(),
                     volume_path,
                     staging_target_path: staging_path,
-                    capacity_range: Some(CapacityRange {
-                        required_bytes: size as i64,
-                        limit_bytes: 0,
-                    }),
+                    capacity_range: at_least(size),
                     ..Default::default()
                 })
                 .await
@@ -442,6 +433,14 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
         }
     };
     Ok(out)
+}
+
+/// A capacity range asking for at least `bytes`, with no limit.
+fn at_least(bytes: u64) -> Option<CapacityRange> {
+    Some(CapacityRange {
+        required_bytes: bytes as i64,
+        limit_bytes: 0,
+    })
 }
 
 /// A volume's context, as a CO would have kept it from CreateVolume.

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::all_in_one::{SUGGESTED_SIMULATION, node_name, shutdown_signal};
+use super::all_in_one::{SUGGESTED_SIMULATION, node_name, rescan_drives, shutdown_signal};
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
 use crate::csi::controller::ExtentEraser;
@@ -105,14 +105,25 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         gauges.clone(),
         node_id.clone(),
     ));
-    let rescans = tokio::spawn(keep_drives_current(
-        Duration::from_secs(args.rescan_interval.max(1)),
-        ledger.clone(),
-        notifier,
-        gauges,
-        registry,
-        node_id.clone(),
-    ));
+    let rescans = tokio::spawn({
+        let (ledger, node_id) = (ledger.clone(), node_id.clone());
+        let every = Duration::from_secs(args.rescan_interval.max(1));
+        rescan_drives(every, registry, move |physical| {
+            let (ledger, notifier, gauges, node_id) = (
+                ledger.clone(),
+                notifier.clone(),
+                gauges.clone(),
+                node_id.clone(),
+            );
+            async move {
+                if let Err(err) =
+                    inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await
+                {
+                    tracing::warn!(%err, "could not publish this node's drives");
+                }
+            }
+        })
+    });
     let readiness = Readiness::default();
     readiness.set_ready();
     let capacity: u64 = found.iter().map(|d| d.signature.capacity_gib()).sum();
@@ -140,28 +151,4 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     }
     println!("vdrive node: stopped");
     Ok(())
-}
-
-async fn keep_drives_current(
-    every: Duration,
-    ledger: Arc<Ledger<Arc<KubeStore>>>,
-    notifier: Notifier,
-    gauges: Arc<Gauges>,
-    registry: Arc<DriveRegistry>,
-    node_id: String,
-) {
-    let mut ticks = tokio::time::interval(every);
-    ticks.tick().await; // the first tick is immediate; startup already scanned
-    loop {
-        ticks.tick().await;
-        let scan = registry.clone();
-        let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
-            continue;
-        };
-        let physical = found.iter().map(|d| d.to_physical()).collect();
-        if let Err(err) = inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await
-        {
-            tracing::warn!(%err, "could not publish this node's drives");
-        }
-    }
 }

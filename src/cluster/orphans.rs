@@ -34,6 +34,9 @@ pub struct LostVolume {
     pub volume_id: String,
     /// `namespace/name` of the PVC bound to it, if any.
     pub bound_to: Option<String>,
+    /// For the Event about it.
+    #[serde(skip)]
+    pub uid: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -44,6 +47,7 @@ pub struct OrphanReport {
 
 struct PvInfo {
     name: String,
+    uid: Option<String>,
     bound_to: Option<String>,
     /// Released with a Delete policy: the provisioner is deleting it.
     being_deleted: bool,
@@ -99,6 +103,7 @@ pub async fn check(
             csi.volume_handle.clone(),
             PvInfo {
                 name: pv.name_any(),
+                uid: pv.uid(),
                 bound_to,
                 being_deleted: (released && deletes) || pv.metadata.deletion_timestamp.is_some(),
             },
@@ -136,6 +141,7 @@ pub async fn check(
                 persistent_volume: pv.name.clone(),
                 volume_id: handle.clone(),
                 bound_to: pv.bound_to.clone(),
+                uid: pv.uid.clone(),
             });
         }
     }
@@ -178,7 +184,7 @@ pub async fn release(
 
 /// Publishes one Warning per finding: on the Node holding an orphaned claim, on
 /// the PersistentVolume whose claims are missing.
-pub async fn announce(report: &OrphanReport, notifier: &Notifier, pvs: &Api<PersistentVolume>) {
+pub async fn announce(report: &OrphanReport, notifier: &Notifier) {
     for orphan in &report.orphaned_claims {
         tracing::warn!(volume = %orphan.volume_id, node = %orphan.node, reason = %orphan.reason, "orphaned claim");
         notifier
@@ -195,15 +201,9 @@ pub async fn announce(report: &OrphanReport, notifier: &Notifier, pvs: &Api<Pers
     }
     for lost in &report.lost_volumes {
         tracing::warn!(pv = %lost.persistent_volume, volume = %lost.volume_id, "PersistentVolume without claims");
-        let uid = pvs
-            .get_opt(&lost.persistent_volume)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|p| p.uid());
         notifier
             .warn(
-                &pv_reference(&lost.persistent_volume, uid),
+                &pv_reference(&lost.persistent_volume, lost.uid.clone()),
                 "VolumeClaimsMissing",
                 "CheckOrphans",
                 format!(
