@@ -23,7 +23,9 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, SIDECAR_NAMESPACE, bin_dir_from_env, eventually};
 use support::devices::release_everything_under;
-use vdrive::cluster::annotations::{CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims};
+use vdrive::cluster::annotations::{
+    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
+};
 use vdrive::ledger::Claim;
 
 const DRIVER: &str = "csi.vdrive.io";
@@ -115,21 +117,26 @@ fn start_node(cluster: &Cluster, vdrive: &Path, name: &str, extra_args: &[String
     cluster.spawn(&format!("vdrive-node-{name}"), command)
 }
 
-fn controller_command(cluster: &Cluster, vdrive: &Path) -> Command {
+/// `vdrive controller` serving on `<dir>/<socket>.sock`, its orphan checks off.
+fn controller_command(
+    cluster: &Cluster,
+    vdrive: &Path,
+    socket: &str,
+    extra_args: &[String],
+) -> Command {
     let mut command = Command::new(vdrive);
     command
         .arg("controller")
         .arg(format!(
-            "--endpoint=unix://{}/controller.sock",
+            "--endpoint=unix://{}/{socket}.sock",
             cluster.dir().display()
         ))
         .arg(format!(
             "--kubeconfig={}",
             cluster.kubeconfig_path().display()
         ))
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
         .arg("--orphan-check-interval=0")
+        .args(extra_args)
         .env("RUST_LOG", "info");
     command
 }
@@ -184,7 +191,15 @@ async fn set_up(bin: &Path) -> Setup {
         wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
         nodes.insert(name.to_string(), daemon);
     }
-    let mut controller = cluster.spawn("vdrive-controller", controller_command(&cluster, &vdrive));
+    // The test's small pool shares, so that one volume fills a node.
+    let shares = [
+        format!("--capacity-per-server-gib={SHARE_GIB}"),
+        format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+    ];
+    let mut controller = cluster.spawn(
+        "vdrive-controller",
+        controller_command(&cluster, &vdrive, "controller", &shares),
+    );
     let socket = cluster.dir().join("controller.sock");
     wait_for_socket(&socket, &mut controller).await;
     let provisioner = cluster.start_provisioner(
@@ -892,21 +907,8 @@ async fn node_ledger(client: &Client, node: &str) -> vdrive::ledger::NodeLedger 
     if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
         ledger.claims = decode_claims(text).expect("a readable claims annotation");
     }
-    let drives: Value = serde_json::from_str(
-        annotations
-            .get(DRIVES_ANNOTATION)
-            .map(String::as_str)
-            .unwrap_or("[]"),
-    )
-    .expect("a readable drives annotation");
-    for drive in drives.as_array().into_iter().flatten() {
-        ledger.drives.push(vdrive::ledger::PhysicalDrive {
-            uuid: drive["uuid"].as_str().unwrap().parse().unwrap(),
-            serial: drive["serial"].as_str().unwrap_or_default().to_string(),
-            drive_type: serde_json::from_value(drive["type"].clone()).unwrap(),
-            capacity_gib: drive["capacityGiB"].as_u64().unwrap(),
-            missing: drive["missing"].as_bool().unwrap_or(false),
-        });
+    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
+        ledger.drives = decode_drives(text).expect("a readable drives annotation");
     }
     ledger
 }
@@ -1131,18 +1133,7 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
         // Two replicas, as the Deployment runs them, both taking requests.
         let mut controllers = Vec::new();
         for name in ["c1", "c2"] {
-            let mut command = Command::new(&vdrive);
-            command
-                .arg("controller")
-                .arg(format!(
-                    "--endpoint=unix://{}/{name}.sock",
-                    cluster.dir().display()
-                ))
-                .arg(format!(
-                    "--kubeconfig={}",
-                    cluster.kubeconfig_path().display()
-                ))
-                .arg("--orphan-check-interval=0");
+            let command = controller_command(&cluster, &vdrive, name, &[]);
             let mut daemon = cluster.spawn(&format!("vdrive-controller-{name}"), command);
             wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
             controllers.push(daemon);
