@@ -77,3 +77,49 @@ impl Extent {
         self.offset_gib < other.end_gib() && other.offset_gib < self.end_gib()
     }
 }
+
+/// How a node builds a volume's device from its extents (see `node::backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// A loop device over one extent: a volume is one virtual drive.
+    #[default]
+    Loop,
+    /// A device-mapper linear device over any number of extents.
+    Dm,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Loop => "loop",
+            Backend::Dm => "dm",
+        }
+    }
+
+    /// Most virtual drives this backend joins into one volume (None: any number).
+    pub fn max_parts(self) -> Option<usize> {
+        match self {
+            Backend::Loop => Some(1),
+            Backend::Dm => None,
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "loop" => Ok(Backend::Loop),
+            "dm" => Ok(Backend::Dm),
+            other => Err(format!("unknown device backend {other:?}: use loop or dm")),
+        }
+    }
+}

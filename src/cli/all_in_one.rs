@@ -8,13 +8,13 @@ use std::time::Duration;
 use clap::Args;
 
 use super::settings::SettingsArgs;
-use crate::csi::controller::{ControllerService, ExtentEraser};
+use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
-use crate::csi::node::{DriveRegistry, NodeService};
+use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::ledger::{EmbeddedStore, Ledger, PhysicalDrive};
-use crate::node::drives;
+use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, drives};
 use crate::pools::Pool;
 
 /// How often the node looks for drives signed, attached or gone since it started.
@@ -44,8 +44,25 @@ pub struct AllInOneArgs {
     /// Most volumes this node takes (NodeGetInfo).
     #[arg(long, default_value_t = 256)]
     pub max_volumes: i64,
+    /// How volumes' devices are built: dm (device-mapper; any layout), loop (one
+    /// virtual drive per volume), or auto (dm where /dev/mapper/control works).
+    #[arg(long, default_value = "auto", value_name = "auto|dm|loop")]
+    pub device_backend: String,
     #[command(flatten)]
     pub settings: SettingsArgs,
+}
+
+/// The device backend a `--device-backend` value asks for.
+pub fn choose_backend(value: &str) -> Result<Arc<dyn backend::DeviceBackend>, String> {
+    match value {
+        "auto" => Ok(backend::detect()),
+        other => {
+            let kind = other
+                .parse()
+                .map_err(|e| format!("--device-backend: {e} (or auto)"))?;
+            backend::of_kind(kind).map_err(|e| e.to_string())
+        }
+    }
 }
 
 pub fn node_name(explicit: Option<String>) -> Result<String, String> {
@@ -72,6 +89,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     let node_id = node_name(args.node_id.clone())?;
     let pool = parse_pool(&args.pool)?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    let device_backend = choose_backend(&args.device_backend)?;
     let store =
         EmbeddedStore::open(args.state_dir.join("ledger.redb")).map_err(|e| e.to_string())?;
     let ledger = Arc::new(Ledger::new(store, args.settings.pools()?));
@@ -127,20 +145,19 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
             }
         })
     });
-    let node = Arc::new(NodeService::new(
+    let volumes = Arc::new(NodeVolumes::new(
         node_id.clone(),
         ledger.clone(),
         registry,
-        args.state_dir.join("node"),
-        args.max_volumes,
-        in_flight.clone(),
+        &args.state_dir.join("node"),
+        device_backend.clone(),
     ));
-    let eraser: Arc<dyn ExtentEraser> = node.clone();
-    // The loop backend builds a volume from one virtual drive.
+    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone());
+    let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let controller = ControllerService::new(
         ledger.clone(),
         args.settings.defaults(),
-        Some(1),
+        device_backend.kind().max_parts().map(|n| n as u32),
         Some(eraser),
         in_flight,
     );
@@ -148,23 +165,24 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     readiness.set_ready();
     let capacity: u64 = found.iter().map(|d| d.signature.capacity_gib()).sum();
     println!(
-        "vdrive all-in-one: serving csi.vdrive.io on unix://{} (node {node_id}, pool {}, {} signed drives, {capacity} GiB)",
+        "vdrive all-in-one: serving csi.vdrive.io on unix://{} (node {node_id}, pool {}, {} signed drives, {capacity} GiB, {} backend)",
         socket.display(),
         pool.map_or("none".to_string(), |p| p.to_string()),
-        found.len()
+        found.len(),
+        device_backend.kind()
     );
 
     let services = Services {
         identity: IdentityService::new(readiness, true),
         controller: Some(controller),
-        node: Some(node.clone()),
+        node: Some(Arc::new(node)),
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
     rescans.abort();
     served.map_err(|e| e.to_string())?;
 
     if args.simulate_drives.is_some() {
-        if node.has_staged_volumes() {
+        if volumes.has_staged_volumes() {
             println!(
                 "vdrive all-in-one: simulated drives stay attached: volumes are still staged on them"
             );

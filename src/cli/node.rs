@@ -9,17 +9,18 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::all_in_one::{SUGGESTED_SIMULATION, node_name, rescan_drives, shutdown_signal};
+use super::all_in_one::{
+    SUGGESTED_SIMULATION, choose_backend, node_name, rescan_drives, shutdown_signal,
+};
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
-use crate::csi::controller::ExtentEraser;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
-use crate::csi::node::{DriveRegistry, NodeService};
+use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges};
-use crate::node::drives;
+use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives};
 use crate::pools::PoolSettings;
 
 /// How long to wait for the API server at start.
@@ -49,6 +50,10 @@ pub struct NodeArgs {
     /// Seconds between looks for drives signed, attached or gone.
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub rescan_interval: u64,
+    /// How volumes' devices are built: dm (device-mapper; any layout), loop (one
+    /// virtual drive per volume), or auto (dm where /dev/mapper/control works).
+    #[arg(long, default_value = "auto", value_name = "auto|dm|loop")]
+    pub device_backend: String,
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -57,6 +62,7 @@ pub struct NodeArgs {
 pub async fn run(args: NodeArgs) -> Result<(), String> {
     let node_id = node_name(args.node_id.clone())?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
+    let device_backend = choose_backend(&args.device_backend)?;
     let client = cluster::client(args.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client.clone(), Scope::OneNode(node_id.clone()));
     store
@@ -90,15 +96,15 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     } else {
         DriveRegistry::new(found.clone())
     });
-    let node = Arc::new(NodeService::new(
+    let volumes = Arc::new(NodeVolumes::new(
         node_id.clone(),
         ledger.clone(),
         registry.clone(),
-        args.state_dir.join("node"),
-        args.max_volumes,
-        InFlight::default(),
+        &args.state_dir.join("node"),
+        device_backend.clone(),
     ));
-    let eraser: Arc<dyn ExtentEraser> = node.clone();
+    let node = NodeService::new(volumes.clone(), args.max_volumes, InFlight::default());
+    let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let reclaimer = tokio::spawn(reclaim::erase_released(
         ledger.clone(),
         eraser,
@@ -135,7 +141,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let services = Services {
         identity: IdentityService::new(readiness, false),
         controller: None,
-        node: Some(node.clone()),
+        node: Some(Arc::new(node)),
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
     reclaimer.abort();
@@ -144,7 +150,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         metrics.abort();
     }
     served.map_err(|e| e.to_string())?;
-    if args.simulate_drives.is_some() && !node.has_staged_volumes() {
+    if args.simulate_drives.is_some() && !volumes.has_staged_volumes() {
         if let Err(e) = drives::detach_simulated(&simulated_dir) {
             eprintln!("vdrive node: could not detach the simulated drives: {e}");
         }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::KubeStore;
-use crate::csi::controller::ExtentEraser;
 use crate::ledger::Ledger;
 use crate::metrics::Gauges;
+use crate::node::ExtentEraser;
 
 /// Looks again at least this often, even without a change to the Node (a volume
 /// still staged when it was deleted is erased once it is unstaged).
@@ -71,8 +71,8 @@ pub async fn erase_once(
                 released += 1;
             }
             // Still staged or published: kubelet unstages first; try again later.
-            Err(status) => {
-                tracing::info!(volume = %volume.id, reason = status.message(), "deleted volume not erased yet")
+            Err(reason) => {
+                tracing::info!(volume = %volume.id, %reason, "deleted volume not erased yet")
             }
         }
     }

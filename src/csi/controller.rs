@@ -16,22 +16,12 @@ use super::status::try_another_node;
 use crate::allocator;
 use crate::drive::DriveType;
 use crate::ledger::{ClaimRequest, Ledger, LedgerError, LedgerStore, NodeLedger, Volume};
-use crate::node::GIB;
+use crate::node::{ExtentEraser, GIB};
 use crate::pools::{PoolSettings, node_allowance_gib};
 
 pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 /// Size of a volume whose request names none.
 const DEFAULT_VOLUME_GIB: u64 = 1;
-
-/// Wipes a volume's extents before their claims are released, so the next
-/// tenant of that space never reads this one's data. Provided by a node that
-/// runs in the same process (all-in-one); without one, DeleteVolume marks the
-/// claims releasing and the volume's node erases and releases them.
-pub trait ExtentEraser: Send + Sync {
-    /// Erases `volume`'s extents if they are on this eraser's node; returns
-    /// whether it did (false: another node's volume).
-    fn erase(&self, volume: &Volume) -> Result<bool, Status>;
-}
 
 pub struct ControllerService<S> {
     ledger: Arc<Ledger<S>>,

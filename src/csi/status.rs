@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 use super::params::ParamError;
 use crate::allocator::AllocError;
 use crate::ledger::{LedgerError, StoreError};
+use crate::node::NodeError;
 
 /// The specification's capacity messages name its own keys; a StorageClass user
 /// needs to know which of vdrive's parameters those are.
@@ -58,6 +59,85 @@ impl From<LedgerError> for Status {
             LedgerError::Invariant { .. } => Code::Internal,
         };
         Status::new(code, err.to_string())
+    }
+}
+
+impl From<NodeError> for Status {
+    fn from(err: NodeError) -> Self {
+        match err {
+            NodeError::Ledger(inner) => inner.into(),
+            other => Status::new(node_code(&other), other.to_string()),
+        }
+    }
+}
+
+fn node_code(err: &NodeError) -> Code {
+    match err {
+        // Mapped by the ledger's own mapping in `From<NodeError>`.
+        NodeError::Ledger(_) => Code::Internal,
+        // Input the request carried.
+        NodeError::InvalidSpec { .. }
+        | NodeError::UnsupportedFs { .. }
+        | NodeError::AccessTypeMismatch { .. } => Code::InvalidArgument,
+        // What the call names is not (or no longer) here.
+        NodeError::NoClaims { .. }
+        | NodeError::Deleted { .. }
+        | NodeError::NotStaged { .. }
+        | NodeError::UnknownPath { .. }
+        | NodeError::PathMissing { .. } => Code::NotFound,
+        // Something else already holds the path.
+        NodeError::PathTaken { .. } => Code::AlreadyExists,
+        // The node or the device is not in the state the call needs.
+        NodeError::BadSignature { .. }
+        | NodeError::Shrunk { .. }
+        | NodeError::TooSmall { .. }
+        | NodeError::NotBlockDevice { .. }
+        | NodeError::NotWholeDisk { .. }
+        | NodeError::RootDisk { .. }
+        | NodeError::Mounted { .. }
+        | NodeError::InUse { .. }
+        | NodeError::HasData { .. }
+        | NodeError::AlreadySigned { .. }
+        | NodeError::AmbiguousFs { .. }
+        | NodeError::SizeMismatch { .. }
+        | NodeError::WouldShrink { .. }
+        | NodeError::OutOfBounds { .. }
+        | NodeError::NotLoop { .. }
+        | NodeError::Busy { .. }
+        | NodeError::ResizeNotPermitted { .. }
+        | NodeError::NotMounted { .. }
+        | NodeError::WrongNode { .. }
+        | NodeError::ContextMismatch { .. }
+        | NodeError::DriveNotAttached { .. }
+        | NodeError::ExtentOutsideDrive { .. }
+        | NodeError::TooManyParts { .. }
+        | NodeError::NoDeviceMapper
+        | NodeError::ForeignDevice { .. }
+        | NodeError::StagedElsewhere { .. }
+        | NodeError::StageFirst { .. }
+        | NodeError::StagingPathMismatch { .. }
+        | NodeError::SingleWriter { .. }
+        | NodeError::DeviceGone { .. }
+        | NodeError::NotMountedAtStaging { .. }
+        | NodeError::ForeignFilesystem { .. }
+        | NodeError::FsMismatch { .. }
+        | NodeError::StillPublished { .. }
+        | NodeError::NotPublishedHere { .. }
+        | NodeError::NotOurTarget { .. }
+        | NodeError::NotClaimed { .. }
+        | NodeError::StillStaged { .. }
+        | NodeError::StillHasDevice { .. } => Code::FailedPrecondition,
+        // Transient: the kernel is still letting go; the CO retries.
+        NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } => Code::Unavailable,
+        // The machine lacks a tool, or the kernel or a tool failed.
+        NodeError::ToolMissing { .. }
+        | NodeError::Io { .. }
+        | NodeError::Command { .. }
+        | NodeError::Output { .. }
+        | NodeError::Ioctl { .. }
+        | NodeError::NoFilesystem { .. }
+        | NodeError::Record { .. }
+        | NodeError::Task(_) => Code::Internal,
     }
 }
 

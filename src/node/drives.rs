@@ -353,24 +353,11 @@ pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), Nod
     if end > drive_bytes {
         return Err(refuse(format!("the drive ends at byte {drive_bytes}")));
     }
-    let canonical = fs::canonicalize(drive).map_err(NodeError::io("resolve", drive))?;
-    for lo in loopdev::list()?
-        .into_iter()
-        .filter(|l| l.backing == canonical)
-    {
-        let lo_end = match lo.sizelimit_bytes {
-            0 => u64::MAX,
-            limit => lo.offset_bytes.saturating_add(limit),
-        };
-        if lo.offset_bytes < end && offset_bytes < lo_end {
-            return Err(NodeError::InUse {
-                device: drive.to_path_buf(),
-                user: format!(
-                    "{} (attached to the range being erased)",
-                    lo.device.display()
-                ),
-            });
-        }
+    if let Some(device) = loopdev::covering(drive, offset_bytes, size_bytes)? {
+        return Err(NodeError::InUse {
+            device: drive.to_path_buf(),
+            user: format!("{} (attached to the range being erased)", device.display()),
+        });
     }
     let file = OpenOptions::new()
         .read(true)

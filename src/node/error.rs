@@ -170,6 +170,163 @@ pub enum NodeError {
 
     #[error("{path} is not mounted: xfs grows only while mounted; mount {device} there first")]
     NotMounted { device: PathBuf, path: PathBuf },
+
+    // The volume lifecycle: what a CSI call asked that this node cannot do now.
+    #[error("volume {volume} lives on node {on}, not on this node ({here})")]
+    WrongNode {
+        volume: String,
+        on: String,
+        here: String,
+    },
+
+    #[error(
+        "the volume context of {volume} does not match its claims in the ledger; refusing to build a device from it"
+    )]
+    ContextMismatch { volume: String },
+
+    #[error("volume {volume} has no claims on node {node}")]
+    NoClaims { volume: String, node: String },
+
+    #[error("volume {volume} was deleted; its extents are waiting to be erased")]
+    Deleted { volume: String },
+
+    #[error(
+        "drive {drive} is not attached to node {node}: reattach it or check `vdrive sign show`"
+    )]
+    DriveNotAttached { drive: Uuid, node: String },
+
+    #[error(
+        "extent {size_gib} GiB at {offset_gib} GiB lies outside drive {drive} ({capacity_gib} GiB)"
+    )]
+    ExtentOutsideDrive {
+        drive: Uuid,
+        offset_gib: u64,
+        size_gib: u64,
+        capacity_gib: u64,
+    },
+
+    #[error(
+        "volume {volume} is made of {parts} virtual drives, and this node's {backend} backend builds a device from at most {max}: \
+         give the node device-mapper (/dev/mapper/control), or use a class with one virtual drive per volume",
+        max = backend.max_parts().unwrap_or(usize::MAX)
+    )]
+    TooManyParts {
+        volume: String,
+        parts: usize,
+        backend: crate::drive::Backend,
+    },
+
+    #[error(
+        "this node has no working device-mapper (/dev/mapper/control): load the dm-mod module, or run with the loop backend"
+    )]
+    NoDeviceMapper,
+
+    #[error("{device} is not volume {volume}'s device: {reason}")]
+    ForeignDevice {
+        device: PathBuf,
+        volume: String,
+        reason: String,
+    },
+
+    #[error("volume {volume} is already staged as {mode} at {path}; unstage it there first")]
+    StagedElsewhere {
+        volume: String,
+        mode: &'static str,
+        path: PathBuf,
+    },
+
+    #[error("volume {volume} is not staged on this node: call NodeStageVolume first")]
+    StageFirst { volume: String },
+
+    #[error("volume {volume} is not staged on this node")]
+    NotStaged { volume: String },
+
+    #[error("volume {volume} is staged at {staged_at}, not at {given}")]
+    StagingPathMismatch {
+        volume: String,
+        staged_at: PathBuf,
+        given: PathBuf,
+    },
+
+    #[error("volume {volume} was staged as {staged} and cannot be published as {asked}")]
+    AccessTypeMismatch {
+        volume: String,
+        staged: &'static str,
+        asked: &'static str,
+    },
+
+    #[error(
+        "volume {volume} is published single-writer at {at}; it cannot be published at a second target"
+    )]
+    SingleWriter { volume: String, at: PathBuf },
+
+    #[error("the device of volume {volume} is gone (the node restarted?): stage it again")]
+    DeviceGone { volume: String },
+
+    #[error("volume {volume} is not mounted at its staging path {path}: stage it again")]
+    NotMountedAtStaging { volume: String, path: PathBuf },
+
+    #[error("{path} is already mounted from {source_desc}, not from this volume's device {device}")]
+    PathTaken {
+        path: PathBuf,
+        source_desc: String,
+        device: PathBuf,
+    },
+
+    #[error(
+        "the space of this volume holds {kind} (uuid {uuid}) that is not this volume's; it was not wiped when its previous volume was deleted. Refusing to mount it"
+    )]
+    ForeignFilesystem { kind: String, uuid: String },
+
+    #[error("volume is already formatted as {found}, not {wanted}: stage it with fsType {found}")]
+    FsMismatch {
+        found: &'static str,
+        wanted: &'static str,
+    },
+
+    #[error("{device} is mounted but holds no filesystem")]
+    NoFilesystem { device: PathBuf },
+
+    #[error("volume {volume} is still published at {at}: unpublish it first")]
+    StillPublished { volume: String, at: String },
+
+    #[error("{target} is not where volume {volume} is published")]
+    NotPublishedHere { volume: String, target: PathBuf },
+
+    #[error("{target} is not an empty directory or file that vdrive created; leaving it alone")]
+    NotOurTarget { target: PathBuf },
+
+    #[error("{path} is neither where volume {volume} is staged nor where it is published")]
+    UnknownPath { volume: String, path: PathBuf },
+
+    #[error("{path} does not exist")]
+    PathMissing { path: PathBuf },
+
+    #[error(
+        "volume {volume} is claimed at {claimed_gib} GiB but {asked_bytes} bytes were asked: expand it through the controller first"
+    )]
+    NotClaimed {
+        volume: String,
+        claimed_gib: u64,
+        asked_bytes: u64,
+    },
+
+    #[error("volume {volume} is still staged at {path}: unstage it before deleting")]
+    StillStaged { volume: String, path: PathBuf },
+
+    #[error(
+        "volume {volume} still has a device ({device}) on this node: unstage it before deleting"
+    )]
+    StillHasDevice { volume: String, device: PathBuf },
+
+    #[error("staging record {path} is unreadable: {reason}")]
+    Record { path: PathBuf, reason: String },
+
+    #[error("node task failed: {0}")]
+    Task(String),
+
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
 }
 
 impl NodeError {

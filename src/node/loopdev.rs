@@ -77,6 +77,27 @@ pub fn find(backing: &Path, offset_bytes: u64) -> Result<Option<PathBuf>, NodeEr
         .map(|l| l.device))
 }
 
+/// A loop device over any byte of `size_bytes` of `backing` from `offset_bytes`.
+pub fn covering(
+    backing: &Path,
+    offset_bytes: u64,
+    size_bytes: u64,
+) -> Result<Option<PathBuf>, NodeError> {
+    let backing = canonical(backing)?;
+    let end = offset_bytes.saturating_add(size_bytes);
+    Ok(list()?
+        .into_iter()
+        .filter(|l| l.backing == backing)
+        .find(|l| {
+            let lo_end = match l.sizelimit_bytes {
+                0 => u64::MAX,
+                limit => l.offset_bytes.saturating_add(limit),
+            };
+            l.offset_bytes < end && offset_bytes < lo_end
+        })
+        .map(|l| l.device))
+}
+
 /// Binds a new loop device to `size_bytes` of `backing` (a file or block device,
 /// itself possibly a loop device) starting at `offset_bytes`, with direct I/O so
 /// data is not cached twice. Direct I/O needs the offset aligned to the backing's

@@ -1,24 +1,38 @@
 //! The node proxy's plain core: everything a node does to the block devices under a
 //! volume, without gRPC. Each module owns one thing:
 //! - [`signature`]: the vdrive header in the first MiB of a signed drive;
-//! - [`drives`]: finding, signing and simulating physical drives;
+//! - [`drives`]: finding, signing, simulating and erasing physical drives;
+//! - [`registry`]: the signed drives this node has found, and where extents lie;
 //! - [`blockdev`]: facts about block devices (size, disk, partitions, holders);
 //! - [`loopdev`]: loop devices over one extent of a drive;
+//! - [`dm`]: device-mapper devices, through the kernel's ioctl interface;
+//! - [`backend`]: how a volume's extents become one device (loop or dm);
 //! - [`fs`]: detecting, creating and growing filesystems;
-//! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats.
+//! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats;
+//! - [`publish`]: format-and-mount at staging, bind to targets, remove targets;
+//! - [`staging`]: the node's records of what it staged where;
+//! - [`volume`]: the volume lifecycle (stage … erase) over all of the above.
 //!
-//! Everything here is synchronous and may block on the kernel or a child process:
-//! async callers run it under `tokio::task::spawn_blocking`.
+//! Everything but [`volume`] is synchronous and may block on the kernel or a
+//! child process: async callers run it under `tokio::task::spawn_blocking`.
 
+pub mod backend;
 pub mod blockdev;
 mod cmd;
+pub mod dm;
 pub mod drives;
 mod error;
 pub mod fs;
 pub mod loopdev;
 pub mod mounts;
+pub mod publish;
+pub mod registry;
 pub mod signature;
+pub mod staging;
+pub mod volume;
 
 pub use error::NodeError;
+pub use registry::DriveRegistry;
+pub use volume::{ExtentEraser, NodeVolumes};
 
 pub const GIB: u64 = 1 << 30;
