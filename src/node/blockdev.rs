@@ -12,8 +12,7 @@ use super::NodeError;
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t): the device size in bytes.
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 
-// BLKDISCARD = _IO(0x12, 119), BLKZEROOUT = _IO(0x12, 127): take {start, length}.
-nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
+// BLKZEROOUT = _IO(0x12, 127): takes {start, length}.
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
 /// Zeroes `len` bytes at `offset` of the open block device with the device's
@@ -39,23 +38,23 @@ pub fn zero_out(file: &File, path: &Path, offset: u64, len: u64) -> Result<bool,
     {
         return Ok(true);
     }
+    zero_out_by_kernel(file, path, offset, len)?;
+    Ok(true)
+}
+
+/// Zeroes the range with BLKZEROOUT whether or not the device has an offload:
+/// without one the kernel writes the zeros itself (slow, but never skipped, and
+/// without filling the page cache).
+pub fn zero_out_by_kernel(
+    file: &File,
+    path: &Path,
+    offset: u64,
+    len: u64,
+) -> Result<(), NodeError> {
     let range = [offset, len];
     // SAFETY: the fd is open; the kernel reads two u64s from `range`.
     unsafe { blkzeroout(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
         op: "BLKZEROOUT",
-        device: path.to_path_buf(),
-        source,
-    })?;
-    Ok(true)
-}
-
-/// Discards `len` bytes at `offset` of the open block device: frees the flash
-/// behind it. Whether later reads return zeros is up to the device.
-pub fn discard(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), NodeError> {
-    let range = [offset, len];
-    // SAFETY: as for zero_out.
-    unsafe { blkdiscard(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
-        op: "BLKDISCARD",
         device: path.to_path_buf(),
         source,
     })?;

@@ -320,15 +320,13 @@ pub fn sign_all_not_root(
         .collect()
 }
 
-/// Bytes zeroed by hand at each end of an extent when the drive cannot zero the
-/// whole of it cheaply: where partition tables and superblocks live.
-const EDGE_BYTES: u64 = 4 << 20;
-
 /// Erases the extent of `size_bytes` at `offset_bytes` of a signed drive, so the
-/// next volume carved there starts blank: no filesystem or partition table an
-/// earlier tenant left is ever recognised, and where the drive can zero ranges
-/// cheaply (write-zeroes offload, or a hole punched under a loop device) no old
-/// data is readable either. Elsewhere the edges are zeroed and the rest discarded.
+/// next volume carved there reads zeros: no byte, filesystem or partition table
+/// of an earlier tenant is ever readable. Where the drive zeroes ranges cheaply
+/// (write-zeroes offload, or a hole punched in a file or under a loop device)
+/// that is used; otherwise every byte is written with zeros, however long it
+/// takes: a discard alone does not promise zeros on read. The drive is flushed
+/// before this returns, so "erased" survives a power cut.
 /// Refuses the signature header, ranges past the end, and a range that a loop
 /// device is attached to.
 pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), NodeError> {
@@ -365,31 +363,41 @@ pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), Nod
         .open(drive)
         .map_err(NodeError::io("open for erasing", drive))?;
     let block = blockdev::is_block_device(drive)?;
-    if block && blockdev::zero_out(&file, drive, offset_bytes, size_bytes)? {
-        return Ok(());
-    }
-    let zeros = vec![0u8; 1 << 20];
-    let edge = EDGE_BYTES.min(size_bytes);
-    for start in [offset_bytes, end - edge] {
-        let mut at = start;
-        while at < start + edge {
-            let n = (start + edge - at).min(zeros.len() as u64);
-            file.write_all_at(&zeros[..n as usize], at)
-                .map_err(NodeError::io("zero", drive))?;
-            at += n;
-        }
-    }
-    file.sync_all().map_err(NodeError::io("flush", drive))?;
-    // Best effort: frees the space; zeroes it too on most SSDs and files.
-    let freed = if block {
-        blockdev::discard(&file, drive, offset_bytes, size_bytes)
+    let zeroed = if block {
+        blockdev::zero_out(&file, drive, offset_bytes, size_bytes)?
     } else {
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-        fallocate(&file, flags, offset_bytes as i64, size_bytes as i64)
-            .map_err(|e| NodeError::io("punch a hole in", drive)(e.into()))
+        match (i64::try_from(offset_bytes), i64::try_from(size_bytes)) {
+            (Ok(at), Ok(len)) => fallocate(&file, flags, at, len).is_ok(),
+            _ => false,
+        }
     };
-    if let Err(error) = freed {
-        tracing::warn!(drive = %drive.display(), %error, "extent erased at its edges only; old data may remain in its middle");
+    if !zeroed {
+        tracing::warn!(drive = %drive.display(), bytes = size_bytes, "the drive cannot zero ranges cheaply; writing zeros over the whole extent");
+        if block {
+            blockdev::zero_out_by_kernel(&file, drive, offset_bytes, size_bytes)?;
+        } else {
+            write_zeros(&file, drive, offset_bytes, size_bytes)?;
+        }
+    }
+    file.sync_all().map_err(NodeError::io("flush", drive))
+}
+
+/// Writes zeros over the range, 1 MiB at a time.
+fn write_zeros(
+    file: &fs::File,
+    drive: &Path,
+    offset_bytes: u64,
+    size_bytes: u64,
+) -> Result<(), NodeError> {
+    let zeros = vec![0u8; 1 << 20];
+    let end = offset_bytes.saturating_add(size_bytes);
+    let mut at = offset_bytes;
+    while at < end {
+        let n = (end - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)
+            .map_err(NodeError::io("zero", drive))?;
+        at += n;
     }
     Ok(())
 }
