@@ -465,6 +465,16 @@ fn node_plugin_serves_the_driver_socket_kubelet_expects() {
     let vdrive = container(&node, "vdrive");
     assert_eq!(args(vdrive).first(), Some(&"node"));
     assert_eq!(text(vdrive, &["securityContext", "privileged"]), "true");
+    // device-mapper: the host's /dev (its control node and the dm-N devices the
+    // kernel's devtmpfs creates), no udev; the backend chosen by the kernel.
+    assert_eq!(host_path("dev"), Some("/dev"));
+    assert!(
+        list(vdrive, &["volumeMounts"])
+            .iter()
+            .any(|m| text(m, &["name"]) == "dev" && text(m, &["mountPath"]) == "/dev"),
+        "the node plugin mounts the host's /dev"
+    );
+    assert_eq!(flags(vdrive).get("device-backend").copied(), Some("auto"));
     let kubelet_mount = list(vdrive, &["volumeMounts"])
         .iter()
         .find(|m| text(m, &["mountPath"]) == KUBELET_DIR)
