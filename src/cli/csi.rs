@@ -56,7 +56,12 @@ pub enum CsiCommand {
         size: u64,
     },
     /// List volumes (ListVolumes).
-    ListVolumes,
+    ListVolumes {
+        /// One JSON array: each volume's id, size, node and extents in device
+        /// order (drive uuid, type, offset and size in GiB).
+        #[arg(long)]
+        json: bool,
+    },
     /// Capacity for a class, per node or in total (GetCapacity).
     Capacity {
         #[arg(long)]
@@ -281,16 +286,26 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
                 gib(response.capacity_bytes)
             )
         }
-        CsiCommand::ListVolumes => {
-            let lines: Vec<String> = all_volumes(&mut controller)
-                .await?
+        CsiCommand::ListVolumes { json } => {
+            let volumes = all_volumes(&mut controller).await?;
+            if json {
+                let entries: Vec<serde_json::Value> = volumes.iter().map(volume_json).collect();
+                return serde_json::to_string_pretty(&entries).map_err(|e| e.to_string());
+            }
+            let lines: Vec<String> = volumes
                 .iter()
                 .map(|v| {
                     let node = v
                         .volume_context
                         .get(context::NODE_KEY)
                         .map_or("", String::as_str);
-                    format!("{}  {:>8}  {node}", v.volume_id, gib(v.capacity_bytes))
+                    let parts = context::decode(&v.volume_context).map_or(0, |c| c.extents.len());
+                    format!(
+                        "{}  {:>8}  {node}  {parts} virtual drive{}",
+                        v.volume_id,
+                        gib(v.capacity_bytes),
+                        if parts == 1 { "" } else { "s" }
+                    )
                 })
                 .collect();
             if lines.is_empty() {
@@ -454,6 +469,30 @@ async fn volume_context(
         .find(|v| v.volume_id == volume_id)
         .map(|v| v.volume_context)
         .ok_or_else(|| format!("volume {volume_id} does not exist"))
+}
+
+/// A listed volume as JSON, with the extents its context carries.
+fn volume_json(volume: &Volume) -> serde_json::Value {
+    let extents: Vec<serde_json::Value> = context::decode(&volume.volume_context)
+        .map(|c| c.extents)
+        .unwrap_or_default()
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "virtual": e.virtual_uuid,
+                "drive": e.physical_uuid,
+                "type": e.drive_type,
+                "offsetGiB": e.offset_gib,
+                "sizeGiB": e.size_gib,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "id": volume.volume_id,
+        "capacityBytes": volume.capacity_bytes,
+        "node": volume.volume_context.get(context::NODE_KEY),
+        "extents": extents,
+    })
 }
 
 /// Every volume, following ListVolumes' pages.
