@@ -58,7 +58,8 @@ grep -q '"serial":"vdrive-tlc-0"' <<<"$shown" || fail "vdrive sign show does not
 vdrive sign show
 
 step "vdrive all-in-one on the signed drives"
-vdrive_start "$VM_WORK/w" --node-id vm --pool none
+# The loop backend on real NVMe drives (the volumes scenario takes dm).
+vdrive_start "$VM_WORK/w" --node-id vm --pool none --device-backend loop
 export VDRIVE_ENDPOINT="unix://$VM_WORK/w/csi.sock"
 csi() { vdrive csi --endpoint "$VDRIVE_ENDPOINT" "$@"; }
 params=(--param tlc=1 --param qlc=0 --param driveCores=1 --param minDriveGiB=1)
