@@ -75,8 +75,7 @@ check_layout() {
             extents "$vol" | awk '$3 < 384 * 1073741824 { exit 1 }' || fail "a virtual drive is below the 384 GiB minimum"
             ;;
         fixed-6x1000)
-            [[ $(extents "$vol" | awk '{print $3 / 1073741824, $4}' | sort -u | tr '\n' ' ') == "1000 tlc " ]] &&
-                (($(extents "$vol" | wc -l) == 6)) ||
+            [[ $(extents "$vol" | awk '{print $3 / 1073741824, $4}' | tr '\n' ' ') == "1000 tlc 1000 tlc 1000 tlc 1000 tlc 1000 tlc 1000 tlc " ]] ||
                 fail "numDrives 6 × driveCapacity 1000 is not 6 TLC virtual drives of 1000 GiB"
             ;;
     esac
