@@ -122,18 +122,27 @@ impl DeviceBackend for DeviceMapper {
         let [range] = table.as_slice() else {
             return Ok(None);
         };
+        let Some(drive) = blockdev::kernel_name_of(&part.drive)? else {
+            return Ok(None);
+        };
         let end = range.start_sector + range.sectors;
-        for (name, major, minor) in dm::list()? {
-            let Some(table) = dm::table(&name)? else {
-                continue;
+        // The kernel lists every device stacked on the drive as its holder.
+        for holder in blockdev::holders(&drive) {
+            let device = PathBuf::from("/dev").join(&holder);
+            let ours = blockdev::attribute(&holder, "dm/name")
+                .filter(|name| name.starts_with(NAME_PREFIX));
+            let Some(name) = ours else {
+                // Something else (LVM, a crypt device, a hand-made mapping) sits
+                // on a shared drive: no range of it is safe to erase or reuse.
+                return Ok(Some(device));
             };
-            let overlaps = table.iter().any(|t| {
+            let overlaps = dm::table(&name)?.unwrap_or_default().iter().any(|t| {
                 (t.major, t.minor) == (range.major, range.minor)
                     && t.start_sector < end
                     && range.start_sector < t.start_sector + t.sectors
             });
             if overlaps {
-                return Ok(Some(dm::device_path(major, minor, &name)?));
+                return Ok(Some(device));
             }
         }
         Ok(None)
