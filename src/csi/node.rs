@@ -25,9 +25,9 @@ impl From<NodeError> for Status {
         use tonic::Code;
         let code = match &err {
             // Input the request carried.
-            NodeError::InvalidSpec { .. } | NodeError::UnsupportedFs { .. } => {
-                Code::InvalidArgument
-            }
+            NodeError::InvalidSpec { .. }
+            | NodeError::UnsupportedFs { .. }
+            | NodeError::DmInvalid { .. } => Code::InvalidArgument,
             // The node or the device is not in the state the call needs.
             NodeError::BadSignature { .. }
             | NodeError::Shrunk { .. }
@@ -48,7 +48,9 @@ impl From<NodeError> for Status {
             | NodeError::ResizeNotPermitted { .. }
             | NodeError::NotMounted { .. } => Code::FailedPrecondition,
             // Transient: the kernel is still letting go; the CO retries.
-            NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } => Code::Unavailable,
+            NodeError::MountBusy { .. }
+            | NodeError::DetachStuck { .. }
+            | NodeError::DmBusy { .. } => Code::Unavailable,
             // The machine lacks a tool, or the kernel or a tool failed.
             NodeError::ToolMissing { .. }
             | NodeError::Io { .. }
