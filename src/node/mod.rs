@@ -4,6 +4,7 @@
 //! - [`drives`]: finding, signing and simulating physical drives;
 //! - [`blockdev`]: facts about block devices (size, disk, partitions, holders);
 //! - [`loopdev`]: loop devices over one extent of a drive;
+//! - [`dm`]: device-mapper linear devices joining extents, through the kernel's ioctls;
 //! - [`fs`]: detecting, creating and growing filesystems;
 //! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats.
 //!
@@ -12,6 +13,7 @@
 
 pub mod blockdev;
 mod cmd;
+pub mod dm;
 pub mod drives;
 mod error;
 pub mod fs;
