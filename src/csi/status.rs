@@ -78,7 +78,8 @@ fn node_code(err: &NodeError) -> Code {
         // Input the request carried.
         NodeError::InvalidSpec { .. }
         | NodeError::UnsupportedFs { .. }
-        | NodeError::AccessTypeMismatch { .. } => Code::InvalidArgument,
+        | NodeError::AccessTypeMismatch { .. }
+        | NodeError::DmInvalid { .. } => Code::InvalidArgument,
         // What the call names is not (or no longer) here.
         NodeError::NoClaims { .. }
         | NodeError::Deleted { .. }
@@ -128,7 +129,9 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::StillStaged { .. }
         | NodeError::StillHasDevice { .. } => Code::FailedPrecondition,
         // Transient: the kernel is still letting go; the CO retries.
-        NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } => Code::Unavailable,
+        NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } | NodeError::DmBusy { .. } => {
+            Code::Unavailable
+        }
         // The machine lacks a tool, or the kernel or a tool failed.
         NodeError::ToolMissing { .. }
         | NodeError::Io { .. }

@@ -327,6 +327,23 @@ pub enum NodeError {
 
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
+    #[error(
+        "device-mapper device {name} ({device}) is still open {open_count} time(s) after {waited_ms} ms: \
+         unmount it and stop what holds it (see `fuser -vm {device}` and its holders/ in sysfs), then retry"
+    )]
+    DmBusy {
+        name: String,
+        device: PathBuf,
+        open_count: i32,
+        waited_ms: u64,
+    },
+
+    #[error("invalid device-mapper {what} {given:?}: {reason}")]
+    DmInvalid {
+        what: &'static str,
+        given: String,
+        reason: String,
+    },
 }
 
 impl NodeError {

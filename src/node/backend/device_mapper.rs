@@ -94,6 +94,12 @@ impl DeviceBackend for DeviceMapper {
                 describe(&wanted)
             )));
         }
+        if info.suspended {
+            // A reload cut short (the node crashed mid-growth) left it suspended:
+            // I/O would hang. Reloading its own live table resumes it.
+            tracing::warn!(device = %device.display(), "resuming a suspended volume device");
+            dm::reload_linear(&name, &live)?;
+        }
         Ok(Some(device))
     }
 
