@@ -91,14 +91,15 @@ check_table() {
 
 # Byte offsets on the volume where slices go: start, every boundary - 4 MiB, end.
 _slice_offsets() {
-    local at=0 _d _o size _t total
-    total=$(extents "$1" | awk '{ s += $3 } END { print s }')
-    echo 0
-    while read -r _d _o size _t; do
-        at=$((at + size))
-        ((at < total)) && echo $((at - SLICE / 2))
-    done < <(extents "$1")
-    echo $((total - SLICE))
+    # (No process substitution: the guest has no /dev/fd.)
+    extents "$1" | awk -v slice="$SLICE" '
+        { size[NR] = $3; total += $3 }
+        END {
+            print 0
+            for (i = 1; i < NR; i++) { at += size[i]; printf "%.0f\n", at - slice / 2 }
+            printf "%.0f\n", total - slice
+        }'
+    return 0
 }
 
 write_at_boundaries() {
