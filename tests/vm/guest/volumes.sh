@@ -80,8 +80,9 @@ check csi stats "$fsvol" --path "$target"
 check csi stats "$blkvol" --path "$btarget"
 
 step "expansion that cannot grow in place: a new extent, the filesystem grown online"
-# A QLC-only volume takes the space right after the last (QLC) part of the
-# mixed volume, so growing it must add a part.
+# The block volume's parts were placed right after the ext4 volume's, and a
+# QLC-only volume now takes the space right after the block volume's last (QLC)
+# part: growing either must add a part elsewhere.
 filler=$(create_volume filler --size 4Gi --param tlc=0 --param qlc=1 --param driveCores=1 --param minDriveGiB=1)
 show_extents "$filler"
 before=$(extents "$fsvol" | wc -l)
