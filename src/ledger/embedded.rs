@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{Claim, NodeLedger, PhysicalDrive};
 use super::store::{LedgerStore, Revision, Snapshot, StoreError};
-use crate::pools::Pool;
+use super::pool_share::Pool;
 
 /// node name → JSON of [`Header`].
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use super::store::StoreError;
 use crate::allocator::AllocError;
-use crate::pools::Pool;
+use super::pool_share::Pool;
 
 #[derive(Debug, Error)]
 pub enum LedgerError {

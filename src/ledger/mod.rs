@@ -12,6 +12,7 @@ mod embedded;
 mod error;
 mod locks;
 mod model;
+mod pool_share;
 mod store;
 
 use std::hash::{BuildHasher, RandomState};
@@ -23,6 +24,7 @@ use uuid::Uuid;
 pub use embedded::EmbeddedStore;
 pub use error::{LedgerError, PoolLabel};
 pub use model::{Claim, NodeLedger, PhysicalDrive, Volume, VolumeExtent};
+pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
 use locks::KeyedLocks;
@@ -30,7 +32,6 @@ use locks::KeyedLocks;
 use crate::allocator::{self, MAX_CAPACITY_GIB, Plan, Request};
 #[cfg(test)]
 use crate::drive::Extent;
-use crate::pools::{Pool, PoolSettings, node_allowance_gib};
 
 /// How often a change is recomputed after losing a compare-and-swap.
 const MAX_ATTEMPTS: u32 = 16;

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::allocator::FreeDrive;
 use crate::drive::{DriveType, Extent};
-use crate::pools::Pool;
+use super::pool_share::Pool;
 
 /// A physical drive signed for shared use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
