@@ -40,7 +40,6 @@ fn claim_and_release(c: &mut Criterion) {
             owner: String::new(),
             pool: None,
             layout,
-            max_parts: None,
         };
         group.bench_function(label, |b| {
             b.iter_custom(|iterations| {

@@ -13,12 +13,18 @@ use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
 use crate::csi::node::{DriveRegistry, NodeService};
 use crate::csi::server::{self, Services};
+use crate::drive::Backend;
 use crate::ledger::{EmbeddedStore, Ledger, PhysicalDrive};
 use crate::node::drives;
 use crate::pools::Pool;
 
 /// How often the node looks for drives signed, attached or gone since it started.
 const RESCAN_EVERY: Duration = Duration::from_secs(30);
+
+/// The device backend this machine builds volumes with, reported with every
+/// drive: the ledger derives from it how many virtual drives one volume may have
+/// here (loop: one; dm: any number). The node's backend choice is passed here.
+pub(super) const NODE_BACKEND: Backend = Backend::Loop;
 
 /// The drives `--simulate-drives` suggests when a machine has none signed.
 pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
@@ -88,7 +94,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
              vdrive: simulated drives: vdrive all-in-one --simulate-drives {SUGGESTED_SIMULATION}"
         );
     }
-    let physical = found.iter().map(|d| d.to_physical()).collect();
+    let physical = found.iter().map(|d| d.to_physical(NODE_BACKEND)).collect();
     let sync = ledger
         .sync_drives(&node_id, physical)
         .await
@@ -136,11 +142,9 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         in_flight.clone(),
     ));
     let eraser: Arc<dyn ExtentEraser> = node.clone();
-    // The loop backend builds a volume from one virtual drive.
     let controller = ControllerService::new(
         ledger.clone(),
         args.settings.defaults(),
-        Some(1),
         Some(eraser),
         in_flight,
     );
@@ -194,7 +198,7 @@ pub(super) async fn rescan_drives<F, Fut>(
         let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
             continue;
         };
-        record(found.iter().map(|d| d.to_physical()).collect()).await;
+        record(found.iter().map(|d| d.to_physical(NODE_BACKEND)).collect()).await;
     }
 }
 

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use clap::Args;
 
-use super::all_in_one::{SUGGESTED_SIMULATION, node_name, rescan_drives, shutdown_signal};
+use super::all_in_one::{
+    NODE_BACKEND, SUGGESTED_SIMULATION, node_name, rescan_drives, shutdown_signal,
+};
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
 use crate::csi::controller::ExtentEraser;
@@ -82,7 +84,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
              (`vdrive sign --all-not-root --type tlc`, or the chart's sign-drives Job; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
         );
     }
-    let physical = found.iter().map(|d| d.to_physical()).collect();
+    let physical = found.iter().map(|d| d.to_physical(NODE_BACKEND)).collect();
     inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await?;
 
     let registry = Arc::new(if args.simulate_drives.is_some() {

@@ -7,13 +7,15 @@
 //!   fields come first; what vdrive needs follows. A ninth element `"releasing"`
 //!   marks a deleted volume's extent that its node has not erased yet.
 //! - `vdrive.io/shared-drives`: the node's signed drives, `[{"uuid", "serial",
-//!   "type", "capacityGiB", "backend", "missing"?}]`.
+//!   "type", "capacityGiB", "backend", "missing"?}]`; `backend` is how the node
+//!   builds volumes on the drive (`loop` or `dm`, absent: `loop`), which bounds how
+//!   many virtual drives one of its volumes may have.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::drive::DriveType;
+use crate::drive::{Backend, DriveType};
 use crate::ledger::{Claim, PhysicalDrive};
 use crate::pools::Pool;
 
@@ -24,8 +26,6 @@ pub const POOL_LABEL: &str = "pool";
 /// The extended resource a node advertises: GiB of signed drives.
 pub const CAPACITY_RESOURCE: &str = "vdrive.io/shared-drives-capacity";
 
-/// How this node builds block devices on its drives.
-const BACKEND: &str = "loop";
 const RELEASING: &str = "releasing";
 
 pub fn encode_claims(claims: &[Claim]) -> String {
@@ -125,7 +125,9 @@ struct SharedDrive {
     drive_type: DriveType,
     #[serde(rename = "capacityGiB")]
     capacity_gib: u64,
-    backend: String,
+    /// How the node builds volumes on this drive (`loop` or `dm`).
+    #[serde(default)]
+    backend: Backend,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     missing: bool,
 }
@@ -138,7 +140,7 @@ pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
             serial: d.serial.clone(),
             drive_type: d.drive_type,
             capacity_gib: d.capacity_gib,
-            backend: BACKEND.to_string(),
+            backend: d.backend,
             missing: d.missing,
         })
         .collect();
@@ -155,6 +157,7 @@ pub fn decode_drives(text: &str) -> Result<Vec<PhysicalDrive>, String> {
             serial: d.serial,
             drive_type: d.drive_type,
             capacity_gib: d.capacity_gib,
+            backend: d.backend,
             missing: d.missing,
         })
         .collect())
@@ -219,18 +222,28 @@ mod tests {
 
     #[test]
     fn drives_round_trip_and_name_their_backend() {
-        let drives = vec![PhysicalDrive {
-            uuid: Uuid::from_u128(7),
-            serial: "S1".into(),
+        let drive = |n: u128, backend: Backend| PhysicalDrive {
+            uuid: Uuid::from_u128(n),
+            serial: format!("S{n}"),
             drive_type: DriveType::Qlc,
             capacity_gib: 7680,
-            missing: true,
-        }];
+            backend,
+            missing: n == 7,
+        };
+        let drives = vec![drive(7, Backend::Loop), drive(8, Backend::Dm)];
         let text = encode_drives(&drives);
         assert!(text.contains(r#""capacityGiB":7680"#), "{text}");
         assert!(text.contains(r#""backend":"loop""#), "{text}");
+        assert!(text.contains(r#""backend":"dm""#), "{text}");
         assert_eq!(decode_drives(&text).unwrap(), drives);
         assert!(decode_drives("{}").is_err());
+        assert!(
+            decode_drives(r#"[{"uuid":"00000000-0000-0000-0000-000000000007","serial":"S7","type":"qlc","capacityGiB":1,"backend":"spdk"}]"#).is_err(),
+            "an unknown backend is not guessed"
+        );
+        // A list without backends (as a test or a hand edit may write) reads as loop.
+        let bare = decode_drives(r#"[{"uuid":"00000000-0000-0000-0000-000000000007","serial":"S7","type":"qlc","capacityGiB":1}]"#).unwrap();
+        assert_eq!(bare[0].backend, Backend::Loop);
     }
 
     #[test]

@@ -36,8 +36,6 @@ pub trait ExtentEraser: Send + Sync {
 pub struct ControllerService<S> {
     ledger: Arc<Ledger<S>>,
     defaults: Defaults,
-    /// Most virtual drives a node's backend joins into one volume (loop: 1).
-    max_parts: Option<u32>,
     eraser: Option<Arc<dyn ExtentEraser>>,
     in_flight: InFlight,
 }
@@ -48,14 +46,12 @@ impl<S: LedgerStore> ControllerService<S> {
     pub fn new(
         ledger: Arc<Ledger<S>>,
         defaults: Defaults,
-        max_parts: Option<u32>,
         eraser: Option<Arc<dyn ExtentEraser>>,
         in_flight: InFlight,
     ) -> Self {
         ControllerService {
             ledger,
             defaults,
-            max_parts,
             eraser,
             in_flight,
         }
@@ -275,7 +271,6 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             owner: params.owner.clone().unwrap_or_default(),
             pool: params.pool,
             layout: params.request(gib),
-            max_parts: self.max_parts,
         };
         let mut failures: Vec<LedgerError> = Vec::new();
         for node in self
@@ -472,7 +467,7 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             }
             let room = room_gib(&node, &params, self.ledger.pool_settings());
             available += room;
-            largest = largest.max(largest_volume_gib(&node, &params, room, self.max_parts));
+            largest = largest.max(largest_volume_gib(&node, &params, room));
         }
         let min_gib = match params.fixed {
             Some((n, gib)) => u64::from(n) * gib,
@@ -575,13 +570,9 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
 /// The largest volume the allocator could place on `node` now for this class,
 /// at most `room_gib`. Feasibility grows with size only above the class minimum
 /// and shrinks as pieces stop fitting, so search the largest feasible size.
-fn largest_volume_gib(
-    node: &NodeLedger,
-    params: &ClassParams,
-    room_gib: u64,
-    max_parts: Option<u32>,
-) -> u64 {
+fn largest_volume_gib(node: &NodeLedger, params: &ClassParams, room_gib: u64) -> u64 {
     let free = node.free_drives();
+    let max_parts = node.max_parts();
     let fits = |gib: u64| {
         allocator::plan(&params.request(gib), Some(&free))
             .is_ok_and(|plan| max_parts.is_none_or(|max| plan.placements.len() <= max as usize))

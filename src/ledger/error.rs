@@ -3,9 +3,10 @@
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::pool_share::Pool;
 use super::store::StoreError;
 use crate::allocator::AllocError;
-use super::pool_share::Pool;
+use crate::drive::{Backend, DriveType};
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
@@ -47,16 +48,20 @@ pub enum LedgerError {
         share_gib: u64,
     },
 
-    /// The layout needs more virtual drives than the node can join into one volume.
+    /// The layout needs more virtual drives than the node's backend joins into one
+    /// volume.
     #[error(
-        "volume {name:?} needs {needed} virtual drives ({sizes}) on node {node}, but this node's backend builds a volume from at most {max}. Set driveCores: \"1\" and a single-type ratio (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") in the StorageClass, or request less than the largest free extent"
+        "volume {name:?} needs {needed} virtual drives ({sizes}) on node {node}, but that node builds volumes with the {backend} backend, which makes a volume from at most {max} virtual drive(s); the largest one-drive volume it holds now is {largest}. Place the volume on a node whose drives use the device-mapper (dm) backend, or use a StorageClass with driveCores: \"1\" and a single type (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") and request at most that size"
     )]
     TooManyParts {
         name: String,
         node: String,
+        backend: Backend,
         needed: usize,
         max: u32,
         sizes: String,
+        /// The largest free extent of the request's drive types, e.g. "3840 GiB TLC".
+        largest: LargestExtent,
     },
 
     /// The volume is not in the ledger.
@@ -103,6 +108,19 @@ impl std::fmt::Display for PoolLabel {
         match self.0 {
             Some(pool) => write!(f, "{pool}"),
             None => f.write_str("none"),
+        }
+    }
+}
+
+/// A node's largest free extent for messages: "3840 GiB of TLC", or "none".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LargestExtent(pub Option<(DriveType, u64)>);
+
+impl std::fmt::Display for LargestExtent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((drive_type, gib)) => write!(f, "{gib} GiB of {}", drive_type.label()),
+            None => f.write_str("none (no free extent of its drive types)"),
         }
     }
 }

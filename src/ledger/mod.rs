@@ -22,7 +22,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
-pub use error::{LedgerError, PoolLabel};
+pub use error::{LargestExtent, LedgerError, PoolLabel};
 pub use model::{Claim, NodeLedger, PhysicalDrive, Volume, VolumeExtent};
 pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
@@ -46,8 +46,6 @@ pub struct ClaimRequest {
     /// The pool whose share the volume counts against, if any.
     pub pool: Option<Pool>,
     pub layout: Request,
-    /// Most virtual drives the node can join into one volume (None: no limit).
-    pub max_parts: Option<u32>,
 }
 
 /// The outcome of registering a node's drives.
@@ -219,7 +217,8 @@ impl<S: LedgerStore> Ledger<S> {
                 self.check_pool_share(ledger, pool, request.layout.capacity_gib())?;
             }
             let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))?;
-            if let Some(max) = request.max_parts
+            // The node's own backend decides how many virtual drives a volume may have.
+            if let Some(max) = ledger.max_parts()
                 && plan.placements.len() > max as usize
             {
                 let sizes: Vec<String> = plan
@@ -230,9 +229,11 @@ impl<S: LedgerStore> Ledger<S> {
                 return Err(LedgerError::TooManyParts {
                     name: request.volume_name.clone(),
                     node: node.to_string(),
+                    backend: ledger.backend(),
                     needed: plan.placements.len(),
                     max,
                     sizes: sizes.join(", "),
+                    largest: LargestExtent(ledger.largest_free_extent(|t| request.layout.uses(t))),
                 });
             }
             let volume_id = Uuid::new_v4().to_string();

@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::allocator::FreeDrive;
-use crate::drive::{DriveType, Extent};
 use super::pool_share::Pool;
+use crate::allocator::FreeDrive;
+use crate::drive::{Backend, DriveType, Extent};
 
 /// A physical drive signed for shared use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +16,10 @@ pub struct PhysicalDrive {
     pub drive_type: DriveType,
     /// Whole GiB after the signature header.
     pub capacity_gib: u64,
+    /// How the drive's node builds volumes on it. Ledgers written before this was
+    /// recorded were all loop.
+    #[serde(default)]
+    pub backend: Backend,
     /// The node no longer sees this drive, but claims still point at it: it stays in
     /// the ledger (never silently dropped) and takes no new claims.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -97,6 +101,33 @@ impl NodeLedger {
         self.drives.iter().find(|d| d.uuid == *uuid)
     }
 
+    /// The drives that are there now: missing ones take no new claims.
+    pub fn present_drives(&self) -> impl Iterator<Item = &PhysicalDrive> {
+        self.drives.iter().filter(|d| !d.missing)
+    }
+
+    /// How the node builds volumes: device-mapper when every drive it has now
+    /// reports dm, loop otherwise (a node with no drives, or one still reporting a
+    /// loop drive, is held to loop's limits).
+    pub fn backend(&self) -> Backend {
+        let mut present = self.present_drives().peekable();
+        if present.peek().is_some() && present.all(|d| d.backend == Backend::Dm) {
+            Backend::Dm
+        } else {
+            Backend::Loop
+        }
+    }
+
+    /// Most virtual drives one volume may have on this node: no limit when its
+    /// backend joins extents (dm), one when a volume is one loop device over one
+    /// extent.
+    pub fn max_parts(&self) -> Option<u32> {
+        match self.backend() {
+            Backend::Dm => None,
+            Backend::Loop => Some(1),
+        }
+    }
+
     pub fn capacity_gib(&self) -> u64 {
         self.drives.iter().map(|d| d.capacity_gib).sum()
     }
@@ -152,6 +183,20 @@ impl NodeLedger {
                 }
             })
             .collect()
+    }
+
+    /// The biggest free extent on the present drives of the types `uses` accepts:
+    /// the largest volume of one virtual drive this node could hold now.
+    pub fn largest_free_extent(
+        &self,
+        uses: impl Fn(DriveType) -> bool,
+    ) -> Option<(DriveType, u64)> {
+        self.free_drives()
+            .iter()
+            .filter(|d| uses(d.drive_type))
+            .map(|d| (d.drive_type, d.largest_extent_gib()))
+            .filter(|(_, gib)| *gib > 0)
+            .max_by_key(|(_, gib)| *gib)
     }
 
     /// Gaps between the claims on `drive`, from offset 0 to its capacity.

@@ -117,6 +117,7 @@ mod tests {
                 serial: "SN1".into(),
                 drive_type: DriveType::Tlc,
                 capacity_gib: 2000,
+                backend: Default::default(),
                 missing: false,
             }],
             claims: Vec::new(),

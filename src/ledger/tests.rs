@@ -6,17 +6,28 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::allocator::{AllocError, Ratio};
+use crate::drive::Backend;
 use crate::drive::DriveType::{self, Qlc, Tlc};
 
 const NODE: &str = "node-a";
 
+/// A drive of a device-mapper node, where a volume may have any number of parts.
 fn drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
     PhysicalDrive {
         uuid: Uuid::from_u128(n),
         serial: format!("SN{n}"),
         drive_type,
         capacity_gib,
+        backend: Backend::Dm,
         missing: false,
+    }
+}
+
+/// A drive of a loop node, where a volume is one virtual drive.
+fn loop_drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
+    PhysicalDrive {
+        backend: Backend::Loop,
+        ..drive(n, drive_type, capacity_gib)
     }
 }
 
@@ -28,7 +39,6 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         owner: format!("default:{name}"),
         pool: None,
         layout,
-        max_parts: None,
     }
 }
 
@@ -548,15 +558,15 @@ fn growth_counts_against_the_pool_share() {
 }
 
 #[test]
-fn a_layout_with_more_parts_than_the_node_joins_is_refused_before_claiming() {
-    let (rt, f) = fixture(vec![drive(1, Tlc, 600), drive(2, Tlc, 600)]);
-    let mut request = tlc_request("two-drives", 1000);
-    request.max_parts = Some(1);
+fn a_layout_with_more_parts_than_a_loop_node_joins_is_refused_before_claiming() {
+    let (rt, f) = fixture(vec![loop_drive(1, Tlc, 600), loop_drive(2, Tlc, 500)]);
+    let request = tlc_request("two-drives", 1000);
     let err = rt.block_on(f.ledger.claim(NODE, &request)).unwrap_err();
     assert!(
         matches!(
             err,
             LedgerError::TooManyParts {
+                backend: Backend::Loop,
                 needed: 2,
                 max: 1,
                 ..
@@ -564,8 +574,41 @@ fn a_layout_with_more_parts_than_the_node_joins_is_refused_before_claiming() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("driveCores: \"1\""), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "volume \"two-drives\" needs 2 virtual drives (TLC 500 GiB, TLC 500 GiB) on node node-a, but that node builds volumes with the loop backend, which makes a volume from at most 1 virtual drive(s); the largest one-drive volume it holds now is 600 GiB of TLC. Place the volume on a node whose drives use the device-mapper (dm) backend, or use a StorageClass with driveCores: \"1\" and a single type (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") and request at most that size"
+    );
     assert_eq!(rt.block_on(f.ledger.node(NODE)).unwrap().claims.len(), 0);
+    // What fits one drive is made on the same node.
+    rt.block_on(f.ledger.claim(NODE, &tlc_request("one-drive", 600)))
+        .unwrap();
+}
+
+#[test]
+fn a_node_joins_parts_only_when_all_its_present_drives_are_dm() {
+    let mut node = NodeLedger::new(NODE);
+    assert_eq!(node.max_parts(), Some(1), "no drives: held to loop's limit");
+    node.drives = vec![drive(1, Tlc, 100), drive(2, Qlc, 100)];
+    assert_eq!((node.backend(), node.max_parts()), (Backend::Dm, None));
+    node.drives.push(loop_drive(3, Tlc, 100));
+    assert_eq!((node.backend(), node.max_parts()), (Backend::Loop, Some(1)));
+    node.drives[2].missing = true;
+    assert_eq!(node.max_parts(), None, "a missing drive does not count");
+    // Ledgers written before backends were recorded read as loop.
+    let old: PhysicalDrive = serde_json::from_str(
+        r#"{"uuid":"00000000-0000-0000-0000-000000000001","serial":"S","type":"tlc","capacity_gib":5}"#,
+    )
+    .unwrap();
+    assert_eq!(old.backend, Backend::Loop);
+}
+
+#[test]
+fn a_dm_node_makes_multi_part_volumes() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 600), drive(2, Tlc, 500)]);
+    let volume = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("two-drives", 1000)))
+        .unwrap();
+    assert_eq!(volume.extents.len(), 2);
 }
 
 #[test]

@@ -21,6 +21,7 @@ fn drive(node: &str, n: u8, capacity_gib: u64) -> PhysicalDrive {
         serial: format!("{node}-SN{n}"),
         drive_type: DriveType::Tlc,
         capacity_gib,
+        backend: Default::default(),
         missing: false,
     }
 }
