@@ -114,6 +114,26 @@ impl Request {
         self
     }
 
+    /// The same request for `capacity_gib`; a fixed-mode request keeps its size,
+    /// which `numDrives` × `driveCapacity` decide.
+    pub fn resized(self, capacity_gib: u64) -> Request {
+        match self.shape {
+            Shape::Ratio { ratio, .. } => Request {
+                shape: Shape::Ratio {
+                    capacity_gib,
+                    ratio,
+                },
+                ..self
+            },
+            Shape::Fixed { .. } => self,
+        }
+    }
+
+    /// The size of a fixed-mode request (`numDrives` × `driveCapacity`).
+    pub fn fixed_gib(&self) -> Option<u64> {
+        matches!(self.shape, Shape::Fixed { .. }).then(|| self.capacity_gib())
+    }
+
     /// Total GiB asked for.
     pub fn capacity_gib(&self) -> u64 {
         match self.shape {

@@ -3,6 +3,8 @@
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::model::SizeRange;
+use super::placement::Unfit;
 use super::pool_share::Pool;
 use super::store::StoreError;
 use crate::allocator::AllocError;
@@ -14,14 +16,15 @@ pub enum LedgerError {
     #[error(transparent)]
     Allocation(#[from] AllocError),
 
-    /// A claim request reused a volume name with a different size or pool.
+    /// A claim request reused a volume name with a size or pool the existing volume
+    /// does not have.
     #[error(
-        "volume {name:?} already exists with {existing_gib} GiB in pool {existing_pool}; a request for {requested_gib} GiB in pool {requested_pool} under the same name conflicts. Use another name, or delete the existing volume first"
+        "volume {name:?} already exists with {existing_gib} GiB in pool {existing_pool}; a request for {requested} in pool {requested_pool} under the same name conflicts. Use another name, or delete the existing volume first"
     )]
     NameConflict {
         name: String,
         existing_gib: u64,
-        requested_gib: u64,
+        requested: SizeRange,
         existing_pool: PoolLabel,
         requested_pool: PoolLabel,
     },
@@ -63,6 +66,29 @@ pub enum LedgerError {
         /// The largest free extent of the request's drive types, e.g. "3840 GiB TLC".
         largest: LargestExtent,
     },
+
+    /// No node has present drives (of the class's pool, for a pool class).
+    #[error(
+        "no node{} has signed drives: sign drives with `vdrive sign` and label servers pool=k8s|vm",
+        in_pool(*.pool)
+    )]
+    NoNodeWithDrives { pool: Option<Pool> },
+
+    /// None of the nodes the CO asked for can take a volume of the class at all.
+    #[error(
+        "no requested node can take a volume{}: {}",
+        in_pool(*.pool),
+        join(.reasons, "; ")
+    )]
+    NoRequestedNode {
+        pool: Option<Pool>,
+        reasons: Vec<Unfit>,
+    },
+
+    /// Every candidate node refused the volume; the first is the most wanted one
+    /// (with WaitForFirstConsumer, the pod's node).
+    #[error("{}", no_node_fits(.failures))]
+    NoNodeFits { failures: Vec<LedgerError> },
 
     /// The volume is not in the ledger.
     #[error("volume {0} does not exist")]
@@ -123,4 +149,45 @@ impl std::fmt::Display for LargestExtent {
             None => f.write_str("none (no free extent of its drive types)"),
         }
     }
+}
+
+impl LedgerError {
+    /// Whether this refusal is about one node only, so another node may fit.
+    pub fn another_node_may_fit(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Allocation(
+                AllocError::InsufficientDriveCapacity { .. }
+                    | AllocError::InsufficientDrives { .. }
+                    | AllocError::NoLayoutFits(_)
+            ) | LedgerError::NotInPool { .. }
+                | LedgerError::PoolShareExhausted { .. }
+                | LedgerError::TooManyParts { .. }
+        )
+    }
+}
+
+/// " in the k8s pool", or nothing for a class without a pool.
+fn in_pool(pool: Option<Pool>) -> String {
+    pool.map_or(String::new(), |p| format!(" in the {p} pool"))
+}
+
+fn join(items: &[impl std::fmt::Display], separator: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// The first three nodes' reasons, and how many more refused.
+fn no_node_fits(failures: &[LedgerError]) -> String {
+    if failures.is_empty() {
+        return "no node can take this volume".into();
+    }
+    let mut text = join(&failures[..failures.len().min(3)], "; ");
+    if failures.len() > 3 {
+        text.push_str(&format!("; and {} more nodes", failures.len() - 3));
+    }
+    text
 }

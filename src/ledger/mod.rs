@@ -12,6 +12,7 @@ mod embedded;
 mod error;
 mod locks;
 mod model;
+mod placement;
 mod pool_share;
 mod store;
 
@@ -23,7 +24,10 @@ use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
 pub use error::{LargestExtent, LedgerError, PoolLabel};
-pub use model::{Claim, NodeLedger, PhysicalDrive, Volume, VolumeExtent};
+pub use model::{Claim, NodeLedger, PhysicalDrive, SizeRange, Volume, VolumeExtent};
+pub use placement::{
+    Capacity, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib, room_gib,
+};
 pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
@@ -45,7 +49,21 @@ pub struct ClaimRequest {
     pub owner: String,
     /// The pool whose share the volume counts against, if any.
     pub pool: Option<Pool>,
+    /// The layout of a new volume; its capacity is the size it gets.
     pub layout: Request,
+    /// The sizes an existing volume of the same name may have to be this one
+    /// (see [`Volume::satisfies`]).
+    pub accepts: SizeRange,
+}
+
+impl ClaimRequest {
+    /// What placement needs to know about the request, whatever its size.
+    pub fn class(&self) -> VolumeClass {
+        VolumeClass {
+            pool: self.pool,
+            layout: self.layout,
+        }
+    }
 }
 
 /// The outcome of registering a node's drives.
@@ -193,9 +211,45 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(allocator::plan(layout, Some(&ledger.free_drives()))?)
     }
 
+    /// Creates the volume `request` asks for on the first of the [`Wanted`] nodes
+    /// that can take it ([`candidate_nodes`] decides the order), or returns the
+    /// existing volume of that name if it satisfies the request. A node that
+    /// refuses for reasons of its own (too full, too few parts, outside the pool)
+    /// passes the request on; any other refusal ends it.
+    pub async fn create(
+        &self,
+        request: &ClaimRequest,
+        wanted: &Wanted,
+    ) -> Result<Volume, LedgerError> {
+        request.layout.validate()?;
+        if let Some(existing) = self.volume_by_name(&request.volume_name).await? {
+            return same_volume(existing, request);
+        }
+        let nodes = self.nodes().await?;
+        let mut failures = Vec::new();
+        for node in candidate_nodes(&nodes, &request.class(), wanted, &self.pools)? {
+            match self.claim(&node.node, request).await {
+                Ok(volume) => return Ok(volume),
+                Err(err) if err.another_node_may_fit() => failures.push(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(LedgerError::NoNodeFits { failures })
+    }
+
+    /// Room for `class` on every node of its pool (only on `only`, if given),
+    /// and the largest volume of it one node could take now.
+    pub async fn capacity(
+        &self,
+        class: &VolumeClass,
+        only: Option<&str>,
+    ) -> Result<Capacity, LedgerError> {
+        Ok(capacity(&self.nodes().await?, class, only, &self.pools))
+    }
+
     /// Claims a volume's virtual drives on `node`: all of them in one atomic step,
-    /// or none. Claiming a name that exists returns the existing volume if it has the
-    /// same size and pool, and a [`LedgerError::NameConflict`] otherwise.
+    /// or none. Claiming a name that exists returns the existing volume if it
+    /// satisfies the request, and a [`LedgerError::NameConflict`] otherwise.
     pub async fn claim(&self, node: &str, request: &ClaimRequest) -> Result<Volume, LedgerError> {
         request.layout.validate()?;
         // Names are unique across nodes, but each node's swap only sees its own
@@ -490,16 +544,16 @@ impl<S: LedgerStore> Ledger<S> {
     }
 }
 
-/// Idempotency: the same name with the same size and pool is the same volume.
+/// Idempotency: the existing volume of the request's name is the one asked for
+/// when it satisfies the request ([`Volume::satisfies`]); otherwise the name is taken.
 fn same_volume(existing: Volume, request: &ClaimRequest) -> Result<Volume, LedgerError> {
-    let requested_gib = request.layout.capacity_gib();
-    if existing.capacity_gib == requested_gib && existing.pool == request.pool {
+    if existing.satisfies(&request.accepts, request.pool) {
         Ok(existing)
     } else {
         Err(LedgerError::NameConflict {
             name: existing.name,
             existing_gib: existing.capacity_gib,
-            requested_gib,
+            requested: request.accepts,
             existing_pool: PoolLabel(existing.pool),
             requested_pool: PoolLabel(request.pool),
         })

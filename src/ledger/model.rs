@@ -89,6 +89,47 @@ pub struct Volume {
     pub releasing: bool,
 }
 
+/// The sizes a request accepts, in whole GiB: CSI's `required_bytes` rounded up
+/// and `limit_bytes` rounded down, since every volume is whole GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRange {
+    pub min_gib: u64,
+    /// None: no upper limit.
+    pub max_gib: Option<u64>,
+}
+
+impl SizeRange {
+    pub fn exactly(gib: u64) -> Self {
+        SizeRange {
+            min_gib: gib,
+            max_gib: Some(gib),
+        }
+    }
+
+    pub fn contains(&self, gib: u64) -> bool {
+        gib >= self.min_gib && self.max_gib.is_none_or(|max| gib <= max)
+    }
+}
+
+impl std::fmt::Display for SizeRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.max_gib {
+            Some(max) if max == self.min_gib => write!(f, "{max} GiB"),
+            Some(max) => write!(f, "{} to {max} GiB", self.min_gib),
+            None => write!(f, "at least {} GiB", self.min_gib),
+        }
+    }
+}
+
+impl Volume {
+    /// The one idempotency rule for creating a volume by name: an existing volume
+    /// is the one asked for when its size is one the request accepts and it is in
+    /// the same pool. Anything else under the same name is a conflict.
+    pub fn satisfies(&self, sizes: &SizeRange, pool: Option<Pool>) -> bool {
+        sizes.contains(self.capacity_gib) && self.pool == pool
+    }
+}
+
 impl NodeLedger {
     pub fn new(node: impl Into<String>) -> Self {
         NodeLedger {

@@ -39,6 +39,7 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         owner: format!("default:{name}"),
         pool: None,
         layout,
+        accepts: SizeRange::exactly(gib),
     }
 }
 
@@ -110,7 +111,10 @@ fn the_same_name_is_the_same_volume_and_another_size_conflicts() {
             err,
             LedgerError::NameConflict {
                 existing_gib: 100,
-                requested_gib: 200,
+                requested: SizeRange {
+                    min_gib: 200,
+                    max_gib: Some(200)
+                },
                 ..
             }
         ),
@@ -650,4 +654,68 @@ fn one_name_is_one_volume_even_when_claimed_on_two_nodes_at_once() {
     for pair in volumes.chunks(2) {
         assert_eq!(pair[0], pair[1], "both callers got the same volume");
     }
+}
+
+#[test]
+fn an_existing_volume_of_an_accepted_size_is_the_one_asked_for() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    let first = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("pvc-1", 100)))
+        .unwrap();
+    // A request for "at least 60 GiB" would make 60, but 100 is what it accepts.
+    let mut request = tlc_request("pvc-1", 60);
+    request.accepts = SizeRange {
+        min_gib: 60,
+        max_gib: None,
+    };
+    assert_eq!(
+        rt.block_on(f.ledger.create(&request, &Wanted::Anywhere))
+            .unwrap(),
+        first
+    );
+    assert_eq!(rt.block_on(f.ledger.claim(NODE, &request)).unwrap(), first);
+    request.accepts.max_gib = Some(99);
+    let err = rt
+        .block_on(f.ledger.create(&request, &Wanted::Anywhere))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "volume \"pvc-1\" already exists with 100 GiB in pool none; a request for 60 to 99 GiB in pool none under the same name conflicts. Use another name, or delete the existing volume first"
+    );
+    // Same size, other pool: another volume, so a conflict.
+    request.accepts.max_gib = None;
+    request.pool = Some(Pool::K8s);
+    assert!(matches!(
+        rt.block_on(f.ledger.claim(NODE, &request)),
+        Err(LedgerError::NameConflict { .. })
+    ));
+    assert_eq!(rt.block_on(f.ledger.volumes()).unwrap().len(), 1);
+}
+
+#[test]
+fn create_goes_to_the_next_node_when_the_preferred_one_is_full() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 100)]);
+    rt.block_on(f.ledger.sync_drives("node-b", vec![drive(2, Tlc, 1000)]))
+        .unwrap();
+    let preferred = Wanted::Preferred(vec![NODE.to_string()]);
+    let volume = rt
+        .block_on(f.ledger.create(&tlc_request("big", 500), &preferred))
+        .unwrap();
+    assert_eq!(volume.node, "node-b");
+    let small = rt
+        .block_on(f.ledger.create(&tlc_request("small", 50), &preferred))
+        .unwrap();
+    assert_eq!(small.node, NODE, "the preferred node when it fits");
+    let only = Wanted::Only(vec![NODE.to_string()]);
+    let err = rt
+        .block_on(f.ledger.create(&tlc_request("too-big", 60), &only))
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::NoNodeFits { failures } if failures.len() == 1),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "Insufficient drive capacity: need 60 GiB, available 50 GiB"
+    );
 }
