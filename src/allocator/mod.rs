@@ -14,7 +14,7 @@ mod strategy;
 use serde::{Deserialize, Serialize};
 
 pub use error::{AllocError, NoLayout};
-pub use placement::{FreeDrive, Placement};
+pub use placement::{FreeDrive, Placement, place_extension};
 pub use strategy::{even_distribution, fit_to_physical};
 
 use crate::drive::DriveType;
