@@ -46,6 +46,7 @@ pub fn busy_node() -> NodeLedger {
                 offset_gib: offset,
                 size_gib: size,
                 part: 0,
+                fixed: false,
                 releasing: false,
             });
             made += 1;

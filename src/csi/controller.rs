@@ -420,6 +420,10 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         Err(Status::unimplemented("snapshots are not supported"))
     }
 
+    /// Grows the volume's claims by the ledger's growth rules. A volume of a
+    /// fixed-size class answers FailedPrecondition: the request is well formed
+    /// (so not InvalidArgument), but the volume is what it is, and no retry of the
+    /// same call will change that until the volume is replaced.
     #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
     async fn controller_expand_volume(
         &self,

@@ -72,7 +72,11 @@ fn ledger_code(err: &LedgerError) -> Code {
         LedgerError::NoNodeFits { failures } => failures
             .first()
             .map_or(Code::ResourceExhausted, ledger_code),
-        LedgerError::TooManyParts { .. } => Code::FailedPrecondition,
+        // What the node or the volume is, not the request, stands in the way; the
+        // CO must not retry the same call expecting another answer.
+        LedgerError::TooManyParts { .. } | LedgerError::FixedSize { .. } => {
+            Code::FailedPrecondition
+        }
         LedgerError::VolumeNotFound(_) => Code::NotFound,
         LedgerError::InvalidDrive { .. } => Code::InvalidArgument,
         LedgerError::Contended { .. } => Code::Aborted,

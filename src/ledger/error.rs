@@ -94,7 +94,17 @@ pub enum LedgerError {
     #[error("volume {0} does not exist")]
     VolumeNotFound(String),
 
-    /// A volume cannot grow where it lies.
+    /// The volume came from a fixed-size class and keeps its size.
+    #[error(
+        "volume {volume} cannot be expanded: it was made by a fixed-size StorageClass (numDrives × driveCapacity) as {parts} virtual drive(s), {gib} GiB in all, and keeps that size. For more space, create a volume of a class without numDrives and driveCapacity (sized by tlc and qlc) and copy the data"
+    )]
+    FixedSize {
+        volume: String,
+        gib: u64,
+        parts: usize,
+    },
+
+    /// A volume cannot grow on its node.
     #[error("volume {volume} cannot grow to {want_gib} GiB on node {node}: {reason}")]
     CannotGrow {
         volume: String,

@@ -10,6 +10,7 @@
 
 mod embedded;
 mod error;
+mod growth;
 mod locks;
 mod model;
 mod placement;
@@ -303,6 +304,7 @@ impl<S: LedgerStore> Ledger<S> {
                     offset_gib: placement.offset_gib,
                     size_gib: placement.size_gib,
                     part: part as u32,
+                    fixed: request.layout.fixed_gib().is_some(),
                     releasing: false,
                 };
                 ledger.claims.push(claim);
@@ -318,9 +320,11 @@ impl<S: LedgerStore> Ledger<S> {
         .await
     }
 
-    /// Grows a one-extent volume to `new_gib` in place: the GiB right after its
-    /// extent must be free (a loop device cannot join extents). Growing to its
-    /// current size or less changes nothing and returns the volume as it is.
+    /// Grows a volume to `new_gib` by the rules of [`growth`]: its last virtual
+    /// drive in place, else new virtual drives of the same type as far as the
+    /// node's backend joins them; within the pool share; all in one atomic step or
+    /// nothing. A fixed-size volume never grows. Growing to its current size or
+    /// less changes nothing and returns the volume as it is.
     pub async fn grow(&self, volume_id: &str, new_gib: u64) -> Result<Volume, LedgerError> {
         let volume = self
             .volume(volume_id)
@@ -335,60 +339,25 @@ impl<S: LedgerStore> Ledger<S> {
             if new_gib <= volume.capacity_gib {
                 return Ok(Change::Unchanged(volume));
             }
+            if volume.fixed {
+                return Err(LedgerError::FixedSize {
+                    volume: volume_id.to_string(),
+                    gib: volume.capacity_gib,
+                    parts: volume.extents.len(),
+                });
+            }
+            let delta = new_gib - volume.capacity_gib;
+            if let Some(pool) = volume.pool {
+                self.check_pool_share(ledger, pool, delta)?;
+            }
             let cannot = |reason: String| LedgerError::CannotGrow {
                 volume: volume_id.to_string(),
                 node: node.clone(),
                 want_gib: new_gib,
                 reason,
             };
-            let [extent] = volume.extents.as_slice() else {
-                return Err(cannot(format!(
-                    "it is made of {} virtual drives, and only one-drive volumes grow in place",
-                    volume.extents.len()
-                )));
-            };
-            let delta = new_gib - volume.capacity_gib;
-            if let Some(pool) = volume.pool {
-                if ledger.pool != Some(pool) {
-                    return Err(LedgerError::NotInPool {
-                        node: node.clone(),
-                        pool,
-                        label: PoolLabel(ledger.pool),
-                    });
-                }
-                let left = node_allowance_gib(ledger, pool, &self.pools);
-                if delta > left {
-                    return Err(LedgerError::PoolShareExhausted {
-                        node: node.clone(),
-                        pool,
-                        need_gib: delta,
-                        left_gib: left,
-                        share_gib: self.pools.capacity_per_server_gib,
-                    });
-                }
-            }
-            let drive = ledger
-                .drive(&extent.physical_uuid)
-                .filter(|d| !d.missing)
-                .ok_or_else(|| cannot(format!("its drive {} is missing", extent.physical_uuid)))?;
-            let end = extent.offset_gib + extent.size_gib;
-            let room = ledger
-                .free_extents(drive)
-                .into_iter()
-                .find(|free| free.offset_gib == end)
-                .map_or(0, |free| free.size_gib);
-            if delta > room {
-                return Err(cannot(format!(
-                    "only {room} GiB are free right after it on drive {} and it needs {delta} GiB more. Create a new volume of the size you need and copy the data",
-                    drive.uuid
-                )));
-            }
-            let claim = ledger
-                .claims
-                .iter_mut()
-                .find(|c| c.virtual_uuid == extent.virtual_uuid)
-                .ok_or_else(|| cannot("its claim vanished".into()))?;
-            claim.size_gib += delta;
+            let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
+            growth::apply(ledger, &volume, growth).map_err(cannot)?;
             let grown = ledger
                 .volume(volume_id)
                 .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;

@@ -40,6 +40,11 @@ pub struct Claim {
     pub size_gib: u64,
     /// Position of this virtual drive within its volume's linear device.
     pub part: u32,
+    /// The volume came from a fixed-size class (`numDrives` × `driveCapacity`) and
+    /// keeps that size: it never grows. Recorded because ControllerExpandVolume
+    /// carries no class parameters to tell.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
     /// The volume was deleted and its node has not erased this extent yet. The
     /// extent stays claimed (never handed out unerased) but belongs to no volume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -84,6 +89,9 @@ pub struct Volume {
     pub capacity_gib: u64,
     /// TLC extents first, then QLC: the order of the volume's linear device.
     pub extents: Vec<VolumeExtent>,
+    /// Made by a fixed-size class; it keeps its size (see [`Claim::fixed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
     /// Deleted, waiting for its node to erase the extents (see [`Claim::releasing`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub releasing: bool,
@@ -298,6 +306,7 @@ impl NodeLedger {
             pool: first.pool,
             capacity_gib: claims.iter().map(|c| c.size_gib).sum(),
             releasing: claims.iter().any(|c| c.releasing),
+            fixed: claims.iter().any(|c| c.fixed),
             extents: claims
                 .iter()
                 .map(|c| VolumeExtent {

@@ -138,6 +138,7 @@ mod tests {
             offset_gib,
             size_gib,
             part: 0,
+            fixed: false,
             releasing: false,
         });
         assert_eq!(node.check_invariants(), Ok(()));

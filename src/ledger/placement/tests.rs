@@ -41,6 +41,7 @@ fn with_claim(node: Arc<NodeLedger>, pool: Option<Pool>, size_gib: u64) -> Arc<N
         offset_gib: 0,
         size_gib,
         part: 0,
+        fixed: false,
         releasing: false,
     });
     assert_eq!(node.check_invariants(), Ok(()));

@@ -63,6 +63,7 @@ fn claim_on(node: &mut NodeLedger, drive_index: usize, pool: Option<Pool>, size_
         offset_gib,
         size_gib,
         part: 0,
+        fixed: false,
         releasing: false,
     });
     assert_eq!(
