@@ -7,6 +7,12 @@
 //! concurrent requests queue instead of spinning on conflicts; across processes
 //! (several controllers, one Kubernetes API) the revision check keeps extents from
 //! being double-booked and a conflict is retried with jittered backoff.
+//!
+//! Around the record: `pool_share` holds the pools and each node's share of
+//! one, `placement` where a new volume may go and what a node can still take,
+//! `growth` how a volume grows. How many virtual drives one volume may have is
+//! each node's own answer ([`NodeLedger::max_parts`]), from the backend its
+//! drives report.
 
 mod embedded;
 mod error;
@@ -320,7 +326,7 @@ impl<S: LedgerStore> Ledger<S> {
         .await
     }
 
-    /// Grows a volume to `new_gib` by the rules of [`growth`]: its last virtual
+    /// Grows a volume to `new_gib` by the rules of the `growth` module: its last virtual
     /// drive in place, else new virtual drives of the same type as far as the
     /// node's backend joins them; within the pool share; all in one atomic step or
     /// nothing. A fixed-size volume never grows. Growing to its current size or
