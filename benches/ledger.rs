@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use vdrive::allocator::{Ratio, Request};
-use vdrive::ledger::{ClaimRequest, EmbeddedStore, Ledger, LedgerStore, Revision};
+use vdrive::ledger::{ClaimRequest, EmbeddedStore, Ledger, LedgerStore, Revision, SizeRange};
 use vdrive::pools::PoolSettings;
 
 #[path = "common/mod.rs"]
@@ -40,7 +40,7 @@ fn claim_and_release(c: &mut Criterion) {
             owner: String::new(),
             pool: None,
             layout,
-            max_parts: None,
+            accepts: SizeRange::exactly(10),
         };
         group.bench_function(label, |b| {
             b.iter_custom(|iterations| {

@@ -78,18 +78,24 @@ impl Extent {
     }
 }
 
-/// How a node builds a volume's device from its extents (see `node::backend`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+/// How a node builds a volume's block device from its extents. It decides how
+/// many virtual drives one volume may have on that node: a loop device maps one
+/// extent, a device-mapper linear table joins any number, in part order.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
-    /// A loop device over one extent: a volume is one virtual drive.
+    /// A loop device over one extent (any Linux with loop support; plain CI hosts).
+    /// The default, because ledgers written before backends were recorded were loop.
     #[default]
     Loop,
-    /// A device-mapper linear device over any number of extents.
+    /// A device-mapper linear device over all of a volume's extents.
     Dm,
 }
 
 impl Backend {
+    /// Lower-case name used on the wire, in flags and in JSON.
     pub fn as_str(self) -> &'static str {
         match self {
             Backend::Loop => "loop",
@@ -116,10 +122,29 @@ impl FromStr for Backend {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
+        match s.to_ascii_lowercase().as_str() {
             "loop" => Ok(Backend::Loop),
             "dm" => Ok(Backend::Dm),
-            other => Err(format!("unknown device backend {other:?}: use loop or dm")),
+            other => Err(format!("unknown backend {other:?}: use loop or dm")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backends_read_and_write_their_names() {
+        for backend in [Backend::Loop, Backend::Dm] {
+            assert_eq!(backend.as_str().parse::<Backend>(), Ok(backend));
+            assert_eq!(
+                serde_json::to_string(&backend).unwrap(),
+                format!("\"{backend}\"")
+            );
+        }
+        assert_eq!("DM".parse::<Backend>(), Ok(Backend::Dm));
+        assert!("spdk".parse::<Backend>().is_err());
+        assert_eq!(Backend::default(), Backend::Loop);
     }
 }

@@ -369,9 +369,13 @@ impl Driver {
 
     /// GetCapacity for the k8s-pool-storage class.
     async fn capacity(&self) -> GetCapacityResponse {
+        self.capacity_with(k8s_params()).await
+    }
+
+    async fn capacity_with(&self, parameters: HashMap<String, String>) -> GetCapacityResponse {
         self.controller()
             .get_capacity(GetCapacityRequest {
-                parameters: k8s_params(),
+                parameters,
                 ..Default::default()
             })
             .await
@@ -972,6 +976,86 @@ async fn bad_parameters_are_invalid_arguments_that_name_the_key() {
     assert!(status.message().contains("two"), "{status:?}");
 
     assert!(driver.list().await.is_empty(), "nothing was created");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fixed_size_volume_refuses_expansion_naming_the_class_keys() {
+    let Some(driver) = Driver::start("fixed", SMALL_DRIVES).await else {
+        return;
+    };
+    let mut fixed = k8s_params();
+    fixed.remove("tlc");
+    fixed.remove("qlc");
+    fixed.insert("numDrives".into(), "1".into());
+    fixed.insert("driveCapacity".into(), "2".into());
+    let cap = ext4();
+    let volume = driver
+        .create_with("pvc-fixed", 2, cap.clone(), fixed)
+        .await
+        .unwrap();
+    assert_eq!(volume.capacity_bytes, 2 * GIB);
+    let id = volume.volume_id.clone();
+    let same = driver.expand(&id, 2 * GIB, &cap).await.unwrap();
+    assert_eq!(
+        same.capacity_bytes,
+        2 * GIB,
+        "expanding to its size is fine"
+    );
+    let status = assert_code(
+        driver.expand(&id, 3 * GIB, &cap).await,
+        Code::FailedPrecondition,
+    );
+    for key in ["numDrives", "driveCapacity", "fixed-size"] {
+        assert!(status.message().contains(key), "{status:?}");
+    }
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_node_keeps_volumes_to_one_virtual_drive_and_says_so() {
+    let Some(driver) = Driver::start("loop-parts", "tlc:8x1").await else {
+        return;
+    };
+    // Two drive cores need two virtual drives, which a loop device cannot join.
+    let mut two_cores = k8s_params();
+    two_cores.insert("driveCores".into(), "2".into());
+    let status = assert_code(
+        driver
+            .create_with("pvc-two-cores", 2, ext4(), two_cores.clone())
+            .await,
+        Code::FailedPrecondition,
+    );
+    for words in [
+        "loop backend",
+        "largest one-drive volume it holds now is 8 GiB of TLC",
+        "device-mapper (dm)",
+    ] {
+        assert!(status.message().contains(words), "{status:?}");
+    }
+    let capacity = driver.capacity_with(two_cores).await;
+    assert_eq!(capacity.maximum_volume_size, Some(0), "{capacity:?}");
+
+    // Growth: in place while the GiB after it are free, then refused.
+    let cap = ext4();
+    let first = driver.create("pvc-first", 1, cap.clone()).await.unwrap();
+    driver.create("pvc-second", 1, cap.clone()).await.unwrap();
+    let status = assert_code(
+        driver.expand(&first.volume_id, 2 * GIB, &cap).await,
+        Code::ResourceExhausted,
+    );
+    assert!(status.message().contains("loop backend"), "{status:?}");
+
+    // CreateVolume by name: a compatible size is the same volume, another conflicts.
+    let again = driver.create("pvc-first", 1, cap.clone()).await.unwrap();
+    assert_eq!(again.volume_id, first.volume_id);
+    let status = assert_code(
+        driver.create("pvc-first", 3, cap.clone()).await,
+        Code::AlreadyExists,
+    );
+    assert!(
+        status.message().contains("already exists with 1 GiB"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use tempfile::TempDir;
-use vdrive::drive::DriveType;
+use vdrive::drive::{Backend, DriveType};
 use vdrive::node::drives::{self, SignedDrive};
 use vdrive::node::fs::{self as vfs, FsType};
 use vdrive::node::signature::{HEADER_BYTES, Signature};
@@ -138,7 +138,7 @@ fn simulated_drives_are_signed_discoverable_and_reused() {
     let found = drives::discover(&candidates);
     for drive in &first {
         assert!(found.contains(drive), "{drive:?} not discovered");
-        let physical = drive.to_physical();
+        let physical = drive.to_physical(Backend::Loop);
         assert_eq!(physical.capacity_gib, drive.signature.capacity_gib());
     }
     let by_uuid = drives::find_by_uuid(&paths, first[1].signature.uuid).unwrap();

@@ -3,7 +3,7 @@
 //! space is fragmented as on a node that has lived a while.
 
 use uuid::Uuid;
-use vdrive::drive::DriveType;
+use vdrive::drive::{Backend, DriveType};
 use vdrive::ledger::{Claim, NodeLedger, PhysicalDrive};
 
 pub const DRIVES: usize = 24;
@@ -19,6 +19,8 @@ pub fn busy_node() -> NodeLedger {
                 serial: format!("BENCH{i:03}"),
                 drive_type: if tlc { DriveType::Tlc } else { DriveType::Qlc },
                 capacity_gib: if tlc { 3840 } else { 7680 },
+                // as on a production node: any number of virtual drives per volume
+                backend: Backend::Dm,
                 missing: false,
             }
         })
@@ -44,6 +46,7 @@ pub fn busy_node() -> NodeLedger {
                 offset_gib: offset,
                 size_gib: size,
                 part: 0,
+                fixed: false,
                 releasing: false,
             });
             made += 1;

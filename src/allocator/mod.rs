@@ -14,7 +14,7 @@ mod strategy;
 use serde::{Deserialize, Serialize};
 
 pub use error::{AllocError, NoLayout};
-pub use placement::{FreeDrive, Placement};
+pub use placement::{FreeDrive, Placement, place_extension};
 pub use strategy::{even_distribution, fit_to_physical};
 
 use crate::drive::DriveType;
@@ -114,6 +114,26 @@ impl Request {
         self
     }
 
+    /// The same request for `capacity_gib`; a fixed-mode request keeps its size,
+    /// which `numDrives` × `driveCapacity` decide.
+    pub fn resized(self, capacity_gib: u64) -> Request {
+        match self.shape {
+            Shape::Ratio { ratio, .. } => Request {
+                shape: Shape::Ratio {
+                    capacity_gib,
+                    ratio,
+                },
+                ..self
+            },
+            Shape::Fixed { .. } => self,
+        }
+    }
+
+    /// The size of a fixed-mode request (`numDrives` × `driveCapacity`).
+    pub fn fixed_gib(&self) -> Option<u64> {
+        matches!(self.shape, Shape::Fixed { .. }).then(|| self.capacity_gib())
+    }
+
     /// Total GiB asked for.
     pub fn capacity_gib(&self) -> u64 {
         match self.shape {
@@ -150,7 +170,8 @@ impl Request {
         }
     }
 
-    fn is_active(&self, drive_type: DriveType) -> bool {
+    /// Whether the request places virtual drives of `drive_type`.
+    pub fn uses(&self, drive_type: DriveType) -> bool {
         match self.shape {
             Shape::Ratio { ratio, .. } => ratio.is_active(drive_type),
             Shape::Fixed { .. } => drive_type == DriveType::Tlc,
@@ -333,7 +354,7 @@ pub fn plan(request: &Request, drives: Option<&[FreeDrive]>) -> Result<Plan, All
     let cores = request.drive_cores;
     let max_drives = request.max_drives();
     let split = request.split();
-    let both_active = request.is_active(DriveType::Tlc) && request.is_active(DriveType::Qlc);
+    let both_active = request.uses(DriveType::Tlc) && request.uses(DriveType::Qlc);
     let mut search = Search {
         min_drive_gib: request.min_drive_gib,
         space: space.as_mut(),
@@ -364,7 +385,7 @@ pub fn plan(request: &Request, drives: Option<&[FreeDrive]>) -> Result<Plan, All
     let mut plan = Plan::default();
     let mut used = 0u32;
     for drive_type in DriveType::ALL {
-        if !request.is_active(drive_type) {
+        if !request.uses(drive_type) {
             continue;
         }
         let capacity = split.of(drive_type);
@@ -424,7 +445,7 @@ fn check_minimums(request: &Request) -> Result<(), AllocError> {
     let cores = request.drive_cores;
     let min = request.min_drive_gib;
     let need = u64::from(cores) * min;
-    let both_active = request.is_active(DriveType::Tlc) && request.is_active(DriveType::Qlc);
+    let both_active = request.uses(DriveType::Tlc) && request.uses(DriveType::Qlc);
     if both_active && request.enforce_min_drives_per_type_per_core {
         let split = request.split();
         for drive_type in DriveType::ALL {
@@ -464,7 +485,7 @@ fn check_free_space(request: &Request, space: &Space) -> Result<(), AllocError> 
     for drive_type in DriveType::ALL {
         let need = split.of(drive_type);
         let available = space.type_free_gib(drive_type);
-        if request.is_active(drive_type) && available < need {
+        if request.uses(drive_type) && available < need {
             return Err(AllocError::InsufficientDrives {
                 drive_type,
                 need_gib: need,

@@ -57,6 +57,45 @@ pub struct Placement {
     pub offset_gib: u64,
 }
 
+/// Where `need_gib` more of `drive_type` goes when a volume grows by new virtual
+/// drives: one piece when a single free extent holds it all; otherwise the largest
+/// free extents in turn, largest first, the last one taking only what remains.
+/// Each piece is placed by the rule at the top of this module, so a single piece
+/// lands best-fit on the drive with the largest free extent. None when the drives
+/// of that type have less than `need_gib` free in all.
+pub fn place_extension(
+    drives: &[FreeDrive],
+    drive_type: DriveType,
+    need_gib: u64,
+) -> Option<Vec<Placement>> {
+    let mut free: Vec<u64> = drives
+        .iter()
+        .filter(|d| d.drive_type == drive_type)
+        .flat_map(|d| d.extents.iter().map(|e| e.size_gib))
+        .filter(|&gib| gib > 0)
+        .collect();
+    free.sort_unstable_by(|a, b| b.cmp(a));
+    let mut sizes = Vec::new();
+    let mut left = need_gib;
+    for gib in free {
+        if left == 0 {
+            break;
+        }
+        let piece = gib.min(left);
+        sizes.push(piece);
+        left -= piece;
+    }
+    if left > 0 || sizes.is_empty() {
+        return None;
+    }
+    // Descending already: every piece but the last is a whole extent taken largest
+    // first, and the last is no bigger than the extent it was cut from.
+    let mut placements = Vec::with_capacity(sizes.len());
+    Space::new(drives)
+        .try_place(drive_type, &sizes, &mut placements)
+        .then_some(placements)
+}
+
 /// Free space of all drives, flattened so that trying strategy after strategy
 /// re-uses the same buffers instead of cloning every drive's extent list.
 #[derive(Debug)]

@@ -441,3 +441,59 @@ fn huge_inputs_are_refused_or_saturate_instead_of_overflowing() {
     let physical = drives(&[(Tlc, u64::MAX), (Tlc, u64::MAX)]);
     assert!(plan(&per_type(1000, ratio(1, 0), 1), Some(&physical)).is_ok());
 }
+
+// ---- growing a volume by new virtual drives -------------------------------------
+
+fn pieces(placements: &[Placement]) -> Vec<(usize, u64, u64)> {
+    placements
+        .iter()
+        .map(|p| (p.physical_index, p.offset_gib, p.size_gib))
+        .collect()
+}
+
+#[test]
+fn an_extension_that_fits_one_extent_goes_best_fit_on_the_roomiest_drive() {
+    let drives = vec![
+        FreeDrive {
+            drive_type: Tlc,
+            extents: vec![Extent::new(0, 50), Extent::new(100, 300)],
+        },
+        FreeDrive {
+            drive_type: Tlc,
+            extents: vec![Extent::new(10, 500), Extent::new(600, 120)],
+        },
+        FreeDrive::whole(Qlc, 5000),
+    ];
+    // drive 1 has the largest extent; inside it the 120 GiB one fits best
+    let placed = place_extension(&drives, Tlc, 100).unwrap();
+    assert_eq!(pieces(&placed), [(1, 600, 100)]);
+    assert!(placed.iter().all(|p| p.drive_type == Tlc));
+}
+
+#[test]
+fn an_extension_too_big_for_any_extent_is_split_largest_first() {
+    let drives = vec![
+        FreeDrive {
+            drive_type: Tlc,
+            extents: vec![Extent::new(0, 50), Extent::new(100, 300)],
+        },
+        FreeDrive::whole(Qlc, 5000),
+        FreeDrive {
+            drive_type: Tlc,
+            extents: vec![Extent::new(10, 200)],
+        },
+    ];
+    let placed = place_extension(&drives, Tlc, 520).unwrap();
+    assert_eq!(pieces(&placed), [(0, 100, 300), (2, 10, 200), (0, 0, 20)]);
+    assert_eq!(place_extension(&drives, Tlc, 550).map(|p| p.len()), Some(3));
+    assert_eq!(
+        place_extension(&drives, Tlc, 551),
+        None,
+        "only 550 GiB of TLC"
+    );
+    assert_eq!(
+        place_extension(&drives, Qlc, 5000).map(|p| p.len()),
+        Some(1)
+    );
+    assert_eq!(place_extension(&[], Tlc, 1), None);
+}

@@ -13,6 +13,7 @@ use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
+use crate::drive::Backend;
 use crate::ledger::{EmbeddedStore, Ledger, PhysicalDrive};
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, drives};
 use crate::pools::Pool;
@@ -106,7 +107,12 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
              vdrive: simulated drives: vdrive all-in-one --simulate-drives {SUGGESTED_SIMULATION}"
         );
     }
-    let physical = found.iter().map(|d| d.to_physical()).collect();
+    // Every drive carries the node's backend: the ledger derives from it how many
+    // virtual drives one volume may have here (loop: one; dm: any number).
+    let physical = found
+        .iter()
+        .map(|d| d.to_physical(device_backend.kind()))
+        .collect();
     let sync = ledger
         .sync_drives(&node_id, physical)
         .await
@@ -129,7 +135,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     // and reported.
     let rescans = tokio::spawn({
         let (ledger, node_id) = (ledger.clone(), node_id.clone());
-        rescan_drives(RESCAN_EVERY, registry.clone(), move |physical| {
+        rescan_drives(RESCAN_EVERY, registry.clone(), device_backend.kind(), move |physical| {
             let (ledger, node_id) = (ledger.clone(), node_id.clone());
             async move {
                 match ledger.sync_drives(&node_id, physical).await {
@@ -157,7 +163,6 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     let controller = ControllerService::new(
         ledger.clone(),
         args.settings.defaults(),
-        device_backend.kind().max_parts().map(|n| n as u32),
         Some(eraser),
         in_flight,
     );
@@ -194,11 +199,13 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Rescans the node's drives every `every` and hands what it finds to
-/// `record`, which writes it down (the ledger; in a cluster also the Node).
+/// Rescans the node's drives every `every` and hands what it finds, with the
+/// node's `backend`, to `record`, which writes it down (the ledger; in a
+/// cluster also the Node).
 pub(super) async fn rescan_drives<F, Fut>(
     every: Duration,
     registry: Arc<DriveRegistry>,
+    backend: Backend,
     mut record: F,
 ) where
     F: FnMut(Vec<PhysicalDrive>) -> Fut,
@@ -212,7 +219,7 @@ pub(super) async fn rescan_drives<F, Fut>(
         let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
             continue;
         };
-        record(found.iter().map(|d| d.to_physical()).collect()).await;
+        record(found.iter().map(|d| d.to_physical(backend)).collect()).await;
     }
 }
 

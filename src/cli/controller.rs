@@ -55,11 +55,11 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let ledger = Arc::new(Ledger::new(store, pools));
     // No eraser: the drives are on the nodes, which erase released extents.
-    // The loop backend builds a volume from one virtual drive.
+    // Each node's drives say which backend it builds volumes with, and so how
+    // many virtual drives a volume may have there.
     let controller = ControllerService::new(
         ledger.clone(),
         args.settings.defaults(),
-        Some(1),
         None,
         InFlight::default(),
     );

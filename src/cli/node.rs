@@ -88,7 +88,10 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
              (`vdrive sign --all-not-root --type tlc`, or the chart's sign-drives Job; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
         );
     }
-    let physical = found.iter().map(|d| d.to_physical()).collect();
+    let physical = found
+        .iter()
+        .map(|d| d.to_physical(device_backend.kind()))
+        .collect();
     inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await?;
 
     let registry = Arc::new(if args.simulate_drives.is_some() {
@@ -114,7 +117,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let rescans = tokio::spawn({
         let (ledger, node_id) = (ledger.clone(), node_id.clone());
         let every = Duration::from_secs(args.rescan_interval.max(1));
-        rescan_drives(every, registry, move |physical| {
+        rescan_drives(every, registry, device_backend.kind(), move |physical| {
             let (ledger, notifier, gauges, node_id) = (
                 ledger.clone(),
                 notifier.clone(),

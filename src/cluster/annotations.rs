@@ -3,17 +3,24 @@
 //!
 //! - `vdrive.io/virtual-drive-claims`: one entry per virtual drive,
 //!   `{"<virtual uuid>": ["<namespace>:<pvc>", "<physical uuid>", <GiB>, <offset GiB>,
-//!   "<volume id>", "<pool>"|null, "<volume name>", <part>]}`. The spec's three
-//!   fields come first; what vdrive needs follows. A ninth element `"releasing"`
-//!   marks a deleted volume's extent that its node has not erased yet.
+//!   "<volume id>", "<pool>"|null, "<volume name>", <part>, markers...]}`. The
+//!   spec's three fields come first; what vdrive needs follows. Optional trailing
+//!   markers, each at most once and written in this order: `"releasing"` (a
+//!   deleted volume's extent that its node has not erased yet) and `"fixed"` (the
+//!   volume came from a fixed-size class and never grows). An entry without
+//!   markers is exactly the eight-element form older versions wrote, and a
+//!   releasing extent of a volume that is not fixed is their nine-element form,
+//!   so those still read both ways; only a fixed volume's entries are new.
 //! - `vdrive.io/shared-drives`: the node's signed drives, `[{"uuid", "serial",
-//!   "type", "capacityGiB", "backend", "missing"?}]`.
+//!   "type", "capacityGiB", "backend", "missing"?}]`; `backend` is how the node
+//!   builds volumes on the drive (`loop` or `dm`, absent: `loop`), which bounds how
+//!   many virtual drives one of its volumes may have.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
-use crate::drive::DriveType;
+use crate::drive::{Backend, DriveType};
 use crate::ledger::{Claim, PhysicalDrive};
 use crate::pools::Pool;
 
@@ -24,9 +31,8 @@ pub const POOL_LABEL: &str = "pool";
 /// The extended resource a node advertises: GiB of signed drives.
 pub const CAPACITY_RESOURCE: &str = "vdrive.io/shared-drives-capacity";
 
-/// How this node builds block devices on its drives.
-const BACKEND: &str = "loop";
 const RELEASING: &str = "releasing";
+const FIXED: &str = "fixed";
 
 pub fn encode_claims(claims: &[Claim]) -> String {
     let entries: Map<String, Value> = claims
@@ -44,6 +50,9 @@ pub fn encode_claims(claims: &[Claim]) -> String {
             ];
             if c.releasing {
                 entry.push(json!(RELEASING));
+            }
+            if c.fixed {
+                entry.push(json!(FIXED));
             }
             (c.virtual_uuid.to_string(), Value::Array(entry))
         })
@@ -69,9 +78,9 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
     let Value::Array(fields) = value else {
         return Err("not an array".into());
     };
-    if !(8..=9).contains(&fields.len()) {
+    if !(8..=10).contains(&fields.len()) {
         return Err(format!(
-            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"releasing\"",
+            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"{RELEASING}\" and \"{FIXED}\"",
             fields.len()
         ));
     }
@@ -94,11 +103,21 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
         ),
         _ => return Err("field 5 (pool) is neither a string nor null".into()),
     };
-    let releasing = match fields.get(8) {
-        None => false,
-        Some(Value::String(state)) if state == RELEASING => true,
-        Some(other) => return Err(format!("field 8 is {other}, expected \"{RELEASING}\"")),
-    };
+    let (mut releasing, mut fixed) = (false, false);
+    for (i, marker) in fields.iter().enumerate().skip(8) {
+        let seen = match marker.as_str() {
+            Some(RELEASING) => &mut releasing,
+            Some(FIXED) => &mut fixed,
+            _ => {
+                return Err(format!(
+                    "field {i} is {marker}, expected \"{RELEASING}\" or \"{FIXED}\""
+                ));
+            }
+        };
+        if std::mem::replace(seen, true) {
+            return Err(format!("field {i} repeats the marker {marker}"));
+        }
+    }
     Ok(Claim {
         virtual_uuid,
         owner: text(0, "owner")?,
@@ -111,6 +130,7 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
         volume_name: text(6, "volume name")?,
         part: u32::try_from(number(7, "part")?)
             .map_err(|_| "field 7 (part) is too large".to_string())?,
+        fixed,
         releasing,
     })
 }
@@ -125,7 +145,9 @@ struct SharedDrive {
     drive_type: DriveType,
     #[serde(rename = "capacityGiB")]
     capacity_gib: u64,
-    backend: String,
+    /// How the node builds volumes on this drive (`loop` or `dm`).
+    #[serde(default)]
+    backend: Backend,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     missing: bool,
 }
@@ -138,7 +160,7 @@ pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
             serial: d.serial.clone(),
             drive_type: d.drive_type,
             capacity_gib: d.capacity_gib,
-            backend: BACKEND.to_string(),
+            backend: d.backend,
             missing: d.missing,
         })
         .collect();
@@ -155,6 +177,7 @@ pub fn decode_drives(text: &str) -> Result<Vec<PhysicalDrive>, String> {
             serial: d.serial,
             drive_type: d.drive_type,
             capacity_gib: d.capacity_gib,
+            backend: d.backend,
             missing: d.missing,
         })
         .collect())
@@ -180,6 +203,7 @@ mod tests {
             offset_gib: 10 * part as u64,
             size_gib: 10,
             part,
+            fixed: false,
             releasing,
         }
     }
@@ -204,6 +228,37 @@ mod tests {
     }
 
     #[test]
+    fn a_fixed_volumes_marker_follows_releasing_and_plain_entries_keep_the_old_form() {
+        let mut fixed = claim(0, false);
+        fixed.fixed = true;
+        let mut both = claim(1, true);
+        both.fixed = true;
+        let text = encode_claims(&[fixed.clone(), both.clone(), claim(2, true)]);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let entry = |part: u128| {
+            parsed[Uuid::from_u128(0x31de939a + part).to_string()]
+                .as_array()
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(entry(0)[8..], [json!("fixed")]);
+        assert_eq!(entry(1)[8..], [json!("releasing"), json!("fixed")]);
+        assert_eq!(
+            entry(2)[8..],
+            [json!("releasing")],
+            "as older versions wrote it"
+        );
+        assert_eq!(
+            decode_claims(&text).unwrap(),
+            vec![fixed.clone(), both.clone(), claim(2, true)]
+        );
+        // Markers are read in any order.
+        let swapped = r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, "fixed", "releasing"]}"#;
+        let read = decode_claims(swapped).unwrap();
+        assert!(read[0].fixed && read[0].releasing);
+    }
+
+    #[test]
     fn malformed_claims_are_refused_whole() {
         for bad in [
             "[]",
@@ -212,6 +267,8 @@ mod tests {
             r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", -1, 0, "v", null, "n", 0]}"#,
             r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", "ceph", "n", 0]}"#,
             r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, "gone"]}"#,
+            r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, "fixed", "fixed"]}"#,
+            r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, "releasing", "fixed", "fixed"]}"#,
         ] {
             assert!(decode_claims(bad).is_err(), "{bad}");
         }
@@ -219,18 +276,28 @@ mod tests {
 
     #[test]
     fn drives_round_trip_and_name_their_backend() {
-        let drives = vec![PhysicalDrive {
-            uuid: Uuid::from_u128(7),
-            serial: "S1".into(),
+        let drive = |n: u128, backend: Backend| PhysicalDrive {
+            uuid: Uuid::from_u128(n),
+            serial: format!("S{n}"),
             drive_type: DriveType::Qlc,
             capacity_gib: 7680,
-            missing: true,
-        }];
+            backend,
+            missing: n == 7,
+        };
+        let drives = vec![drive(7, Backend::Loop), drive(8, Backend::Dm)];
         let text = encode_drives(&drives);
         assert!(text.contains(r#""capacityGiB":7680"#), "{text}");
         assert!(text.contains(r#""backend":"loop""#), "{text}");
+        assert!(text.contains(r#""backend":"dm""#), "{text}");
         assert_eq!(decode_drives(&text).unwrap(), drives);
         assert!(decode_drives("{}").is_err());
+        assert!(
+            decode_drives(r#"[{"uuid":"00000000-0000-0000-0000-000000000007","serial":"S7","type":"qlc","capacityGiB":1,"backend":"spdk"}]"#).is_err(),
+            "an unknown backend is not guessed"
+        );
+        // A list without backends (as a test or a hand edit may write) reads as loop.
+        let bare = decode_drives(r#"[{"uuid":"00000000-0000-0000-0000-000000000007","serial":"S7","type":"qlc","capacityGiB":1}]"#).unwrap();
+        assert_eq!(bare[0].backend, Backend::Loop);
     }
 
     #[test]

@@ -12,12 +12,8 @@ use super::inflight::InFlight;
 use super::params::{ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
-use super::status::try_another_node;
-use crate::allocator;
-use crate::drive::DriveType;
-use crate::ledger::{ClaimRequest, Ledger, LedgerError, LedgerStore, NodeLedger, Volume};
+use crate::ledger::{ClaimRequest, Ledger, LedgerStore, SizeRange, Volume, Wanted};
 use crate::node::{ExtentEraser, GIB};
-use crate::pools::{PoolSettings, node_allowance_gib};
 
 pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 /// Size of a volume whose request names none.
@@ -26,8 +22,6 @@ const DEFAULT_VOLUME_GIB: u64 = 1;
 pub struct ControllerService<S> {
     ledger: Arc<Ledger<S>>,
     defaults: Defaults,
-    /// Most virtual drives a node's backend joins into one volume (loop: 1).
-    max_parts: Option<u32>,
     eraser: Option<Arc<dyn ExtentEraser>>,
     in_flight: InFlight,
 }
@@ -38,97 +32,15 @@ impl<S: LedgerStore> ControllerService<S> {
     pub fn new(
         ledger: Arc<Ledger<S>>,
         defaults: Defaults,
-        max_parts: Option<u32>,
         eraser: Option<Arc<dyn ExtentEraser>>,
         in_flight: InFlight,
     ) -> Self {
         ControllerService {
             ledger,
             defaults,
-            max_parts,
             eraser,
             in_flight,
         }
-    }
-
-    /// Nodes to try, in order: preferred topology, then requisite, then (with no
-    /// requirements) every node with room, most room first. Only nodes with signed
-    /// drives, and of the class's pool.
-    async fn candidate_nodes(
-        &self,
-        params: &ClassParams,
-        requirements: Option<&TopologyRequirement>,
-    ) -> Result<Vec<Arc<NodeLedger>>, Status> {
-        let all = self.ledger.nodes().await?;
-        let usable = |n: &NodeLedger| {
-            n.drives.iter().any(|d| !d.missing)
-                && params.pool.is_none_or(|pool| n.pool == Some(pool))
-        };
-        let nodes: Vec<Arc<NodeLedger>> = all.iter().filter(|n| usable(n)).cloned().collect();
-        let pool_note = params
-            .pool
-            .map_or(String::new(), |p| format!(" in the {p} pool"));
-        let Some(requirements) =
-            requirements.filter(|r| !r.requisite.is_empty() || !r.preferred.is_empty())
-        else {
-            let mut nodes = nodes;
-            nodes.sort_by_cached_key(|n| {
-                std::cmp::Reverse(room_gib(n, params, self.ledger.pool_settings()))
-            });
-            if nodes.is_empty() {
-                return Err(Status::resource_exhausted(format!(
-                    "no node{pool_note} has signed drives: sign drives with `vdrive sign` and label servers pool=k8s|vm"
-                )));
-            }
-            return Ok(nodes);
-        };
-        let mut wanted: Vec<String> = Vec::new();
-        for topology in requirements.preferred.iter().chain(&requirements.requisite) {
-            let name = topology.segments.get(TOPOLOGY_KEY).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "accessibility requirement {:?} has no {TOPOLOGY_KEY} segment",
-                    topology.segments
-                ))
-            })?;
-            if !wanted.contains(name) {
-                wanted.push(name.clone());
-            }
-        }
-        if requirements.requisite.is_empty() {
-            // Only preferences: any other node may serve too, after them.
-            let mut rest: Vec<&Arc<NodeLedger>> =
-                nodes.iter().filter(|n| !wanted.contains(&n.node)).collect();
-            rest.sort_by_cached_key(|n| {
-                std::cmp::Reverse(room_gib(n, params, self.ledger.pool_settings()))
-            });
-            wanted.extend(rest.into_iter().map(|n| n.node.clone()));
-        }
-        let chosen: Vec<Arc<NodeLedger>> = wanted
-            .iter()
-            .filter_map(|name| nodes.iter().find(|n| &n.node == name).cloned())
-            .collect();
-        if chosen.is_empty() {
-            // Say per node why it cannot take the volume.
-            let reasons: Vec<String> = wanted
-                .iter()
-                .map(|name| match all.iter().find(|n| &n.node == name) {
-                    None => format!("{name} has no signed drives and no pool label"),
-                    Some(n) if !n.drives.iter().any(|d| !d.missing) => {
-                        format!("{name} has no signed drives")
-                    }
-                    Some(n) => format!(
-                        "{name} is not in the {} pool (label pool={})",
-                        params.pool.map_or("requested", |p| p.as_str()),
-                        n.pool.map_or("<none>", |p| p.as_str())
-                    ),
-                })
-                .collect();
-            return Err(Status::resource_exhausted(format!(
-                "no requested node can take a volume{pool_note}: {}",
-                reasons.join("; ")
-            )));
-        }
-        Ok(chosen)
     }
 
     fn volume_response(&self, volume: &Volume, fs_type: &str) -> CreateVolumeResponse {
@@ -153,6 +65,45 @@ fn csi_volume(volume: &Volume, fs_type: &str) -> super::proto::Volume {
 /// GiB as CSI's signed bytes; a node never holds 2^33 GiB.
 fn bytes(gib: u64) -> i64 {
     i64::try_from(gib.saturating_mul(GIB)).unwrap_or(i64::MAX)
+}
+
+/// The nodes the CO lets a volume go to, from its accessibility requirements:
+/// preferred first, then requisite; with only preferences, any node after them.
+fn wanted_nodes(requirements: Option<&TopologyRequirement>) -> Result<Wanted, Status> {
+    let Some(requirements) =
+        requirements.filter(|r| !r.requisite.is_empty() || !r.preferred.is_empty())
+    else {
+        return Ok(Wanted::Anywhere);
+    };
+    let mut names: Vec<String> = Vec::new();
+    for topology in requirements.preferred.iter().chain(&requirements.requisite) {
+        let name = topology.segments.get(TOPOLOGY_KEY).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "accessibility requirement {:?} has no {TOPOLOGY_KEY} segment",
+                topology.segments
+            ))
+        })?;
+        if !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    Ok(if requirements.requisite.is_empty() {
+        Wanted::Preferred(names)
+    } else {
+        Wanted::Only(names)
+    })
+}
+
+/// The sizes an existing volume may have to answer a request with this range:
+/// at least `required_bytes`, at most `limit_bytes` (0: no limit), in whole GiB.
+/// Call after [`size_gib`] has refused negative bytes.
+fn accepted_sizes(range: Option<&CapacityRange>) -> SizeRange {
+    let (required, limit) = range.map_or((0, 0), |r| (r.required_bytes, r.limit_bytes));
+    let (required, limit) = (required.max(0) as u64, limit.max(0) as u64);
+    SizeRange {
+        min_gib: required.div_ceil(GIB),
+        max_gib: (limit > 0).then_some(limit / GIB),
+    }
 }
 
 /// The volume size a capacity range asks for, in whole GiB: `required_bytes`
@@ -189,26 +140,6 @@ pub fn size_gib(range: Option<&CapacityRange>, fixed_gib: Option<u64>) -> Result
     Ok(gib)
 }
 
-/// Free GiB a node offers a class: the free space of the class's drive types,
-/// bounded by the node's pool allowance for pool classes.
-fn room_gib(node: &NodeLedger, params: &ClassParams, pools: &PoolSettings) -> u64 {
-    let uses = |t: DriveType| match (params.fixed, params.ratio) {
-        (Some(_), _) => t == DriveType::Tlc,
-        (None, Some(ratio)) => ratio.is_active(t),
-        (None, None) => true,
-    };
-    let free: u64 = node
-        .free_drives()
-        .iter()
-        .filter(|d| uses(d.drive_type))
-        .map(|d| d.free_gib())
-        .sum();
-    match params.pool {
-        Some(pool) => free.min(node_allowance_gib(node, pool, pools)),
-        None => free,
-    }
-}
-
 #[tonic::async_trait]
 impl<S: LedgerStore> Controller for ControllerService<S> {
     #[instrument(skip_all, fields(name = %request.get_ref().name))]
@@ -242,46 +173,18 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         }
         let fixed_gib = params.fixed.map(|(n, gib)| u64::from(n) * gib);
         let gib = size_gib(req.capacity_range.as_ref(), fixed_gib)?;
-        let _flight = self.in_flight.begin(&req.name)?;
-
-        let range = req.capacity_range.unwrap_or_default();
-        if let Some(existing) = self.ledger.volume_by_name(&req.name).await? {
-            let fits = bytes(existing.capacity_gib) >= range.required_bytes
-                && (range.limit_bytes == 0 || bytes(existing.capacity_gib) <= range.limit_bytes)
-                && existing.pool == params.pool;
-            if !fits {
-                return Err(Status::already_exists(format!(
-                    "volume {:?} already exists with {} GiB in pool {}, which does not match this request ({gib} GiB); use another name or delete it first",
-                    req.name,
-                    existing.capacity_gib,
-                    existing.pool.map_or("none".to_string(), |p| p.to_string())
-                )));
-            }
-            return Ok(Response::new(self.volume_response(&existing, &fs_type)));
-        }
-
+        let wanted = wanted_nodes(req.accessibility_requirements.as_ref())?;
         let claim = ClaimRequest {
             volume_name: req.name.clone(),
             owner: params.owner.clone().unwrap_or_default(),
             pool: params.pool,
             layout: params.request(gib),
-            max_parts: self.max_parts,
+            accepts: accepted_sizes(req.capacity_range.as_ref()),
         };
-        let mut failures: Vec<LedgerError> = Vec::new();
-        for node in self
-            .candidate_nodes(&params, req.accessibility_requirements.as_ref())
-            .await?
-        {
-            match self.ledger.claim(&node.node, &claim).await {
-                Ok(volume) => {
-                    info!(volume = %volume.id, node = %volume.node, gib = volume.capacity_gib, "volume created");
-                    return Ok(Response::new(self.volume_response(&volume, &fs_type)));
-                }
-                Err(err) if try_another_node(&err) => failures.push(err),
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(no_node_fits(failures))
+        let _flight = self.in_flight.begin(&req.name)?;
+        let volume = self.ledger.create(&claim, &wanted).await?;
+        info!(volume = %volume.id, node = %volume.node, gib = volume.capacity_gib, "volume ready");
+        Ok(Response::new(self.volume_response(&volume, &fs_type)))
     }
 
     #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
@@ -451,27 +354,14 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             )?),
             None => None,
         };
-        let mut available = 0u64;
-        let mut largest = 0u64;
-        for node in self.ledger.nodes().await? {
-            if node_filter.as_ref().is_some_and(|name| *name != node.node) {
-                continue;
-            }
-            if params.pool.is_some_and(|pool| node.pool != Some(pool)) {
-                continue;
-            }
-            let room = room_gib(&node, &params, self.ledger.pool_settings());
-            available += room;
-            largest = largest.max(largest_volume_gib(&node, &params, room, self.max_parts));
-        }
-        let min_gib = match params.fixed {
-            Some((n, gib)) => u64::from(n) * gib,
-            None => u64::from(params.drive_cores) * params.min_drive_gib.max(1),
-        };
+        let capacity = self
+            .ledger
+            .capacity(&params.class(), node_filter.as_deref())
+            .await?;
         Ok(Response::new(GetCapacityResponse {
-            available_capacity: bytes(available),
-            maximum_volume_size: Some(bytes(largest)),
-            minimum_volume_size: Some(bytes(min_gib)),
+            available_capacity: bytes(capacity.available_gib),
+            maximum_volume_size: Some(bytes(capacity.largest_gib)),
+            minimum_volume_size: Some(bytes(capacity.minimum_gib)),
         }))
     }
 
@@ -520,6 +410,10 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         Err(Status::unimplemented("snapshots are not supported"))
     }
 
+    /// Grows the volume's claims by the ledger's growth rules. A volume of a
+    /// fixed-size class answers FailedPrecondition: the request is well formed
+    /// (so not InvalidArgument), but the volume is what it is, and no retry of the
+    /// same call will change that until the volume is replaced.
     #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]
     async fn controller_expand_volume(
         &self,
@@ -559,56 +453,6 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         Err(Status::unimplemented(
             "ControllerModifyVolume is not supported",
         ))
-    }
-}
-
-/// The largest volume the allocator could place on `node` now for this class,
-/// at most `room_gib`. Feasibility grows with size only above the class minimum
-/// and shrinks as pieces stop fitting, so search the largest feasible size.
-fn largest_volume_gib(
-    node: &NodeLedger,
-    params: &ClassParams,
-    room_gib: u64,
-    max_parts: Option<u32>,
-) -> u64 {
-    let free = node.free_drives();
-    let fits = |gib: u64| {
-        allocator::plan(&params.request(gib), Some(&free))
-            .is_ok_and(|plan| max_parts.is_none_or(|max| plan.placements.len() <= max as usize))
-    };
-    if let Some((n, gib)) = params.fixed {
-        let size = u64::from(n) * gib;
-        return if size <= room_gib && fits(size) {
-            size
-        } else {
-            0
-        };
-    }
-    let floor = u64::from(params.drive_cores) * params.min_drive_gib.max(1);
-    if room_gib < floor || !fits(floor) {
-        return 0;
-    }
-    if fits(room_gib) {
-        return room_gib;
-    }
-    let (mut ok, mut bad) = (floor, room_gib);
-    while bad - ok > 1 {
-        let mid = ok + (bad - ok) / 2;
-        if fits(mid) { ok = mid } else { bad = mid }
-    }
-    ok
-}
-
-fn no_node_fits(failures: Vec<LedgerError>) -> Status {
-    let mut reasons: Vec<String> = failures.iter().take(3).map(ToString::to_string).collect();
-    if failures.len() > 3 {
-        reasons.push(format!("and {} more nodes", failures.len() - 3));
-    }
-    // The code is the first candidate's: the preferred node (the pod's, with
-    // WaitForFirstConsumer).
-    match failures.into_iter().next() {
-        Some(first) => Status::new(Status::from(first).code(), reasons.join("; ")),
-        None => Status::resource_exhausted("no node can take this volume"),
     }
 }
 
@@ -655,5 +499,57 @@ mod tests {
             tonic::Code::OutOfRange
         );
         assert_eq!(size_gib(Some(&range(g, 0)), Some(2)).unwrap(), 2);
+    }
+
+    #[test]
+    fn accepted_sizes_are_the_whole_gib_within_the_range() {
+        let g = GIB as i64;
+        let sizes = accepted_sizes(Some(&range(g + 1, 5 * g - 1)));
+        assert_eq!(
+            sizes,
+            SizeRange {
+                min_gib: 2,
+                max_gib: Some(4)
+            }
+        );
+        assert_eq!(
+            accepted_sizes(None),
+            SizeRange {
+                min_gib: 0,
+                max_gib: None
+            }
+        );
+    }
+
+    #[test]
+    fn topology_names_the_wanted_nodes_preferred_first() {
+        let on = |node: &str| Topology {
+            segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]),
+        };
+        assert_eq!(wanted_nodes(None).unwrap(), Wanted::Anywhere);
+        let preferred = TopologyRequirement {
+            requisite: vec![],
+            preferred: vec![on("b"), on("a")],
+        };
+        assert_eq!(
+            wanted_nodes(Some(&preferred)).unwrap(),
+            Wanted::Preferred(vec!["b".into(), "a".into()])
+        );
+        let both = TopologyRequirement {
+            requisite: vec![on("a"), on("b"), on("c")],
+            preferred: vec![on("b")],
+        };
+        assert_eq!(
+            wanted_nodes(Some(&both)).unwrap(),
+            Wanted::Only(vec!["b".into(), "a".into(), "c".into()])
+        );
+        let unkeyed = TopologyRequirement {
+            requisite: vec![Topology::default()],
+            preferred: vec![],
+        };
+        assert_eq!(
+            wanted_nodes(Some(&unkeyed)).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use thiserror::Error;
 
 use crate::allocator::{self, Ratio, Request, Shape};
+use crate::ledger::VolumeClass;
 use crate::pools::Pool;
 
 /// Keys reserved for the CO (external-provisioner's `--extra-create-metadata`,
@@ -186,6 +187,14 @@ impl ClassParams {
             .validate()
             .map_err(|e| ParamError::Conflict(e.to_string()))?;
         Ok(params)
+    }
+
+    /// The class as the ledger's placement sees it.
+    pub fn class(&self) -> VolumeClass {
+        VolumeClass {
+            pool: self.pool,
+            layout: self.request(1),
+        }
     }
 
     /// The allocator request for a volume of `capacity_gib` (ignored in fixed mode).

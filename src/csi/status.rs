@@ -13,52 +13,75 @@ const KEYS_HINT: &str = " (for a vdrive volume: containerCapacity is the request
 
 impl From<AllocError> for Status {
     fn from(err: AllocError) -> Self {
-        let code = match &err {
-            // The request can never fit, whatever the node: its parameters must change.
-            AllocError::InvalidArgument(_)
-            | AllocError::InsufficientTypeCapacity { .. }
-            | AllocError::InsufficientTotalCapacity { .. } => Code::InvalidArgument,
-            // This node is too full now.
-            AllocError::InsufficientDriveCapacity { .. }
-            | AllocError::InsufficientDrives { .. }
-            | AllocError::NoLayoutFits(_) => Code::ResourceExhausted,
-        };
         let hint = match err {
             AllocError::InsufficientTypeCapacity { .. }
             | AllocError::InsufficientTotalCapacity { .. } => KEYS_HINT,
             _ => "",
         };
-        Status::new(code, format!("{err}{hint}"))
+        Status::new(alloc_code(&err), format!("{err}{hint}"))
+    }
+}
+
+fn alloc_code(err: &AllocError) -> Code {
+    match err {
+        // The request can never fit, whatever the node: its parameters must change.
+        AllocError::InvalidArgument(_)
+        | AllocError::InsufficientTypeCapacity { .. }
+        | AllocError::InsufficientTotalCapacity { .. } => Code::InvalidArgument,
+        // This node is too full now.
+        AllocError::InsufficientDriveCapacity { .. }
+        | AllocError::InsufficientDrives { .. }
+        | AllocError::NoLayoutFits(_) => Code::ResourceExhausted,
     }
 }
 
 impl From<StoreError> for Status {
     fn from(err: StoreError) -> Self {
-        let code = match &err {
-            StoreError::NodeNotFound(_) => Code::NotFound,
-            StoreError::Corrupt { .. } => Code::DataLoss,
-            StoreError::Unavailable { .. } | StoreError::Api { .. } => Code::Unavailable,
-        };
-        Status::new(code, err.to_string())
+        Status::new(store_code(&err), err.to_string())
+    }
+}
+
+fn store_code(err: &StoreError) -> Code {
+    match err {
+        StoreError::NodeNotFound(_) => Code::NotFound,
+        StoreError::Corrupt { .. } => Code::DataLoss,
+        StoreError::Unavailable { .. } | StoreError::Api { .. } => Code::Unavailable,
     }
 }
 
 impl From<LedgerError> for Status {
     fn from(err: LedgerError) -> Self {
-        let code = match err {
-            LedgerError::Allocation(inner) => return inner.into(),
-            LedgerError::Store(inner) => return inner.into(),
-            LedgerError::NameConflict { .. } => Code::AlreadyExists,
-            LedgerError::NotInPool { .. }
-            | LedgerError::PoolShareExhausted { .. }
-            | LedgerError::CannotGrow { .. } => Code::ResourceExhausted,
-            LedgerError::TooManyParts { .. } => Code::FailedPrecondition,
-            LedgerError::VolumeNotFound(_) => Code::NotFound,
-            LedgerError::InvalidDrive { .. } => Code::InvalidArgument,
-            LedgerError::Contended { .. } => Code::Aborted,
-            LedgerError::Invariant { .. } => Code::Internal,
-        };
-        Status::new(code, err.to_string())
+        match err {
+            LedgerError::Allocation(inner) => inner.into(),
+            LedgerError::Store(inner) => inner.into(),
+            other => Status::new(ledger_code(&other), other.to_string()),
+        }
+    }
+}
+
+fn ledger_code(err: &LedgerError) -> Code {
+    match err {
+        LedgerError::Allocation(inner) => alloc_code(inner),
+        LedgerError::Store(inner) => store_code(inner),
+        LedgerError::NameConflict { .. } => Code::AlreadyExists,
+        LedgerError::NotInPool { .. }
+        | LedgerError::PoolShareExhausted { .. }
+        | LedgerError::NoNodeWithDrives { .. }
+        | LedgerError::NoRequestedNode { .. }
+        | LedgerError::CannotGrow { .. } => Code::ResourceExhausted,
+        // The code is the most wanted node's: the pod's, with WaitForFirstConsumer.
+        LedgerError::NoNodeFits { failures } => failures
+            .first()
+            .map_or(Code::ResourceExhausted, ledger_code),
+        // What the node or the volume is, not the request, stands in the way; the
+        // CO must not retry the same call expecting another answer.
+        LedgerError::TooManyParts { .. } | LedgerError::FixedSize { .. } => {
+            Code::FailedPrecondition
+        }
+        LedgerError::VolumeNotFound(_) => Code::NotFound,
+        LedgerError::InvalidDrive { .. } => Code::InvalidArgument,
+        LedgerError::Contended { .. } => Code::Aborted,
+        LedgerError::Invariant { .. } => Code::Internal,
     }
 }
 
@@ -148,18 +171,4 @@ impl From<ParamError> for Status {
     fn from(err: ParamError) -> Self {
         Status::invalid_argument(err.to_string())
     }
-}
-
-/// Whether a claim failure is about this node only, so another node may fit.
-pub fn try_another_node(err: &LedgerError) -> bool {
-    matches!(
-        err,
-        LedgerError::Allocation(
-            AllocError::InsufficientDriveCapacity { .. }
-                | AllocError::InsufficientDrives { .. }
-                | AllocError::NoLayoutFits(_)
-        ) | LedgerError::NotInPool { .. }
-            | LedgerError::PoolShareExhausted { .. }
-            | LedgerError::TooManyParts { .. }
-    )
 }

@@ -20,8 +20,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::model::{Claim, NodeLedger, PhysicalDrive};
+use super::pool_share::Pool;
 use super::store::{LedgerStore, Revision, Snapshot, StoreError};
-use crate::pools::Pool;
 
 /// node name → JSON of [`Header`].
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");

@@ -3,9 +3,12 @@
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::model::SizeRange;
+use super::placement::Unfit;
+use super::pool_share::Pool;
 use super::store::StoreError;
 use crate::allocator::AllocError;
-use crate::pools::Pool;
+use crate::drive::{Backend, DriveType};
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
@@ -13,14 +16,15 @@ pub enum LedgerError {
     #[error(transparent)]
     Allocation(#[from] AllocError),
 
-    /// A claim request reused a volume name with a different size or pool.
+    /// A claim request reused a volume name with a size or pool the existing volume
+    /// does not have.
     #[error(
-        "volume {name:?} already exists with {existing_gib} GiB in pool {existing_pool}; a request for {requested_gib} GiB in pool {requested_pool} under the same name conflicts. Use another name, or delete the existing volume first"
+        "volume {name:?} already exists with {existing_gib} GiB in pool {existing_pool}; a request for {requested} in pool {requested_pool} under the same name conflicts. Use another name, or delete the existing volume first"
     )]
     NameConflict {
         name: String,
         existing_gib: u64,
-        requested_gib: u64,
+        requested: SizeRange,
         existing_pool: PoolLabel,
         requested_pool: PoolLabel,
     },
@@ -47,23 +51,60 @@ pub enum LedgerError {
         share_gib: u64,
     },
 
-    /// The layout needs more virtual drives than the node can join into one volume.
+    /// The layout needs more virtual drives than the node's backend joins into one
+    /// volume.
     #[error(
-        "volume {name:?} needs {needed} virtual drives ({sizes}) on node {node}, but this node's backend builds a volume from at most {max}. Set driveCores: \"1\" and a single-type ratio (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") in the StorageClass, or request less than the largest free extent"
+        "volume {name:?} needs {needed} virtual drives ({sizes}) on node {node}, but that node builds volumes with the {backend} backend, which makes a volume from at most {max} virtual drive(s); the largest one-drive volume it holds now is {largest}. Place the volume on a node whose drives use the device-mapper (dm) backend, or use a StorageClass with driveCores: \"1\" and a single type (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") and request at most that size"
     )]
     TooManyParts {
         name: String,
         node: String,
+        backend: Backend,
         needed: usize,
         max: u32,
         sizes: String,
+        /// The largest free extent of the request's drive types, e.g. "3840 GiB TLC".
+        largest: LargestExtent,
     },
+
+    /// No node has present drives (of the class's pool, for a pool class).
+    #[error(
+        "no node{} has signed drives: sign drives with `vdrive sign` and label servers pool=k8s|vm",
+        in_pool(*.pool)
+    )]
+    NoNodeWithDrives { pool: Option<Pool> },
+
+    /// None of the nodes the CO asked for can take a volume of the class at all.
+    #[error(
+        "no requested node can take a volume{}: {}",
+        in_pool(*.pool),
+        join(.reasons, "; ")
+    )]
+    NoRequestedNode {
+        pool: Option<Pool>,
+        reasons: Vec<Unfit>,
+    },
+
+    /// Every candidate node refused the volume; the first is the most wanted one
+    /// (with WaitForFirstConsumer, the pod's node).
+    #[error("{}", no_node_fits(.failures))]
+    NoNodeFits { failures: Vec<LedgerError> },
 
     /// The volume is not in the ledger.
     #[error("volume {0} does not exist")]
     VolumeNotFound(String),
 
-    /// A volume cannot grow where it lies.
+    /// The volume came from a fixed-size class and keeps its size.
+    #[error(
+        "volume {volume} cannot be expanded: it was made by a fixed-size StorageClass (numDrives × driveCapacity) as {parts} virtual drive(s), {gib} GiB in all, and keeps that size. For more space, create a volume of a class without numDrives and driveCapacity (sized by tlc and qlc) and copy the data"
+    )]
+    FixedSize {
+        volume: String,
+        gib: u64,
+        parts: usize,
+    },
+
+    /// A volume cannot grow on its node.
     #[error("volume {volume} cannot grow to {want_gib} GiB on node {node}: {reason}")]
     CannotGrow {
         volume: String,
@@ -105,4 +146,58 @@ impl std::fmt::Display for PoolLabel {
             None => f.write_str("none"),
         }
     }
+}
+
+/// A node's largest free extent for messages: "3840 GiB of TLC", or "none".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LargestExtent(pub Option<(DriveType, u64)>);
+
+impl std::fmt::Display for LargestExtent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((drive_type, gib)) => write!(f, "{gib} GiB of {}", drive_type.label()),
+            None => f.write_str("none (no free extent of its drive types)"),
+        }
+    }
+}
+
+impl LedgerError {
+    /// Whether this refusal is about one node only, so another node may fit.
+    pub fn another_node_may_fit(&self) -> bool {
+        matches!(
+            self,
+            LedgerError::Allocation(
+                AllocError::InsufficientDriveCapacity { .. }
+                    | AllocError::InsufficientDrives { .. }
+                    | AllocError::NoLayoutFits(_)
+            ) | LedgerError::NotInPool { .. }
+                | LedgerError::PoolShareExhausted { .. }
+                | LedgerError::TooManyParts { .. }
+        )
+    }
+}
+
+/// " in the k8s pool", or nothing for a class without a pool.
+fn in_pool(pool: Option<Pool>) -> String {
+    pool.map_or(String::new(), |p| format!(" in the {p} pool"))
+}
+
+fn join(items: &[impl std::fmt::Display], separator: &str) -> String {
+    items
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(separator)
+}
+
+/// The first three nodes' reasons, and how many more refused.
+fn no_node_fits(failures: &[LedgerError]) -> String {
+    if failures.is_empty() {
+        return "no node can take this volume".into();
+    }
+    let mut text = join(&failures[..failures.len().min(3)], "; ");
+    if failures.len() > 3 {
+        text.push_str(&format!("; and {} more nodes", failures.len() - 3));
+    }
+    text
 }

@@ -7,11 +7,20 @@
 //! concurrent requests queue instead of spinning on conflicts; across processes
 //! (several controllers, one Kubernetes API) the revision check keeps extents from
 //! being double-booked and a conflict is retried with jittered backoff.
+//!
+//! Around the record: `pool_share` holds the pools and each node's share of
+//! one, `placement` where a new volume may go and what a node can still take,
+//! `growth` how a volume grows. How many virtual drives one volume may have is
+//! each node's own answer ([`NodeLedger::max_parts`]), from the backend its
+//! drives report.
 
 mod embedded;
 mod error;
+mod growth;
 mod locks;
 mod model;
+mod placement;
+mod pool_share;
 mod store;
 
 use std::hash::{BuildHasher, RandomState};
@@ -21,8 +30,12 @@ use std::time::Duration;
 use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
-pub use error::{LedgerError, PoolLabel};
-pub use model::{Claim, NodeLedger, PhysicalDrive, Volume, VolumeExtent};
+pub use error::{LargestExtent, LedgerError, PoolLabel};
+pub use model::{Claim, NodeLedger, PhysicalDrive, SizeRange, Volume, VolumeExtent};
+pub use placement::{
+    Capacity, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib, room_gib,
+};
+pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
 use locks::KeyedLocks;
@@ -30,7 +43,6 @@ use locks::KeyedLocks;
 use crate::allocator::{self, MAX_CAPACITY_GIB, Plan, Request};
 #[cfg(test)]
 use crate::drive::Extent;
-use crate::pools::{Pool, PoolSettings, node_allowance_gib};
 
 /// How often a change is recomputed after losing a compare-and-swap.
 const MAX_ATTEMPTS: u32 = 16;
@@ -44,9 +56,21 @@ pub struct ClaimRequest {
     pub owner: String,
     /// The pool whose share the volume counts against, if any.
     pub pool: Option<Pool>,
+    /// The layout of a new volume; its capacity is the size it gets.
     pub layout: Request,
-    /// Most virtual drives the node can join into one volume (None: no limit).
-    pub max_parts: Option<u32>,
+    /// The sizes an existing volume of the same name may have to be this one
+    /// (see [`Volume::satisfies`]).
+    pub accepts: SizeRange,
+}
+
+impl ClaimRequest {
+    /// What placement needs to know about the request, whatever its size.
+    pub fn class(&self) -> VolumeClass {
+        VolumeClass {
+            pool: self.pool,
+            layout: self.layout,
+        }
+    }
 }
 
 /// The outcome of registering a node's drives.
@@ -194,9 +218,45 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(allocator::plan(layout, Some(&ledger.free_drives()))?)
     }
 
+    /// Creates the volume `request` asks for on the first of the [`Wanted`] nodes
+    /// that can take it ([`candidate_nodes`] decides the order), or returns the
+    /// existing volume of that name if it satisfies the request. A node that
+    /// refuses for reasons of its own (too full, too few parts, outside the pool)
+    /// passes the request on; any other refusal ends it.
+    pub async fn create(
+        &self,
+        request: &ClaimRequest,
+        wanted: &Wanted,
+    ) -> Result<Volume, LedgerError> {
+        request.layout.validate()?;
+        if let Some(existing) = self.volume_by_name(&request.volume_name).await? {
+            return same_volume(existing, request);
+        }
+        let nodes = self.nodes().await?;
+        let mut failures = Vec::new();
+        for node in candidate_nodes(&nodes, &request.class(), wanted, &self.pools)? {
+            match self.claim(&node.node, request).await {
+                Ok(volume) => return Ok(volume),
+                Err(err) if err.another_node_may_fit() => failures.push(err),
+                Err(err) => return Err(err),
+            }
+        }
+        Err(LedgerError::NoNodeFits { failures })
+    }
+
+    /// Room for `class` on every node of its pool (only on `only`, if given),
+    /// and the largest volume of it one node could take now.
+    pub async fn capacity(
+        &self,
+        class: &VolumeClass,
+        only: Option<&str>,
+    ) -> Result<Capacity, LedgerError> {
+        Ok(capacity(&self.nodes().await?, class, only, &self.pools))
+    }
+
     /// Claims a volume's virtual drives on `node`: all of them in one atomic step,
-    /// or none. Claiming a name that exists returns the existing volume if it has the
-    /// same size and pool, and a [`LedgerError::NameConflict`] otherwise.
+    /// or none. Claiming a name that exists returns the existing volume if it
+    /// satisfies the request, and a [`LedgerError::NameConflict`] otherwise.
     pub async fn claim(&self, node: &str, request: &ClaimRequest) -> Result<Volume, LedgerError> {
         request.layout.validate()?;
         // Names are unique across nodes, but each node's swap only sees its own
@@ -218,7 +278,8 @@ impl<S: LedgerStore> Ledger<S> {
                 self.check_pool_share(ledger, pool, request.layout.capacity_gib())?;
             }
             let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))?;
-            if let Some(max) = request.max_parts
+            // The node's own backend decides how many virtual drives a volume may have.
+            if let Some(max) = ledger.max_parts()
                 && plan.placements.len() > max as usize
             {
                 let sizes: Vec<String> = plan
@@ -229,9 +290,11 @@ impl<S: LedgerStore> Ledger<S> {
                 return Err(LedgerError::TooManyParts {
                     name: request.volume_name.clone(),
                     node: node.to_string(),
+                    backend: ledger.backend(),
                     needed: plan.placements.len(),
                     max,
                     sizes: sizes.join(", "),
+                    largest: LargestExtent(ledger.largest_free_extent(|t| request.layout.uses(t))),
                 });
             }
             let volume_id = Uuid::new_v4().to_string();
@@ -247,6 +310,7 @@ impl<S: LedgerStore> Ledger<S> {
                     offset_gib: placement.offset_gib,
                     size_gib: placement.size_gib,
                     part: part as u32,
+                    fixed: request.layout.fixed_gib().is_some(),
                     releasing: false,
                 };
                 ledger.claims.push(claim);
@@ -262,9 +326,11 @@ impl<S: LedgerStore> Ledger<S> {
         .await
     }
 
-    /// Grows a one-extent volume to `new_gib` in place: the GiB right after its
-    /// extent must be free (a loop device cannot join extents). Growing to its
-    /// current size or less changes nothing and returns the volume as it is.
+    /// Grows a volume to `new_gib` by the rules of the `growth` module: its last virtual
+    /// drive in place, else new virtual drives of the same type as far as the
+    /// node's backend joins them; within the pool share; all in one atomic step or
+    /// nothing. A fixed-size volume never grows. Growing to its current size or
+    /// less changes nothing and returns the volume as it is.
     pub async fn grow(&self, volume_id: &str, new_gib: u64) -> Result<Volume, LedgerError> {
         let volume = self
             .volume(volume_id)
@@ -279,60 +345,25 @@ impl<S: LedgerStore> Ledger<S> {
             if new_gib <= volume.capacity_gib {
                 return Ok(Change::Unchanged(volume));
             }
+            if volume.fixed {
+                return Err(LedgerError::FixedSize {
+                    volume: volume_id.to_string(),
+                    gib: volume.capacity_gib,
+                    parts: volume.extents.len(),
+                });
+            }
+            let delta = new_gib - volume.capacity_gib;
+            if let Some(pool) = volume.pool {
+                self.check_pool_share(ledger, pool, delta)?;
+            }
             let cannot = |reason: String| LedgerError::CannotGrow {
                 volume: volume_id.to_string(),
                 node: node.clone(),
                 want_gib: new_gib,
                 reason,
             };
-            let [extent] = volume.extents.as_slice() else {
-                return Err(cannot(format!(
-                    "it is made of {} virtual drives, and only one-drive volumes grow in place",
-                    volume.extents.len()
-                )));
-            };
-            let delta = new_gib - volume.capacity_gib;
-            if let Some(pool) = volume.pool {
-                if ledger.pool != Some(pool) {
-                    return Err(LedgerError::NotInPool {
-                        node: node.clone(),
-                        pool,
-                        label: PoolLabel(ledger.pool),
-                    });
-                }
-                let left = node_allowance_gib(ledger, pool, &self.pools);
-                if delta > left {
-                    return Err(LedgerError::PoolShareExhausted {
-                        node: node.clone(),
-                        pool,
-                        need_gib: delta,
-                        left_gib: left,
-                        share_gib: self.pools.capacity_per_server_gib,
-                    });
-                }
-            }
-            let drive = ledger
-                .drive(&extent.physical_uuid)
-                .filter(|d| !d.missing)
-                .ok_or_else(|| cannot(format!("its drive {} is missing", extent.physical_uuid)))?;
-            let end = extent.offset_gib + extent.size_gib;
-            let room = ledger
-                .free_extents(drive)
-                .into_iter()
-                .find(|free| free.offset_gib == end)
-                .map_or(0, |free| free.size_gib);
-            if delta > room {
-                return Err(cannot(format!(
-                    "only {room} GiB are free right after it on drive {} and it needs {delta} GiB more. Create a new volume of the size you need and copy the data",
-                    drive.uuid
-                )));
-            }
-            let claim = ledger
-                .claims
-                .iter_mut()
-                .find(|c| c.virtual_uuid == extent.virtual_uuid)
-                .ok_or_else(|| cannot("its claim vanished".into()))?;
-            claim.size_gib += delta;
+            let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
+            growth::apply(ledger, &volume, growth).map_err(cannot)?;
             let grown = ledger
                 .volume(volume_id)
                 .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
@@ -488,16 +519,16 @@ impl<S: LedgerStore> Ledger<S> {
     }
 }
 
-/// Idempotency: the same name with the same size and pool is the same volume.
+/// Idempotency: the existing volume of the request's name is the one asked for
+/// when it satisfies the request ([`Volume::satisfies`]); otherwise the name is taken.
 fn same_volume(existing: Volume, request: &ClaimRequest) -> Result<Volume, LedgerError> {
-    let requested_gib = request.layout.capacity_gib();
-    if existing.capacity_gib == requested_gib && existing.pool == request.pool {
+    if existing.satisfies(&request.accepts, request.pool) {
         Ok(existing)
     } else {
         Err(LedgerError::NameConflict {
             name: existing.name,
             existing_gib: existing.capacity_gib,
-            requested_gib,
+            requested: request.accepts,
             existing_pool: PoolLabel(existing.pool),
             requested_pool: PoolLabel(request.pool),
         })

@@ -3,9 +3,9 @@
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::pool_share::Pool;
 use crate::allocator::FreeDrive;
-use crate::drive::{DriveType, Extent};
-use crate::pools::Pool;
+use crate::drive::{Backend, DriveType, Extent};
 
 /// A physical drive signed for shared use.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,6 +16,10 @@ pub struct PhysicalDrive {
     pub drive_type: DriveType,
     /// Whole GiB after the signature header.
     pub capacity_gib: u64,
+    /// How the drive's node builds volumes on it. Ledgers written before this was
+    /// recorded were all loop.
+    #[serde(default)]
+    pub backend: Backend,
     /// The node no longer sees this drive, but claims still point at it: it stays in
     /// the ledger (never silently dropped) and takes no new claims.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -36,6 +40,11 @@ pub struct Claim {
     pub size_gib: u64,
     /// Position of this virtual drive within its volume's linear device.
     pub part: u32,
+    /// The volume came from a fixed-size class (`numDrives` × `driveCapacity`) and
+    /// keeps that size: it never grows. Recorded because ControllerExpandVolume
+    /// carries no class parameters to tell.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
     /// The volume was deleted and its node has not erased this extent yet. The
     /// extent stays claimed (never handed out unerased) but belongs to no volume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -80,9 +89,53 @@ pub struct Volume {
     pub capacity_gib: u64,
     /// TLC extents first, then QLC: the order of the volume's linear device.
     pub extents: Vec<VolumeExtent>,
+    /// Made by a fixed-size class; it keeps its size (see [`Claim::fixed`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fixed: bool,
     /// Deleted, waiting for its node to erase the extents (see [`Claim::releasing`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub releasing: bool,
+}
+
+/// The sizes a request accepts, in whole GiB: CSI's `required_bytes` rounded up
+/// and `limit_bytes` rounded down, since every volume is whole GiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeRange {
+    pub min_gib: u64,
+    /// None: no upper limit.
+    pub max_gib: Option<u64>,
+}
+
+impl SizeRange {
+    pub fn exactly(gib: u64) -> Self {
+        SizeRange {
+            min_gib: gib,
+            max_gib: Some(gib),
+        }
+    }
+
+    pub fn contains(&self, gib: u64) -> bool {
+        gib >= self.min_gib && self.max_gib.is_none_or(|max| gib <= max)
+    }
+}
+
+impl std::fmt::Display for SizeRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.max_gib {
+            Some(max) if max == self.min_gib => write!(f, "{max} GiB"),
+            Some(max) => write!(f, "{} to {max} GiB", self.min_gib),
+            None => write!(f, "at least {} GiB", self.min_gib),
+        }
+    }
+}
+
+impl Volume {
+    /// The one idempotency rule for creating a volume by name: an existing volume
+    /// is the one asked for when its size is one the request accepts and it is in
+    /// the same pool. Anything else under the same name is a conflict.
+    pub fn satisfies(&self, sizes: &SizeRange, pool: Option<Pool>) -> bool {
+        sizes.contains(self.capacity_gib) && self.pool == pool
+    }
 }
 
 impl NodeLedger {
@@ -95,6 +148,33 @@ impl NodeLedger {
 
     pub fn drive(&self, uuid: &Uuid) -> Option<&PhysicalDrive> {
         self.drives.iter().find(|d| d.uuid == *uuid)
+    }
+
+    /// The drives that are there now: missing ones take no new claims.
+    pub fn present_drives(&self) -> impl Iterator<Item = &PhysicalDrive> {
+        self.drives.iter().filter(|d| !d.missing)
+    }
+
+    /// How the node builds volumes: device-mapper when every drive it has now
+    /// reports dm, loop otherwise (a node with no drives, or one still reporting a
+    /// loop drive, is held to loop's limits).
+    pub fn backend(&self) -> Backend {
+        let mut present = self.present_drives().peekable();
+        if present.peek().is_some() && present.all(|d| d.backend == Backend::Dm) {
+            Backend::Dm
+        } else {
+            Backend::Loop
+        }
+    }
+
+    /// Most virtual drives one volume may have on this node: no limit when its
+    /// backend joins extents (dm), one when a volume is one loop device over one
+    /// extent.
+    pub fn max_parts(&self) -> Option<u32> {
+        match self.backend() {
+            Backend::Dm => None,
+            Backend::Loop => Some(1),
+        }
     }
 
     pub fn capacity_gib(&self) -> u64 {
@@ -152,6 +232,20 @@ impl NodeLedger {
                 }
             })
             .collect()
+    }
+
+    /// The biggest free extent on the present drives of the types `uses` accepts:
+    /// the largest volume of one virtual drive this node could hold now.
+    pub fn largest_free_extent(
+        &self,
+        uses: impl Fn(DriveType) -> bool,
+    ) -> Option<(DriveType, u64)> {
+        self.free_drives()
+            .iter()
+            .filter(|d| uses(d.drive_type))
+            .map(|d| (d.drive_type, d.largest_extent_gib()))
+            .filter(|(_, gib)| *gib > 0)
+            .max_by_key(|(_, gib)| *gib)
     }
 
     /// Gaps between the claims on `drive`, from offset 0 to its capacity.
@@ -212,6 +306,7 @@ impl NodeLedger {
             pool: first.pool,
             capacity_gib: claims.iter().map(|c| c.size_gib).sum(),
             releasing: claims.iter().any(|c| c.releasing),
+            fixed: claims.iter().any(|c| c.fixed),
             extents: claims
                 .iter()
                 .map(|c| VolumeExtent {

@@ -6,17 +6,28 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::allocator::{AllocError, Ratio};
+use crate::drive::Backend;
 use crate::drive::DriveType::{self, Qlc, Tlc};
 
 const NODE: &str = "node-a";
 
+/// A drive of a device-mapper node, where a volume may have any number of parts.
 fn drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
     PhysicalDrive {
         uuid: Uuid::from_u128(n),
         serial: format!("SN{n}"),
         drive_type,
         capacity_gib,
+        backend: Backend::Dm,
         missing: false,
+    }
+}
+
+/// A drive of a loop node, where a volume is one virtual drive.
+fn loop_drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
+    PhysicalDrive {
+        backend: Backend::Loop,
+        ..drive(n, drive_type, capacity_gib)
     }
 }
 
@@ -28,7 +39,7 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         owner: format!("default:{name}"),
         pool: None,
         layout,
-        max_parts: None,
+        accepts: SizeRange::exactly(gib),
     }
 }
 
@@ -100,7 +111,10 @@ fn the_same_name_is_the_same_volume_and_another_size_conflicts() {
             err,
             LedgerError::NameConflict {
                 existing_gib: 100,
-                requested_gib: 200,
+                requested: SizeRange {
+                    min_gib: 200,
+                    max_gib: Some(200)
+                },
                 ..
             }
         ),
@@ -410,12 +424,17 @@ enum Op {
     Release {
         pick: usize,
     },
+    Grow {
+        pick: usize,
+        by_gib: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         3 => (1u64..1500, 1u32..4, 0u32..3, 0u32..3).prop_map(|(gib, cores, tlc, qlc)| Op::Claim { gib, cores, tlc, qlc }),
         2 => any::<usize>().prop_map(|pick| Op::Release { pick }),
+        2 => (any::<usize>(), 1u64..800).prop_map(|(pick, by_gib)| Op::Grow { pick, by_gib }),
     ]
 }
 
@@ -451,7 +470,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     #[test]
-    fn random_claims_and_releases_keep_the_ledger_sound(drives in drives_strategy(), ops in prop::collection::vec(op(), 1..40)) {
+    fn random_claims_growths_and_releases_keep_the_ledger_sound(drives in drives_strategy(), ops in prop::collection::vec(op(), 1..40)) {
         let (rt, f) = fixture(drives);
         let mut live: Vec<String> = Vec::new();
         for (i, op) in ops.iter().enumerate() {
@@ -478,6 +497,30 @@ proptest! {
                     prop_assert!(rt.block_on(f.ledger.release(&id)).unwrap().is_some());
                 }
                 Op::Release { .. } => {}
+                Op::Grow { pick, by_gib } if !live.is_empty() => {
+                    let id = &live[pick % live.len()];
+                    let old = rt.block_on(f.ledger.volume(id)).unwrap().unwrap();
+                    match rt.block_on(f.ledger.grow(id, old.capacity_gib + by_gib)) {
+                        Ok(grown) => {
+                            prop_assert_eq!(grown.capacity_gib, old.capacity_gib + by_gib);
+                            // Growth only appends: the old extents keep their place
+                            // (the last one may be longer), new ones are of its type.
+                            let kept = old.extents.len() - 1;
+                            prop_assert_eq!(&grown.extents[..kept], &old.extents[..kept]);
+                            let last = &old.extents[kept];
+                            prop_assert_eq!(grown.extents[kept].virtual_uuid, last.virtual_uuid);
+                            prop_assert_eq!(grown.extents[kept].offset_gib, last.offset_gib);
+                            for extent in &grown.extents[kept..] {
+                                prop_assert_eq!(extent.drive_type, last.drive_type);
+                            }
+                        }
+                        Err(_) => {
+                            let after = rt.block_on(f.ledger.store().load(NODE)).unwrap();
+                            prop_assert_eq!(&before.revision, &after.revision, "a failed growth changed the revision");
+                        }
+                    }
+                }
+                Op::Grow { .. } => {}
             }
             assert_consistent(&rt.block_on(f.ledger.node(NODE)).unwrap());
         }
@@ -489,39 +532,206 @@ proptest! {
     }
 }
 
+// ---- growth ---------------------------------------------------------------------
+
+/// The volume's extents as (drive number, offset, size), in device order.
+fn layout_of(volume: &Volume) -> Vec<(u128, u64, u64)> {
+    volume
+        .extents
+        .iter()
+        .map(|e| (e.physical_uuid.as_u128(), e.offset_gib, e.size_gib))
+        .collect()
+}
+
+/// Asserts that `attempt` failed and left the node's ledger as it was.
+fn refused_and_unwritten(
+    rt: &tokio::runtime::Runtime,
+    f: &Fixture,
+    attempt: impl FnOnce() -> Result<Volume, LedgerError>,
+) -> LedgerError {
+    let before = rt.block_on(f.ledger.store().load(NODE)).unwrap();
+    let err = attempt().expect_err("the growth must be refused");
+    let after = rt.block_on(f.ledger.store().load(NODE)).unwrap();
+    assert_eq!(
+        (before.revision, before.ledger),
+        (after.revision, after.ledger),
+        "a refused growth wrote nothing"
+    );
+    err
+}
+
 #[test]
 fn a_volume_grows_in_place_when_the_next_gib_are_free() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000), drive(2, Tlc, 1000)]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let grown = rt.block_on(f.ledger.grow(&a.id, 300)).unwrap();
+    assert_eq!(grown.capacity_gib, 300);
+    assert_eq!(layout_of(&grown), [(1, 0, 300)], "still one virtual drive");
+    assert_eq!(grown.extents[0].virtual_uuid, a.extents[0].virtual_uuid);
+    assert!(matches!(
+        rt.block_on(f.ledger.grow("nope", 5)),
+        Err(LedgerError::VolumeNotFound(_))
+    ));
+}
+
+#[test]
+fn growing_to_the_size_it_has_or_less_changes_nothing() {
     let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
     let a = rt
         .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
         .unwrap();
     let grown = rt.block_on(f.ledger.grow(&a.id, 300)).unwrap();
+    let revision = rt.block_on(f.ledger.store().load(NODE)).unwrap().revision;
+    for again in [300, 200] {
+        assert_eq!(rt.block_on(f.ledger.grow(&a.id, again)).unwrap(), grown);
+    }
     assert_eq!(
-        (
-            grown.capacity_gib,
-            grown.extents[0].offset_gib,
-            grown.extents[0].size_gib
-        ),
-        (300, 0, 300)
+        rt.block_on(f.ledger.store().load(NODE)).unwrap().revision,
+        revision,
+        "a repeated expansion writes nothing"
     );
+}
+
+#[test]
+fn a_blocked_volume_adds_a_virtual_drive_on_another_drive_of_its_type() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000), drive(2, Tlc, 500)]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    // b fills the rest of drive 1 right behind a
+    let b = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("b", 900)))
+        .unwrap();
+    assert_eq!(layout_of(&b), [(1, 100, 900)]);
+    let grown = rt.block_on(f.ledger.grow(&a.id, 300)).unwrap();
+    assert_eq!(layout_of(&grown), [(1, 0, 100), (2, 0, 200)]);
+    // the new part comes after the old one, and it grows in place from now on
+    let grown = rt.block_on(f.ledger.grow(&a.id, 400)).unwrap();
+    assert_eq!(layout_of(&grown), [(1, 0, 100), (2, 0, 300)]);
+    let node = rt.block_on(f.ledger.node(NODE)).unwrap();
+    let mut parts: Vec<u32> = node
+        .claims
+        .iter()
+        .filter(|c| c.volume_id == a.id)
+        .map(|c| c.part)
+        .collect();
+    parts.sort();
+    assert_eq!(parts, [0, 1]);
+    assert!(
+        node.claims
+            .iter()
+            .filter(|c| c.volume_id == a.id)
+            .all(|c| c.owner == "default:a" && c.volume_name == "a" && !c.fixed)
+    );
+}
+
+#[test]
+fn growth_no_single_extent_holds_is_split_over_the_largest_free_extents() {
+    let (rt, f) = fixture(vec![
+        drive(1, Tlc, 200),
+        drive(2, Tlc, 150),
+        drive(3, Tlc, 100),
+    ]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 200)))
+        .unwrap();
+    assert_eq!(layout_of(&a), [(1, 0, 200)]);
+    let grown = rt.block_on(f.ledger.grow(&a.id, 400)).unwrap();
+    assert_eq!(layout_of(&grown), [(1, 0, 200), (2, 0, 150), (3, 0, 50)]);
+    assert_consistent(&rt.block_on(f.ledger.node(NODE)).unwrap());
+}
+
+#[test]
+fn growth_never_uses_another_drive_type() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 100), drive(2, Qlc, 5000)]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&a.id, 150)));
     assert_eq!(
-        rt.block_on(f.ledger.grow(&a.id, 200)).unwrap(),
-        grown,
-        "shrinking is a no-op"
+        err.to_string(),
+        "volume ".to_string()
+            + &a.id
+            + " cannot grow to 150 GiB on node node-a: only 0 GiB are free right after its last virtual drive on drive 00000000-0000-0000-0000-000000000001 and it needs 50 GiB more, and the TLC drives of node node-a have 0 GiB free in all (a volume grows with the type of its last virtual drive, TLC). Free space on this node, or create a new volume of the size you need and copy the data"
     );
-    // a neighbour right behind it blocks further growth, and says how much room there is
+    // A mixed volume's last virtual drive is QLC: it grows with QLC.
+    let mut mixed = tlc_request("mixed", 1000);
+    mixed.layout = Request::with_ratio(1000, Ratio { tlc: 0, qlc: 1 }, 1);
+    mixed.layout.min_drive_gib = 1;
+    let m = rt.block_on(f.ledger.claim(NODE, &mixed)).unwrap();
+    let grown = rt.block_on(f.ledger.grow(&m.id, 4000)).unwrap();
+    assert!(grown.extents.iter().all(|e| e.drive_type == Some(Qlc)));
+}
+
+#[test]
+fn a_mixed_volume_grows_at_its_qlc_end() {
+    let (rt, f) = fixture(vec![drive(1, Qlc, 7680), drive(2, Tlc, 3840)]);
+    let mut request = tlc_request("mixed", 7000);
+    request.layout = Request::with_ratio(7000, Ratio { tlc: 1, qlc: 4 }, 3).enforce_per_type(false);
+    let volume = rt.block_on(f.ledger.claim(NODE, &request)).unwrap();
+    let grown = rt.block_on(f.ledger.grow(&volume.id, 7500)).unwrap();
+    let types: Vec<Option<DriveType>> = grown.extents.iter().map(|e| e.drive_type).collect();
+    assert_eq!(
+        types,
+        [Some(Tlc), Some(Qlc), Some(Qlc)],
+        "TLC first, then QLC"
+    );
+    assert_eq!(grown.extents.last().unwrap().size_gib, 3300);
+}
+
+#[test]
+fn growth_never_uses_a_missing_drive() {
+    let (rt, f) = fixture(vec![
+        drive(1, Tlc, 300),
+        drive(2, Tlc, 200),
+        drive(3, Tlc, 80),
+    ]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 300)))
+        .unwrap();
+    assert_eq!(layout_of(&a), [(1, 0, 300)]);
+    // drive 2 holds a volume, then vanishes: it stays, marked missing, 190 GiB free
+    let on_two = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("on-two", 10)))
+        .unwrap();
+    assert_eq!(layout_of(&on_two), [(2, 0, 10)]);
+    rt.block_on(
+        f.ledger
+            .sync_drives(NODE, vec![drive(1, Tlc, 300), drive(3, Tlc, 80)]),
+    )
+    .unwrap();
+    let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&a.id, 400)));
+    assert!(err.to_string().contains("have 80 GiB free in all"), "{err}");
+    let grown = rt.block_on(f.ledger.grow(&a.id, 380)).unwrap();
+    assert_eq!(layout_of(&grown), [(1, 0, 300), (3, 0, 80)]);
+    // a volume with a part on a missing drive does not grow at all
+    let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&on_two.id, 11)));
+    assert!(err.to_string().contains("is missing"), "{err}");
+}
+
+#[test]
+fn a_loop_node_grows_in_place_or_not_at_all() {
+    let (rt, f) = fixture(vec![loop_drive(1, Tlc, 1000), loop_drive(2, Tlc, 500)]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    assert_eq!(
+        layout_of(&rt.block_on(f.ledger.grow(&a.id, 300)).unwrap()),
+        [(1, 0, 300)]
+    );
     rt.block_on(f.ledger.claim(NODE, &tlc_request("b", 100)))
         .unwrap();
-    let err = rt.block_on(f.ledger.grow(&a.id, 301)).unwrap_err();
+    let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&a.id, 301)));
+    assert!(matches!(err, LedgerError::CannotGrow { .. }), "{err}");
     assert!(
-        err.to_string()
-            .contains("only 0 GiB are free right after it"),
+        err.to_string().contains(
+            "only 0 GiB are free right after its last virtual drive on drive 00000000-0000-0000-0000-000000000001 and it needs 1 GiB more, and node node-a builds volumes with the loop backend, which makes a volume from at most 1 virtual drive(s)"
+        ),
         "{err}"
     );
-    assert!(matches!(
-        rt.block_on(f.ledger.grow("nope", 5)),
-        Err(LedgerError::VolumeNotFound(_))
-    ));
+    assert!(err.to_string().contains("device-mapper (dm)"), "{err}");
 }
 
 #[test]
@@ -532,7 +742,7 @@ fn growth_counts_against_the_pool_share() {
     let mut request = tlc_request("a", 1000);
     request.pool = Some(Pool::K8s);
     let a = rt.block_on(f.ledger.claim(NODE, &request)).unwrap();
-    let err = rt.block_on(f.ledger.grow(&a.id, 1501)).unwrap_err();
+    let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&a.id, 1501)));
     assert!(
         matches!(
             err,
@@ -548,15 +758,49 @@ fn growth_counts_against_the_pool_share() {
 }
 
 #[test]
-fn a_layout_with_more_parts_than_the_node_joins_is_refused_before_claiming() {
-    let (rt, f) = fixture(vec![drive(1, Tlc, 600), drive(2, Tlc, 600)]);
-    let mut request = tlc_request("two-drives", 1000);
-    request.max_parts = Some(1);
+fn a_fixed_size_volume_never_grows_and_remembers_it() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
+    let mut request = tlc_request("fixed", 800);
+    request.layout = Request::fixed(2, 400, 1);
+    let volume = rt.block_on(f.ledger.claim(NODE, &request)).unwrap();
+    assert!(volume.fixed);
+    assert_eq!(rt.block_on(f.ledger.grow(&volume.id, 800)).unwrap(), volume);
+    let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&volume.id, 801)));
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "volume {} cannot be expanded: it was made by a fixed-size StorageClass (numDrives × driveCapacity) as 2 virtual drive(s), 800 GiB in all, and keeps that size. For more space, create a volume of a class without numDrives and driveCapacity (sized by tlc and qlc) and copy the data",
+            volume.id
+        )
+    );
+    // It is remembered by the store, not by the request.
+    drop(f.ledger);
+    let reopened = Ledger::new(
+        EmbeddedStore::open(&f.path).unwrap(),
+        PoolSettings::default(),
+    );
+    let read = rt.block_on(reopened.volume(&volume.id)).unwrap().unwrap();
+    assert!(read.fixed);
+    assert!(matches!(
+        rt.block_on(reopened.grow(&volume.id, 1600)),
+        Err(LedgerError::FixedSize { .. })
+    ));
+    let plain = rt
+        .block_on(reopened.claim(NODE, &tlc_request("plain", 10)))
+        .unwrap();
+    assert!(!plain.fixed);
+}
+
+#[test]
+fn a_layout_with_more_parts_than_a_loop_node_joins_is_refused_before_claiming() {
+    let (rt, f) = fixture(vec![loop_drive(1, Tlc, 600), loop_drive(2, Tlc, 500)]);
+    let request = tlc_request("two-drives", 1000);
     let err = rt.block_on(f.ledger.claim(NODE, &request)).unwrap_err();
     assert!(
         matches!(
             err,
             LedgerError::TooManyParts {
+                backend: Backend::Loop,
                 needed: 2,
                 max: 1,
                 ..
@@ -564,8 +808,41 @@ fn a_layout_with_more_parts_than_the_node_joins_is_refused_before_claiming() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("driveCores: \"1\""), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "volume \"two-drives\" needs 2 virtual drives (TLC 500 GiB, TLC 500 GiB) on node node-a, but that node builds volumes with the loop backend, which makes a volume from at most 1 virtual drive(s); the largest one-drive volume it holds now is 600 GiB of TLC. Place the volume on a node whose drives use the device-mapper (dm) backend, or use a StorageClass with driveCores: \"1\" and a single type (tlc: \"1\", qlc: \"0\" or tlc: \"0\", qlc: \"1\") and request at most that size"
+    );
     assert_eq!(rt.block_on(f.ledger.node(NODE)).unwrap().claims.len(), 0);
+    // What fits one drive is made on the same node.
+    rt.block_on(f.ledger.claim(NODE, &tlc_request("one-drive", 600)))
+        .unwrap();
+}
+
+#[test]
+fn a_node_joins_parts_only_when_all_its_present_drives_are_dm() {
+    let mut node = NodeLedger::new(NODE);
+    assert_eq!(node.max_parts(), Some(1), "no drives: held to loop's limit");
+    node.drives = vec![drive(1, Tlc, 100), drive(2, Qlc, 100)];
+    assert_eq!((node.backend(), node.max_parts()), (Backend::Dm, None));
+    node.drives.push(loop_drive(3, Tlc, 100));
+    assert_eq!((node.backend(), node.max_parts()), (Backend::Loop, Some(1)));
+    node.drives[2].missing = true;
+    assert_eq!(node.max_parts(), None, "a missing drive does not count");
+    // Ledgers written before backends were recorded read as loop.
+    let old: PhysicalDrive = serde_json::from_str(
+        r#"{"uuid":"00000000-0000-0000-0000-000000000001","serial":"S","type":"tlc","capacity_gib":5}"#,
+    )
+    .unwrap();
+    assert_eq!(old.backend, Backend::Loop);
+}
+
+#[test]
+fn a_dm_node_makes_multi_part_volumes() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 600), drive(2, Tlc, 500)]);
+    let volume = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("two-drives", 1000)))
+        .unwrap();
+    assert_eq!(volume.extents.len(), 2);
 }
 
 #[test]
@@ -607,4 +884,68 @@ fn one_name_is_one_volume_even_when_claimed_on_two_nodes_at_once() {
     for pair in volumes.chunks(2) {
         assert_eq!(pair[0], pair[1], "both callers got the same volume");
     }
+}
+
+#[test]
+fn an_existing_volume_of_an_accepted_size_is_the_one_asked_for() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    let first = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("pvc-1", 100)))
+        .unwrap();
+    // A request for "at least 60 GiB" would make 60, but 100 is what it accepts.
+    let mut request = tlc_request("pvc-1", 60);
+    request.accepts = SizeRange {
+        min_gib: 60,
+        max_gib: None,
+    };
+    assert_eq!(
+        rt.block_on(f.ledger.create(&request, &Wanted::Anywhere))
+            .unwrap(),
+        first
+    );
+    assert_eq!(rt.block_on(f.ledger.claim(NODE, &request)).unwrap(), first);
+    request.accepts.max_gib = Some(99);
+    let err = rt
+        .block_on(f.ledger.create(&request, &Wanted::Anywhere))
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "volume \"pvc-1\" already exists with 100 GiB in pool none; a request for 60 to 99 GiB in pool none under the same name conflicts. Use another name, or delete the existing volume first"
+    );
+    // Same size, other pool: another volume, so a conflict.
+    request.accepts.max_gib = None;
+    request.pool = Some(Pool::K8s);
+    assert!(matches!(
+        rt.block_on(f.ledger.claim(NODE, &request)),
+        Err(LedgerError::NameConflict { .. })
+    ));
+    assert_eq!(rt.block_on(f.ledger.volumes()).unwrap().len(), 1);
+}
+
+#[test]
+fn create_goes_to_the_next_node_when_the_preferred_one_is_full() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 100)]);
+    rt.block_on(f.ledger.sync_drives("node-b", vec![drive(2, Tlc, 1000)]))
+        .unwrap();
+    let preferred = Wanted::Preferred(vec![NODE.to_string()]);
+    let volume = rt
+        .block_on(f.ledger.create(&tlc_request("big", 500), &preferred))
+        .unwrap();
+    assert_eq!(volume.node, "node-b");
+    let small = rt
+        .block_on(f.ledger.create(&tlc_request("small", 50), &preferred))
+        .unwrap();
+    assert_eq!(small.node, NODE, "the preferred node when it fits");
+    let only = Wanted::Only(vec![NODE.to_string()]);
+    let err = rt
+        .block_on(f.ledger.create(&tlc_request("too-big", 60), &only))
+        .unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::NoNodeFits { failures } if failures.len() == 1),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "Insufficient drive capacity: need 60 GiB, available 50 GiB"
+    );
 }

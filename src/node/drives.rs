@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::signature::{self, HEADER_BYTES, Signature};
 use super::{GIB, NodeError, blockdev, cmd, loopdev, mounts};
-use crate::drive::DriveType;
+use crate::drive::{Backend, DriveType};
 use crate::ledger::PhysicalDrive;
 
 /// A drive carrying a valid vdrive signature.
@@ -23,13 +23,15 @@ pub struct SignedDrive {
 }
 
 impl SignedDrive {
-    /// The drive as the ledger records it.
-    pub fn to_physical(&self) -> PhysicalDrive {
+    /// The drive as the ledger records it, with the backend this node builds
+    /// volumes on it with.
+    pub fn to_physical(&self, backend: Backend) -> PhysicalDrive {
         PhysicalDrive {
             uuid: self.signature.uuid,
             serial: self.serial.clone(),
             drive_type: self.signature.drive_type,
             capacity_gib: self.signature.capacity_gib(),
+            backend,
             missing: false,
         }
     }
@@ -706,16 +708,24 @@ mod tests {
                 size_bytes: HEADER_BYTES + 7 * GIB + 12,
             },
         };
-        let p = drive.to_physical();
+        let p = drive.to_physical(Backend::Loop);
         assert_eq!(
             (
                 p.uuid,
                 p.serial.as_str(),
                 p.drive_type,
                 p.capacity_gib,
+                p.backend,
                 p.missing
             ),
-            (drive.signature.uuid, "S1", DriveType::Qlc, 7, false)
+            (
+                drive.signature.uuid,
+                "S1",
+                DriveType::Qlc,
+                7,
+                Backend::Loop,
+                false
+            )
         );
     }
 }

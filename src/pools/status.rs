@@ -67,17 +67,6 @@ pub struct HealthReport {
     pub errors: Vec<String>,
 }
 
-/// What `node` may still place for `pool`: its share minus what the pool's volumes
-/// already hold there; nothing when the node is not in that pool.
-pub fn node_allowance_gib(node: &NodeLedger, pool: Pool, settings: &PoolSettings) -> u64 {
-    if node.pool != Some(pool) {
-        return 0;
-    }
-    settings
-        .capacity_per_server_gib
-        .saturating_sub(node.claimed_for_pool_gib(Some(pool)))
-}
-
 pub fn pools_status(nodes: &[NodeLedger], settings: &PoolSettings) -> PoolsStatus {
     let pool_status = |pool: Pool| {
         let members = nodes.iter().filter(|n| n.pool == Some(pool));

@@ -21,6 +21,7 @@ fn drive(node: &str, n: u8, capacity_gib: u64) -> PhysicalDrive {
         serial: format!("{node}-SN{n}"),
         drive_type: DriveType::Tlc,
         capacity_gib,
+        backend: Default::default(),
         missing: false,
     }
 }
@@ -62,6 +63,7 @@ fn claim_on(node: &mut NodeLedger, drive_index: usize, pool: Option<Pool>, size_
         offset_gib,
         size_gib,
         part: 0,
+        fixed: false,
         releasing: false,
     });
     assert_eq!(
@@ -659,40 +661,6 @@ fn an_overcommitted_system_reserve_is_a_warning() {
         report.warnings
     );
     assert_eq!(report.status, Health::Warning);
-}
-
-// --- node_allowance_gib -------------------------------------------------------------
-
-#[test]
-fn allowance_is_the_share_minus_the_pools_own_claims_on_the_node() {
-    let mut node = server("k8s-1", Some(Pool::K8s));
-    assert_eq!(node_allowance_gib(&node, Pool::K8s, &settings()), 1500);
-    claim(&mut node, Some(Pool::K8s), 1000);
-    claim(&mut node, Some(Pool::Vm), 200); // stranded: from when it was a vm server
-    assert_eq!(node_allowance_gib(&node, Pool::K8s, &settings()), 500);
-    assert_eq!(node_allowance_gib(&node, Pool::Vm, &settings()), 0);
-}
-
-#[test]
-fn allowance_ignores_claims_of_no_pool_and_never_goes_negative() {
-    let mut node = server("k8s-1", Some(Pool::K8s));
-    claim(&mut node, None, 250);
-    assert_eq!(node_allowance_gib(&node, Pool::K8s, &settings()), 1500);
-    node.drives[0].capacity_gib = 2000;
-    claim(&mut node, Some(Pool::K8s), 1600);
-    assert_eq!(node_allowance_gib(&node, Pool::K8s, &settings()), 0);
-}
-
-#[test]
-fn an_unlabelled_node_has_no_allowance() {
-    let mut node = server("unlabelled", None);
-    for pool in Pool::ALL {
-        assert_eq!(node_allowance_gib(&node, pool, &settings()), 0, "{pool}");
-    }
-    claim(&mut node, Some(Pool::K8s), 100);
-    for pool in Pool::ALL {
-        assert_eq!(node_allowance_gib(&node, pool, &settings()), 0, "{pool}");
-    }
 }
 
 // --- Empty cluster -------------------------------------------------------------------
