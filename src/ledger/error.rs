@@ -63,7 +63,7 @@ pub enum LedgerError {
         needed: usize,
         max: u32,
         sizes: String,
-        /// The largest free extent of the request's drive types, e.g. "3840 GiB TLC".
+        /// The largest free extent of the request's drive types ("3840 GiB of TLC").
         largest: LargestExtent,
     },
 
