@@ -210,9 +210,16 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         };
         let doomed = volume.clone();
         // Zeroing an extent is disk work: keep it off the async executor's threads.
-        tokio::task::spawn_blocking(move || eraser.erase(&doomed))
+        let erased = tokio::task::spawn_blocking(move || eraser.erase(&doomed))
             .await
             .map_err(|e| Status::internal(format!("erasing the volume failed: {e}")))??;
+        if !erased {
+            // Another node's volume (a ledger shared with, or left by, another
+            // node id): never released unerased; its own node erases it.
+            self.ledger.retire_on(&volume.node, &volume.id).await?;
+            info!(node = %volume.node, "volume of another node deleted; that node erases the extents");
+            return Ok(Response::new(DeleteVolumeResponse {}));
+        }
         self.ledger.release_on(&volume.node, &volume.id).await?;
         info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted");
         Ok(Response::new(DeleteVolumeResponse {}))
