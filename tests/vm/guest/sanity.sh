@@ -4,10 +4,13 @@
 # on freshly signed drives with a fresh state dir, as csi-sanity/run does on
 # simulated drives.
 #
-# Test volumes take the k8s-pool-storage parameters without the pool (this node
-# is in none): one TLC virtual drive. The host's SANITY_PARAMS (a YAML file)
-# replaces them, SANITY_MODES (default "mount block") picks the access types and
-# SANITY_ARGS adds csi-sanity arguments (e.g. --ginkgo.focus=...).
+# Test volumes are of a class whose every volume has several virtual drives on
+# several drives, through the dm backend: tlc 4 : qlc 1 over 3 cores (at least 3
+# TLC and 3 QLC parts), 20 GiB (csi-sanity's default 10 GiB leaves QLC 2 GiB, too
+# little for 3 parts of 1 GiB) and 40 GiB when expanded; no pool (this node is in
+# none). The host's SANITY_PARAMS (a YAML file) replaces the parameters,
+# SANITY_MODES (default "mount block") picks the access types and SANITY_ARGS
+# adds csi-sanity arguments (e.g. --ginkgo.focus=...).
 # vm-needs: csi-sanity
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . /vm/guest/lib.sh
@@ -19,9 +22,9 @@ params=${SANITY_PARAMS:-}
 if [[ -z $params ]]; then
     params=$VM_WORK/params.yaml
     cat >"$params" <<'EOF'
-tlc: "1"
-qlc: "0"
-driveCores: "1"
+tlc: "4"
+qlc: "1"
+driveCores: "3"
 minDriveGiB: "1"
 EOF
 fi
@@ -29,7 +32,7 @@ echo "test volume parameters ($params):"
 cat "$params"
 
 read -r -a modes <<<"${SANITY_MODES:-mount block}"
-read -r -a extra <<<"${SANITY_ARGS:-}"
+read -r -a extra <<<"--csi.testvolumesize=$((20 << 30)) --csi.testvolumeexpandsize=$((40 << 30)) ${SANITY_ARGS:-}"
 failed=()
 for i in "${!modes[@]}"; do
     mode=${modes[i]}
