@@ -12,7 +12,8 @@ use super::NodeError;
 // BLKGETSIZE64 = _IOR(0x12, 114, size_t): the device size in bytes.
 nix::ioctl_read!(blkgetsize64, 0x12, 114, u64);
 
-// BLKZEROOUT = _IO(0x12, 127): takes {start, length}.
+// BLKDISCARD = _IO(0x12, 119), BLKZEROOUT = _IO(0x12, 127): take {start, length}.
+nix::ioctl_write_ptr_bad!(blkdiscard, nix::request_code_none!(0x12, 119), [u64; 2]);
 nix::ioctl_write_ptr_bad!(blkzeroout, nix::request_code_none!(0x12, 127), [u64; 2]);
 
 /// Zeroes `len` bytes at `offset` of the open block device with the device's
@@ -55,6 +56,20 @@ pub fn zero_out_by_kernel(
     // SAFETY: the fd is open; the kernel reads two u64s from `range`.
     unsafe { blkzeroout(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
         op: "BLKZEROOUT",
+        device: path.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Discards `len` bytes at `offset` of the open block device: frees the flash
+/// behind it. Whether later reads return zeros is up to the device (see
+/// `nvme::deallocate_reads_zeroes`).
+pub fn discard(file: &File, path: &Path, offset: u64, len: u64) -> Result<(), NodeError> {
+    let range = [offset, len];
+    // SAFETY: the fd is open; the kernel reads two u64s from `range`.
+    unsafe { blkdiscard(file.as_raw_fd(), &range) }.map_err(|source| NodeError::Ioctl {
+        op: "BLKDISCARD",
         device: path.to_path_buf(),
         source,
     })?;

@@ -325,8 +325,9 @@ pub fn sign_all_not_root(
 /// Erases the extent of `size_bytes` at `offset_bytes` of a signed drive, so the
 /// next volume carved there reads zeros: no byte, filesystem or partition table
 /// of an earlier tenant is ever readable. Where the drive zeroes ranges cheaply
-/// (write-zeroes offload, or a hole punched in a file or under a loop device)
-/// that is used; otherwise every byte is written with zeros, however long it
+/// (a discard an NVMe drive promises reads back as zeros, a write-zeroes
+/// offload, or a hole punched in a file or under a loop device) that is used;
+/// otherwise every byte is written with zeros, however long it
 /// takes: a discard alone does not promise zeros on read. The drive is flushed
 /// before this returns, so "erased" survives a power cut.
 /// Refuses the signature header, ranges past the end, and a range that a loop
@@ -366,7 +367,8 @@ pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), Nod
         .map_err(NodeError::io("open for erasing", drive))?;
     let block = blockdev::is_block_device(drive)?;
     let zeroed = if block {
-        blockdev::zero_out(&file, drive, offset_bytes, size_bytes)?
+        discard_to_zeros(&file, drive, offset_bytes, size_bytes)
+            || blockdev::zero_out(&file, drive, offset_bytes, size_bytes)?
     } else {
         let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
         match (i64::try_from(offset_bytes), i64::try_from(size_bytes)) {
@@ -383,6 +385,30 @@ pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), Nod
         }
     }
     file.sync_all().map_err(NodeError::io("flush", drive))
+}
+
+/// Erases the range with one discard where the drive promises that discarded
+/// blocks read as zeros (an NVMe namespace whose DLFEAT says so), and checks
+/// that the range's first and last 4 KiB do. False when the drive makes no
+/// such promise, or did not keep it: then the range is zeroed the slow way.
+fn discard_to_zeros(file: &fs::File, drive: &Path, offset_bytes: u64, size_bytes: u64) -> bool {
+    const PROBE: u64 = 4096;
+    if size_bytes < PROBE || !super::nvme::deallocate_reads_zeroes(file, drive) {
+        return false;
+    }
+    if let Err(err) = blockdev::discard(file, drive, offset_bytes, size_bytes) {
+        tracing::warn!(drive = %drive.display(), %err, "discard failed; zeroing instead");
+        return false;
+    }
+    let mut probe = vec![0u8; PROBE as usize];
+    for at in [offset_bytes, offset_bytes + size_bytes - PROBE] {
+        let zeros = file.read_exact_at(&mut probe, at).is_ok() && probe.iter().all(|b| *b == 0);
+        if !zeros {
+            tracing::warn!(drive = %drive.display(), at, "the drive promised zeros after a discard but reads data; zeroing instead");
+            return false;
+        }
+    }
+    true
 }
 
 /// Writes zeros over the range, 1 MiB at a time.

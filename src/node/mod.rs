@@ -7,6 +7,7 @@
 //! - [`loopdev`]: loop devices over one extent of a drive;
 //! - [`dm`]: device-mapper devices, through the kernel's ioctl interface;
 //! - [`backend`]: how a volume's extents become one device (loop or dm);
+//! - [`nvme`]: what an NVMe drive promises about discarded blocks;
 //! - [`fs`]: detecting, creating and growing filesystems;
 //! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats;
 //! - [`publish`]: format-and-mount at staging, bind to targets, remove targets;
@@ -25,6 +26,7 @@ mod error;
 pub mod fs;
 pub mod loopdev;
 pub mod mounts;
+pub mod nvme;
 pub mod publish;
 pub mod registry;
 pub mod signature;
