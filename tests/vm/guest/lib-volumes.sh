@@ -28,17 +28,20 @@ create_volume() {
     echo "${BASH_REMATCH[1]}"
 }
 
-# The device of the signed drive with this uuid.
+# The device of the signed drive with uuid $1, from `vdrive sign show`'s
+# listing in $2 (read once per call of `extents`: each vdrive run is slow under
+# emulation).
 _drive_path() {
     local path
-    path=$(vdrive sign show | grep -F "$1" | awk '{print $1}' | head -n 1)
+    path=$(grep -F "$1" <<<"$2" | awk '{print $1}' | head -n 1)
     [[ -n $path ]] || fail "no signed drive $1 on this machine"
     echo "$path"
 }
 
 extents() {
-    local json drive off size type
+    local json drives drive off size type
     json=$(csi list-volumes --json) || fail "list-volumes --json failed: $json"
+    drives=$(vdrive sign show) || fail "vdrive sign show failed: $drives"
     # The pretty JSON lists each extent's keys in order: virtual, drive, type,
     # offsetGiB, sizeGiB.
     awk -v id="$1" '
@@ -49,7 +52,7 @@ extents() {
         /"offsetGiB":/ { off = $2; gsub(/,/, "", off) }
         /"sizeGiB":/   { size = $2; gsub(/,/, "", size); print drive, off, size, type }
     ' <<<"$json" | while read -r drive off size type; do
-        echo "$(_drive_path "$drive") $((HEADER_BYTES + (off << 30))) $((size << 30)) $type"
+        echo "$(_drive_path "$drive" "$drives") $((HEADER_BYTES + (off << 30))) $((size << 30)) $type"
     done
 }
 
