@@ -598,6 +598,19 @@ pub(crate) mod fake {
             self
         }
 
+        /// A sparse image standing in for device node `dev/<name>`, signed as
+        /// `signed` when given.
+        pub fn image(&mut self, name: &str, signed: Option<crate::drive::DriveType>) -> &mut Self {
+            let path = self.dir.path().join("dev").join(name);
+            let file = fs::File::create(&path).unwrap();
+            file.set_len(crate::node::signature::HEADER_BYTES + 2 * GIB)
+                .unwrap();
+            if let Some(drive_type) = signed {
+                crate::node::signature::write(&path, drive_type).unwrap();
+            }
+            self
+        }
+
         pub fn machine(&self) -> Machine {
             Machine::new(
                 Sysfs::at(self.sys()),
@@ -741,6 +754,34 @@ pub(crate) mod fake {
         .disk("loop2", "7:2", &[("size", "0")])
         .disk("zram0", "252:0", &[("size", "16777216")])
         .disk("md0", "9:0", &[("size", "16777216")]);
+        m
+    }
+
+    /// [`server`] with images for the disks discovery opens: nvme0n1 signed TLC,
+    /// loop0 signed QLC, vda a second copy of nvme0n1's signature (one drive seen
+    /// twice), the others blank.
+    pub fn signed_server() -> FakeMachine {
+        use crate::drive::DriveType;
+        let mut m = server();
+        m.image("nvme0n1", Some(DriveType::Tlc))
+            .image("loop0", Some(DriveType::Qlc))
+            .image("vda", None);
+        for blank in ["nvme1n1", "sde", "sdg"] {
+            m.image(blank, None);
+        }
+        use std::os::unix::fs::FileExt;
+        let dev = m.dir.path().join("dev");
+        let mut header = [0u8; 4096];
+        fs::File::open(dev.join("nvme0n1"))
+            .unwrap()
+            .read_exact_at(&mut header, 0)
+            .unwrap();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(dev.join("vda"))
+            .unwrap()
+            .write_all_at(&header, 0)
+            .unwrap();
         m
     }
 }
