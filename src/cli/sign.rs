@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::drive::DriveType;
 use crate::node::NodeError;
-use crate::node::drives;
+use crate::node::discovery::{DriveFacts, Machine, Skip, TypeGuess, human_bytes};
+use crate::node::drives::{self, DiskReport, DiskState, Swept};
 
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -17,37 +18,43 @@ pub struct SignArgs {
     /// A whole drive to sign (repeatable).
     #[arg(long, value_name = "PATH")]
     pub device: Vec<PathBuf>,
-    /// Sign every drive that is not the root disk and is unused.
+    /// Sign every drive that nothing uses: never the root disk, a partitioned or
+    /// mounted disk, a disk with devices on it, or a drive already signed.
     #[arg(long, conflicts_with = "device")]
     pub all_not_root: bool,
     /// The drives' flash type.
     #[arg(long = "type", value_name = "tlc|qlc")]
     pub drive_type: Option<DriveType>,
-    /// Also sign drives that hold a partition table, a filesystem or an older
-    /// signature (their data is lost). Never signs the root disk or a mounted one.
+    /// Also sign drives that hold a filesystem or a damaged signature, and, named
+    /// with --device, a partition table or an older vdrive signature (their data
+    /// is lost). Never signs the root disk or a drive in use.
     #[arg(long)]
     pub force: bool,
 }
 
 #[derive(Debug, Clone, Subcommand)]
 pub enum SignCommand {
-    /// List the signed drives of this machine.
+    /// List the signed drives of this machine with their hardware facts.
     Show {
         #[arg(long)]
         json: bool,
+        /// Also list the disks that are not signed, and why each is left alone.
+        #[arg(long)]
+        all: bool,
     },
 }
 
 /// Runs the command; Err carries what to print on failure.
 pub fn run(args: SignArgs) -> Result<String, String> {
-    if let Some(SignCommand::Show { json }) = args.command {
-        return Ok(show(json));
+    if let Some(SignCommand::Show { json, all }) = args.command {
+        return show(all, json);
     }
     let drive_type = args
         .drive_type
         .ok_or("--type tlc|qlc is required: vdrive allocates each type separately")?;
     let results = if args.all_not_root {
         drives::sign_all_not_root(drive_type, args.force)
+            .map_err(|e| format!("cannot tell which drives are in use: {e}"))?
     } else if args.device.is_empty() {
         return Err(
             "name the drives with --device PATH (repeatable), or use --all-not-root".into(),
@@ -55,35 +62,65 @@ pub fn run(args: SignArgs) -> Result<String, String> {
     } else {
         args.device
             .iter()
-            .map(|path| (path.clone(), drives::sign(path, drive_type, args.force)))
+            .map(|path| {
+                let outcome = match drives::sign(path, drive_type, args.force) {
+                    Ok(drive) => Swept::Signed(drive),
+                    Err(err) => Swept::NotSigned(err),
+                };
+                (path.clone(), outcome)
+            })
             .collect()
     };
     let mut out = Vec::new();
     let mut failed = false;
-    for (path, result) in results {
-        match result {
-            Ok(drive) => out.push(format!(
+    let mut partitioned = false;
+    for (path, outcome) in results {
+        match outcome {
+            Swept::Signed(drive) => out.push(format!(
                 "signed {} as {} ({} GiB, uuid {})",
                 path.display(),
                 drive.signature.drive_type.label(),
                 drive.signature.capacity_gib(),
                 drive.signature.uuid
             )),
+            Swept::Skipped(reasons) => {
+                partitioned |= reasons
+                    .iter()
+                    .any(|r| matches!(r, Skip::Partitioned { .. }));
+                out.push(format!(
+                    "skipped {}: {}",
+                    path.display(),
+                    drives::join(&reasons)
+                ));
+            }
+            // A sweep never re-signs: --force would otherwise orphan every
+            // volume and claim of a drive that happens to be idle.
+            Swept::NotSigned(NodeError::AlreadySigned { uuid, .. }) if args.all_not_root => {
+                out.push(format!(
+                    "skipped {}: already signed as vdrive {uuid}",
+                    path.display()
+                ));
+            }
             // Sweeping a machine (the chart's sign-drives Job, run again on every
             // install) meets drives that must be left alone: those are skipped,
             // and only a drive that could not be signed for another reason fails.
-            Err(err) if args.all_not_root && is_left_alone(&err) => {
+            Swept::NotSigned(err) if args.all_not_root && is_left_alone(&err) => {
                 out.push(format!("skipped {}: {err}", path.display()));
             }
-            Err(err) => {
+            Swept::NotSigned(err) => {
                 failed = true;
                 out.push(format!("not signed {}: {err}", path.display()));
             }
         }
     }
     if out.is_empty() {
+        out.push("no drive to sign: this machine has no disk that may be a drive".into());
+    }
+    if partitioned {
         out.push(
-            "no drive to sign: every drive is the root disk, in use, or already signed".into(),
+            "a sweep never signs a partitioned disk: to use one, sign it alone with \
+             `vdrive sign --device PATH --type tlc|qlc --force` (its partitions are wiped)"
+                .into(),
         );
     }
     let text = out.join("\n");
@@ -104,38 +141,204 @@ fn is_left_alone(err: &NodeError) -> bool {
     )
 }
 
-fn show(as_json: bool) -> String {
-    let found = drives::discover(&drives::candidates());
-    if as_json {
-        let list: Vec<_> = found
-            .iter()
-            .map(|d| {
-                json!({
-                    "uuid": d.signature.uuid,
-                    "path": d.path,
-                    "serial": d.serial,
-                    "type": d.signature.drive_type,
-                    "size_bytes": d.signature.size_bytes,
-                    "capacity_gib": d.signature.capacity_gib(),
+fn show(all: bool, as_json: bool) -> Result<String, String> {
+    let machine =
+        Machine::read().map_err(|e| format!("cannot tell which disks are drives: {e}"))?;
+    let reports: Vec<DiskReport> = drives::survey(&machine)
+        .into_iter()
+        .filter(|r| all || matches!(r.state, DiskState::Signed(_)))
+        .collect();
+    Ok(if as_json {
+        Value::Array(reports.iter().map(report_json).collect()).to_string()
+    } else {
+        report_table(&reports, all)
+    })
+}
+
+/// The signed drive of a report, if it is one.
+fn signed(report: &DiskReport) -> Option<&drives::SignedDrive> {
+    match &report.state {
+        DiskState::Signed(drive) => Some(drive),
+        _ => None,
+    }
+}
+
+fn status(state: &DiskState) -> &'static str {
+    match state {
+        DiskState::Signed(_) => "signed",
+        DiskState::Unsigned { .. } => "unsigned",
+        DiskState::Skipped(_) => "skipped",
+        DiskState::Unreadable(_) => "unreadable",
+        DiskState::Duplicate { .. } => "duplicate",
+    }
+}
+
+/// Why a disk is not (or, unsigned, could not become) a drive, one line each.
+fn reasons(state: &DiskState) -> Vec<String> {
+    match state {
+        DiskState::Signed(_) => Vec::new(),
+        DiskState::Unsigned { in_use: reasons } | DiskState::Skipped(reasons) => {
+            reasons.iter().map(|r| r.to_string()).collect()
+        }
+        DiskState::Unreadable(err) => vec![err.to_string()],
+        DiskState::Duplicate { uuid, first } => vec![format!(
+            "the same drive (vdrive {uuid}) as {}",
+            first.display()
+        )],
+    }
+}
+
+fn serial_of(report: &DiskReport) -> String {
+    match signed(report) {
+        Some(drive) => drive.serial.clone(),
+        None => report
+            .facts
+            .serial
+            .clone()
+            .unwrap_or_else(|| report.facts.name.clone()),
+    }
+}
+
+fn guess_json(guess: Option<TypeGuess>) -> Value {
+    match guess {
+        Some(g) => json!({
+            "value": g.value,
+            "basis": g.basis,
+            "confidence": g.confidence.as_str(),
+        }),
+        None => Value::Null,
+    }
+}
+
+fn hardware_json(f: &DriveFacts) -> Value {
+    json!({
+        "kind": f.kind.as_str(),
+        "rotational": f.rotational,
+        "logical_block_bytes": f.logical_block_bytes,
+        "physical_block_bytes": f.physical_block_bytes,
+        "optimal_io_bytes": f.optimal_io_bytes,
+        "discard": f.discard,
+        "write_zeroes": f.write_zeroes,
+    })
+}
+
+/// One drive in `vdrive sign show --json`. The first six fields are the ones
+/// this command always printed (null for a disk that is not signed); the rest
+/// were added after them.
+fn report_json(report: &DiskReport) -> Value {
+    let f = &report.facts;
+    let drive = signed(report);
+    json!({
+        "uuid": drive.map(|d| d.signature.uuid),
+        "path": f.path,
+        "serial": serial_of(report),
+        "type": drive.map(|d| d.signature.drive_type),
+        "size_bytes": drive.map(|d| d.signature.size_bytes),
+        "capacity_gib": drive.map(|d| d.signature.capacity_gib()),
+        "model": f.model,
+        "device_size_bytes": f.size_bytes,
+        "type_guess": guess_json(f.type_guess()),
+        "status": status(&report.state),
+        "reasons": reasons(&report.state),
+        "hardware": hardware_json(f),
+    })
+}
+
+fn report_table(reports: &[DiskReport], all: bool) -> String {
+    if reports.is_empty() {
+        return if all {
+            "no disk on this machine may be a drive".into()
+        } else {
+            "no signed drives".into()
+        };
+    }
+    let mut header = vec![
+        "PATH", "TYPE", "CAPACITY", "UUID", "SERIAL", "MODEL", "SIZE", "HW-GUESS",
+    ];
+    if all {
+        header.push("STATUS");
+    }
+    let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
+    let mut notes = Vec::new();
+    for report in reports {
+        let f = &report.facts;
+        let drive = signed(report);
+        let guess = f.type_guess();
+        let dash = || "-".to_string();
+        let mut row = vec![
+            f.path.display().to_string(),
+            drive.map_or_else(dash, |d| d.signature.drive_type.label().to_string()),
+            drive.map_or_else(dash, |d| format!("{} GiB", d.signature.capacity_gib())),
+            drive.map_or_else(dash, |d| d.signature.uuid.to_string()),
+            serial_of(report),
+            f.model.clone().unwrap_or_else(dash),
+            human_bytes(f.size_bytes),
+            guess
+                .as_ref()
+                .map_or_else(dash, |g| format!("{} ({})", g.value, g.confidence.as_str())),
+        ];
+        if all {
+            let why = reasons(&report.state);
+            row.push(if why.is_empty() {
+                status(&report.state).to_string()
+            } else {
+                format!("{}: {}", status(&report.state), why.join("; "))
+            });
+        }
+        rows.push(row);
+        if let Some(g) = guess {
+            let differs = drive
+                .filter(|d| d.signature.drive_type.as_str() != g.value)
+                .map(|d| {
+                    format!(
+                        "; differs from the signed type {}",
+                        d.signature.drive_type.label()
+                    )
                 })
-            })
-            .collect();
-        return serde_json::Value::Array(list).to_string();
+                .unwrap_or_default();
+            notes.push(format!(
+                "  {}: {}, {} evidence: {}{differs}",
+                f.path.display(),
+                g.value,
+                g.confidence.as_str(),
+                g.basis
+            ));
+        }
     }
-    if found.is_empty() {
-        return "no signed drives".into();
+    let mut out = align(&rows);
+    if !notes.is_empty() {
+        out.push_str(
+            "\nHW-GUESS is only a guess from hardware facts; vdrive allocates by TYPE, \
+             chosen at signing:\n",
+        );
+        out.push_str(&notes.join("\n"));
     }
-    found
-        .iter()
-        .map(|d| {
-            format!(
-                "{}  {}  {:>6} GiB  {}  serial {}",
-                d.path.display(),
-                d.signature.drive_type.label(),
-                d.signature.capacity_gib(),
-                d.signature.uuid,
-                d.serial
-            )
+    out
+}
+
+/// Rows as columns two spaces apart; the last column is not padded.
+fn align(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|cell| cell.chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    rows.iter()
+        .map(|row| {
+            let mut line = String::new();
+            for (c, cell) in row.iter().enumerate() {
+                if c + 1 == row.len() {
+                    line.push_str(cell);
+                } else {
+                    line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+                }
+            }
+            line
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -146,6 +349,138 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+
+    fn fake_reports(all: bool) -> (crate::node::discovery::fake::FakeMachine, Vec<DiskReport>) {
+        let fake = crate::node::discovery::fake::signed_server();
+        let reports = drives::survey(&fake.machine())
+            .into_iter()
+            .filter(|r| all || matches!(r.state, DiskState::Signed(_)))
+            .collect();
+        (fake, reports)
+    }
+
+    #[test]
+    fn show_keeps_its_json_fields_and_adds_the_hardware() {
+        let (_fake, reports) = fake_reports(false);
+        let list: Vec<Value> = reports.iter().map(report_json).collect();
+        assert_eq!(list.len(), 2, "{list:?}");
+        let tlc = list
+            .iter()
+            .find(|d| d["path"].as_str().unwrap().ends_with("/nvme0n1"))
+            .unwrap();
+        let keys: Vec<&str> = tlc
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        assert_eq!(
+            keys[..6],
+            [
+                "uuid",
+                "path",
+                "serial",
+                "type",
+                "size_bytes",
+                "capacity_gib"
+            ],
+            "the fields `sign show --json` always had come first, unchanged"
+        );
+        assert_eq!(tlc["type"], "tlc");
+        assert_eq!(tlc["capacity_gib"], 2);
+        assert_eq!(tlc["serial"], "BTNH0001");
+        assert_eq!(tlc["model"], "INTEL SSDPEKNW020T8");
+        assert_eq!(tlc["device_size_bytes"], 3907029168u64 * 512);
+        assert_eq!(tlc["status"], "signed");
+        assert_eq!(tlc["type_guess"]["value"], "qlc");
+        assert_eq!(tlc["type_guess"]["confidence"], "weak");
+        assert!(
+            tlc["type_guess"]["basis"]
+                .as_str()
+                .unwrap()
+                .contains("model name")
+        );
+        assert_eq!(tlc["hardware"]["kind"], "nvme");
+        assert_eq!(tlc["hardware"]["rotational"], false);
+        assert_eq!(tlc["hardware"]["physical_block_bytes"], 4096);
+        assert_eq!(tlc["hardware"]["discard"], true);
+
+        let sim = list.iter().find(|d| d["type"] == "qlc").unwrap();
+        assert_eq!(
+            sim["type_guess"],
+            Value::Null,
+            "a loop device gives no basis"
+        );
+        assert_eq!(sim["model"], Value::Null);
+    }
+
+    #[test]
+    fn show_all_lists_unsigned_disks_with_their_reasons() {
+        let (_fake, reports) = fake_reports(true);
+        let list: Vec<Value> = reports.iter().map(report_json).collect();
+        let by_name = |name: &str| {
+            list.iter()
+                .find(|d| d["path"].as_str().unwrap().ends_with(&format!("/{name}")))
+                .unwrap_or_else(|| panic!("{name}"))
+        };
+        let root = by_name("sda");
+        assert_eq!(root["status"], "skipped");
+        assert_eq!(root["uuid"], Value::Null);
+        assert_eq!(root["type"], Value::Null);
+        assert_eq!(root["reasons"][0], "it holds the root filesystem");
+        assert_eq!(by_name("nvme1n1")["status"], "unsigned");
+        assert_eq!(by_name("nvme1n1")["reasons"], json!([]));
+        assert_eq!(by_name("sde")["type_guess"]["value"], "hdd");
+        assert_eq!(by_name("vda")["status"], "duplicate");
+        assert_eq!(by_name("sdg")["status"], "unsigned");
+        assert_eq!(
+            by_name("sdg")["reasons"][1],
+            "dm-1 is stacked on sdg",
+            "unsigned and in use: a sweep leaves it alone"
+        );
+    }
+
+    #[test]
+    fn the_table_labels_the_guess_as_a_guess() {
+        let (_fake, reports) = fake_reports(false);
+        let table = report_table(&reports, false);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("PATH")
+                && lines[0].contains("SERIAL")
+                && lines[0].contains("MODEL")
+                && lines[0].contains("SIZE")
+                && lines[0].ends_with("HW-GUESS"),
+            "{table}"
+        );
+        let nvme = lines.iter().find(|l| l.contains("/nvme0n1")).unwrap();
+        assert!(
+            nvme.contains("TLC") && nvme.contains("2 GiB") && nvme.contains("qlc (weak)"),
+            "{nvme}"
+        );
+        assert!(table.contains("only a guess"), "{table}");
+        assert!(
+            table.contains("differs from the signed type TLC"),
+            "{table}"
+        );
+        let all = report_table(&fake_reports(true).1, true);
+        assert!(all.lines().next().unwrap().ends_with("STATUS"), "{all}");
+        let empty = all.lines().find(|l| l.contains("/sdf")).unwrap();
+        assert!(
+            empty.ends_with("skipped: it reports size 0 (no medium)"),
+            "{empty}"
+        );
+        assert_eq!(report_table(&[], false), "no signed drives");
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let rows = vec![
+            vec!["A".to_string(), "BB".into(), "C".into()],
+            vec!["AAA".to_string(), "B".into(), "CCCC".into()],
+        ];
+        assert_eq!(align(&rows), "A    BB  C\nAAA  B   CCCC");
+    }
 
     #[test]
     fn a_sweep_skips_drives_it_must_not_touch_and_fails_on_the_rest() {

@@ -111,8 +111,7 @@ pub fn dev_number(path: &Path) -> Result<Option<(u64, u64)>, NodeError> {
 
 /// The kernel's name (`nvme0n1`, `loop3`, `vda1`) of device `major:minor`.
 pub fn kernel_name(major: u64, minor: u64) -> Option<String> {
-    let link = fs::read_link(format!("/sys/dev/block/{major}:{minor}")).ok()?;
-    Some(link.file_name()?.to_string_lossy().into_owned())
+    Sysfs::host().kernel_name(major, minor)
 }
 
 /// The kernel's name of the block device node at `path`.
@@ -120,53 +119,156 @@ pub fn kernel_name_of(path: &Path) -> Result<Option<String>, NodeError> {
     Ok(dev_number(path)?.and_then(|(major, minor)| kernel_name(major, minor)))
 }
 
-fn sys_dir(name: &str) -> PathBuf {
-    Path::new("/sys/class/block").join(name)
-}
-
 /// The disk `name` is a partition of, or `name` itself when it is a whole disk.
 pub fn whole_disk(name: &str) -> String {
-    if !sys_dir(name).join("partition").exists() {
-        return name.to_string();
-    }
-    // /sys/class/block/vda1 -> .../block/vda/vda1: the parent directory is the disk.
-    fs::canonicalize(sys_dir(name))
-        .ok()
-        .and_then(|dir| Some(dir.parent()?.file_name()?.to_string_lossy().into_owned()))
-        .unwrap_or_else(|| name.to_string())
+    Sysfs::host().whole_disk(name)
 }
 
 /// The partitions the kernel knows on disk `name`.
 pub fn partitions(name: &str) -> Vec<String> {
-    dir_names(&sys_dir(name))
-        .into_iter()
-        .filter(|part| sys_dir(name).join(part).join("partition").exists())
-        .collect()
+    Sysfs::host().partitions(name)
 }
 
 /// Devices stacked on `name` (device-mapper, md, bcache...).
 pub fn holders(name: &str) -> Vec<String> {
-    dir_names(&sys_dir(name).join("holders"))
+    Sysfs::host().holders(name)
 }
 
 /// The whole disks that device `name` ultimately lives on: itself (or its disk) for a
 /// plain device or partition, the disks under its `slaves/` for dm and md devices.
 pub fn disks_under(name: &str) -> BTreeSet<String> {
-    let mut disks = BTreeSet::new();
-    let mut todo = vec![name.to_string()];
-    let mut seen = BTreeSet::new();
-    while let Some(dev) = todo.pop() {
-        if !seen.insert(dev.clone()) {
-            continue;
-        }
-        let slaves = dir_names(&sys_dir(&dev).join("slaves"));
-        if slaves.is_empty() {
-            disks.insert(whole_disk(&dev));
-        } else {
-            todo.extend(slaves);
-        }
+    Sysfs::host().disks_under(name)
+}
+
+/// A sysfs attribute of device `name`, trimmed; None when absent or empty.
+pub fn attribute(name: &str, attr: &str) -> Option<String> {
+    Sysfs::host().attribute(name, attr)
+}
+
+/// The kernel's block-device tree in sysfs under a root: `/sys` on a machine, or a
+/// directory shaped the same way (plain files, directories and the `class/block`
+/// and `dev/block` symlinks) so tests can describe any machine.
+///
+/// The layout read: `block/<disk>` for every whole block device (with its
+/// partitions as subdirectories holding a `partition` file), `class/block/<name>`
+/// for every device and partition, `dev/block/<major>:<minor>` naming a device by
+/// number, and `holders/`, `slaves/` listing what is stacked on or under a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sysfs {
+    root: PathBuf,
+}
+
+impl Sysfs {
+    /// The running kernel's sysfs.
+    pub fn host() -> Self {
+        Sysfs::at("/sys")
     }
-    disks
+
+    pub fn at(root: impl Into<PathBuf>) -> Self {
+        Sysfs { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn dir(&self, name: &str) -> PathBuf {
+        self.root.join("class/block").join(name)
+    }
+
+    /// Whether the kernel knows a block device or partition called `name`.
+    pub fn exists(&self, name: &str) -> bool {
+        // A name from a file or mount table could hold `/` or `..`; it must not
+        // reach outside class/block.
+        !name.is_empty() && !name.contains('/') && name != ".." && self.dir(name).exists()
+    }
+
+    /// Every whole block device (`/sys/block`), sorted by name; empty when sysfs
+    /// cannot be listed.
+    pub fn block_devices(&self) -> Vec<String> {
+        dir_names(&self.root.join("block"))
+    }
+
+    /// A sysfs attribute of device `name`, trimmed; None when absent or empty.
+    pub fn attribute(&self, name: &str, attr: &str) -> Option<String> {
+        let value = fs::read_to_string(self.dir(name).join(attr)).ok()?;
+        let value = value.trim();
+        (!value.is_empty()).then(|| value.to_string())
+    }
+
+    /// An attribute that is a whole number; None when absent or not a number.
+    pub fn number(&self, name: &str, attr: &str) -> Option<u64> {
+        self.attribute(name, attr)?.parse().ok()
+    }
+
+    /// The kernel's name of device `major:minor`.
+    pub fn kernel_name(&self, major: u64, minor: u64) -> Option<String> {
+        let link = fs::read_link(self.root.join(format!("dev/block/{major}:{minor}"))).ok()?;
+        Some(link.file_name()?.to_string_lossy().into_owned())
+    }
+
+    /// The disk `name` is a partition of, or `name` itself when it is a whole disk.
+    pub fn whole_disk(&self, name: &str) -> String {
+        if !self.dir(name).join("partition").exists() {
+            return name.to_string();
+        }
+        // class/block/vda1 -> .../block/vda/vda1: the parent directory is the disk.
+        fs::canonicalize(self.dir(name))
+            .ok()
+            .and_then(|dir| Some(dir.parent()?.file_name()?.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    /// The partitions the kernel knows on disk `name`.
+    pub fn partitions(&self, name: &str) -> Vec<String> {
+        dir_names(&self.dir(name))
+            .into_iter()
+            .filter(|part| self.dir(name).join(part).join("partition").exists())
+            .collect()
+    }
+
+    /// Devices stacked on `name` (device-mapper, md, bcache...).
+    pub fn holders(&self, name: &str) -> Vec<String> {
+        dir_names(&self.dir(name).join("holders"))
+    }
+
+    /// Devices `name` is stacked on (for dm and md devices).
+    pub fn slaves(&self, name: &str) -> Vec<String> {
+        dir_names(&self.dir(name).join("slaves"))
+    }
+
+    /// The whole disks that device `name` ultimately lives on: itself (or its disk)
+    /// for a plain device or partition, the disks under its `slaves/` for dm and md.
+    pub fn disks_under(&self, name: &str) -> BTreeSet<String> {
+        let mut disks = BTreeSet::new();
+        let mut todo = vec![name.to_string()];
+        let mut seen = BTreeSet::new();
+        while let Some(dev) = todo.pop() {
+            if !seen.insert(dev.clone()) {
+                continue;
+            }
+            let slaves = self.slaves(&dev);
+            if slaves.is_empty() {
+                disks.insert(self.whole_disk(&dev));
+            } else {
+                todo.extend(slaves);
+            }
+        }
+        disks
+    }
+
+    /// Every device from `name` down to the disks it lives on, each as its whole
+    /// disk: `dm-2` over `dm-1` over `sdb1` gives {dm-2, dm-1, sdb}.
+    pub fn stack_under(&self, name: &str) -> BTreeSet<String> {
+        let mut stack = BTreeSet::new();
+        let mut todo = vec![name.to_string()];
+        while let Some(dev) = todo.pop() {
+            if stack.insert(self.whole_disk(&dev)) {
+                todo.extend(self.slaves(&dev));
+            }
+        }
+        stack
+    }
 }
 
 fn dir_names(dir: &Path) -> Vec<String> {
@@ -179,13 +281,6 @@ fn dir_names(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// A sysfs attribute of device `name`, trimmed; None when absent or empty.
-pub fn attribute(name: &str, attr: &str) -> Option<String> {
-    let value = fs::read_to_string(sys_dir(name).join(attr)).ok()?;
-    let value = value.trim();
-    (!value.is_empty()).then(|| value.to_string())
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! simulating drives with loop devices over sparse files.
 
 use std::collections::BTreeSet;
+use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -9,8 +10,10 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{FallocateFlags, fallocate};
 use uuid::Uuid;
 
+use super::blockdev::Sysfs;
+use super::discovery::{self, DriveFacts, Machine, Skip};
 use super::signature::{self, HEADER_BYTES, Signature};
-use super::{GIB, NodeError, blockdev, cmd, loopdev, mounts};
+use super::{GIB, NodeError, blockdev, cmd, loopdev};
 use crate::drive::{Backend, DriveType};
 use crate::ledger::PhysicalDrive;
 
@@ -37,39 +40,51 @@ impl SignedDrive {
     }
 }
 
-/// Whole block devices that may be (or become) vdrive drives: NVMe namespaces,
-/// SCSI/SATA, virtio and Xen disks, and loop devices bound to a file or device at
-/// offset 0 (simulated drives). Loop devices at an offset are vdrive's own extent
-/// devices, never drives; ram, zram, dm, md and optical devices are not drives.
+/// The whole disks discovery may open to look for a vdrive signature: NVMe
+/// namespaces, SCSI/SATA, virtio and Xen disks, and loop devices bound to a file
+/// or device at offset 0 (simulated drives), except a disk holding the root
+/// filesystem, a partitioned disk, a disk with a filesystem or swap of its own in
+/// use, and an empty slot (see [`Skip::bars_discovery`]). When the mount or swap
+/// table cannot be read no disk can be told unused, and none is returned.
 pub fn candidates() -> Vec<PathBuf> {
-    let Ok(entries) = fs::read_dir("/sys/block") else {
-        tracing::warn!("cannot list /sys/block: no drives discovered");
-        return Vec::new();
-    };
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| is_candidate(name))
-        .collect();
-    names.sort();
-    names
+    match Machine::read() {
+        Ok(machine) => candidates_on(&machine),
+        Err(error) => {
+            tracing::warn!(%error, "no drives discovered: cannot tell which disks are in use");
+            Vec::new()
+        }
+    }
+}
+
+/// [`candidates`] on a given machine.
+pub fn candidates_on(machine: &Machine) -> Vec<PathBuf> {
+    machine
+        .drives()
         .into_iter()
-        .map(|n| Path::new("/dev").join(n))
+        .filter(|disk| {
+            let barred: Vec<Skip> = machine
+                .reasons(&disk.name)
+                .into_iter()
+                .filter(Skip::bars_discovery)
+                .collect();
+            if !barred.is_empty() {
+                // Debug only: a rescan runs every 30 s and the root disk is always here.
+                tracing::debug!(disk = %disk.path.display(), reasons = %join(&barred), "not a drive");
+            }
+            barred.is_empty()
+        })
+        .map(|disk| disk.path)
         .collect()
 }
 
-fn is_candidate(name: &str) -> bool {
-    let attr = |a: &str| blockdev::attribute(name, a);
-    // An empty slot (no medium) or a hidden multipath path is not a drive.
-    if attr("size").as_deref() == Some("0") || attr("hidden").as_deref() == Some("1") {
-        return false;
+/// Reasons as one line: "a; b; c".
+pub fn join(reasons: &[Skip]) -> String {
+    let mut out = String::new();
+    for (i, reason) in reasons.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "; " };
+        let _ = write!(out, "{sep}{reason}");
     }
-    if name.starts_with("loop") {
-        return attr("loop/backing_file").is_some() && attr("loop/offset").as_deref() == Some("0");
-    }
-    ["nvme", "sd", "vd", "xvd"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    out
 }
 
 /// A stable identifier for the drive: its serial, else its WWID, else (for a loop
@@ -80,16 +95,7 @@ pub fn serial(path: &Path) -> String {
         .flatten()
         .or_else(|| Some(path.file_name()?.to_string_lossy().into_owned()))
         .unwrap_or_else(|| path.display().to_string());
-    [
-        "serial",
-        "device/serial",
-        "wwid",
-        "device/wwid",
-        "loop/backing_file",
-    ]
-    .iter()
-    .find_map(|attr| blockdev::attribute(&name, attr))
-    .unwrap_or(name)
+    discovery::serial_of(&Sysfs::host(), &name).unwrap_or(name)
 }
 
 /// The signed drives among `paths`. Unreadable drives and damaged signatures are
@@ -125,30 +131,7 @@ pub fn find_by_uuid(paths: &[PathBuf], uuid: Uuid) -> Option<SignedDrive> {
 
 /// The whole disks under the root filesystem (several for root on dm or md).
 pub fn root_disks() -> Result<BTreeSet<String>, NodeError> {
-    let mounts = mounts::mountinfo()?;
-    let Some(root) = mounts
-        .iter()
-        .rev()
-        .find(|m| m.mount_point == Path::new("/"))
-    else {
-        return Ok(BTreeSet::new());
-    };
-    Ok(mount_disks(root))
-}
-
-/// The whole disks a mount lives on. Filesystems such as btrfs report an anonymous
-/// device number; their source path then names the device.
-fn mount_disks(m: &mounts::MountEntry) -> BTreeSet<String> {
-    let name = if m.major != 0 {
-        blockdev::kernel_name(m.major, m.minor)
-    } else if m.source.starts_with("/dev/") {
-        blockdev::kernel_name_of(Path::new(&m.source))
-            .ok()
-            .flatten()
-    } else {
-        None
-    };
-    name.map(|n| blockdev::disks_under(&n)).unwrap_or_default()
+    Ok(Machine::read()?.root_disks())
 }
 
 /// Signs the whole disk at `path` as a vdrive drive of `drive_type`.
@@ -173,12 +156,8 @@ pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDri
             disk,
         });
     }
-    if root_disks()?.contains(&name) {
-        return Err(NodeError::RootDisk {
-            device: path.to_path_buf(),
-        });
-    }
-    check_unused(path, &name)?;
+    let reasons = Machine::read()?.reasons(&name);
+    refuse_in_use(path, &reasons)?;
 
     match signature::read(path) {
         Ok(Some(existing)) if !force => {
@@ -204,9 +183,10 @@ pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDri
         )?;
     } else {
         let mut found = existing_signatures(path)?;
-        let parts = blockdev::partitions(&name);
-        if !parts.is_empty() {
-            found.push(format!("partitions {}", parts.join(", ")));
+        for reason in &reasons {
+            if let Skip::Partitioned { partitions } = reason {
+                found.push(format!("partitions {}", partitions.join(", ")));
+            }
         }
         if !found.is_empty() {
             return Err(NodeError::HasData {
@@ -224,49 +204,32 @@ pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDri
     })
 }
 
-/// Refuses a disk that the system uses: mounted, swapped on, or with devices
-/// stacked on it or on its partitions.
-fn check_unused(path: &Path, name: &str) -> Result<(), NodeError> {
-    for m in mounts::mountinfo()? {
-        if mount_disks(&m).contains(name) {
-            return Err(NodeError::Mounted {
-                device: path.to_path_buf(),
-                mount_point: m.mount_point,
-            });
-        }
-    }
+/// Refuses a disk that the system uses, whatever `--force` says: the root disk,
+/// a disk with a filesystem or swap in use on it or on anything stacked on it, and
+/// a disk with devices stacked on it or loop devices reading it. Partitions (which
+/// `--force` wipes) and an empty device (refused as too small) are left to the caller.
+fn refuse_in_use(path: &Path, reasons: &[Skip]) -> Result<(), NodeError> {
+    let device = path.to_path_buf();
     let in_use = |user: String| NodeError::InUse {
-        device: path.to_path_buf(),
+        device: device.clone(),
         user,
     };
-    for swap in fs::read_to_string("/proc/swaps")
-        .unwrap_or_default()
-        .lines()
-        .skip(1)
-    {
-        let Some(file) = swap.split_whitespace().next() else {
-            continue;
-        };
-        let swap_dev = blockdev::kernel_name_of(Path::new(file)).ok().flatten();
-        if swap_dev.is_some_and(|dev| blockdev::disks_under(&dev).contains(name)) {
-            return Err(in_use(format!("swap on {file}")));
-        }
-    }
-    let mut devices = blockdev::partitions(name);
-    devices.push(name.to_string());
-    for dev in &devices {
-        if let Some(holder) = blockdev::holders(dev).first() {
-            return Err(in_use(format!("/dev/{holder} (stacked on {dev})")));
-        }
-    }
-    for lo in loopdev::list()? {
-        let backing_dev = blockdev::kernel_name_of(&lo.backing).ok().flatten();
-        if backing_dev.is_some_and(|b| devices.contains(&b)) {
-            return Err(in_use(format!(
-                "loop device {} over it",
-                lo.device.display()
-            )));
-        }
+    for reason in reasons {
+        return Err(match reason {
+            Skip::RootDisk => NodeError::RootDisk {
+                device: device.clone(),
+            },
+            Skip::Mounted { mount_point, .. } => NodeError::Mounted {
+                device: device.clone(),
+                mount_point: mount_point.clone(),
+            },
+            Skip::Swap { device, .. } => in_use(format!("swap on /dev/{device}")),
+            Skip::Held { device, holder } => in_use(format!("/dev/{holder} (stacked on {device})")),
+            Skip::LoopOver { loop_device } => {
+                in_use(format!("loop device /dev/{loop_device} over it"))
+            }
+            Skip::Empty | Skip::Partitioned { .. } => continue,
+        });
     }
     Ok(())
 }
@@ -298,28 +261,131 @@ fn existing_signatures(path: &Path) -> Result<Vec<String>, NodeError> {
         .collect())
 }
 
-/// Signs every candidate drive except the root disk; one result per drive (drives
-/// already signed come back as [`NodeError::AlreadySigned`] unless `force`).
+/// What a sweep ([`sign_all_not_root`]) did with one disk.
+#[derive(Debug)]
+pub enum Swept {
+    Signed(SignedDrive),
+    /// Left alone without being opened, for these reasons.
+    Skipped(Vec<Skip>),
+    /// [`sign`] refused or failed; [`NodeError::AlreadySigned`] for a drive
+    /// that is vdrive's already.
+    NotSigned(NodeError),
+}
+
+/// Every disk a sweep looks at, with the reasons to leave it alone (none: the
+/// sweep may sign it). The same reasons as discovery's, and more: a sweep also
+/// leaves alone whatever has devices stacked on it or loop devices reading it.
+pub fn sweep_plan(machine: &Machine) -> Vec<(DriveFacts, Vec<Skip>)> {
+    machine
+        .drives()
+        .into_iter()
+        .map(|disk| {
+            let reasons = machine.reasons(&disk.name);
+            (disk, reasons)
+        })
+        .collect()
+}
+
+/// Signs every drive of this machine that nothing uses; one outcome per disk.
+/// Never touched, whatever `force` says: the root disk, a partitioned disk (only a
+/// disk named with `--device` is wiped of its partitions), a disk with a mounted
+/// filesystem, swap, or devices on it, an empty slot, and a drive that already
+/// carries a valid vdrive signature (its volumes and ledger claims hang on it).
+/// `force` wipes filesystem signatures and damaged vdrive signatures.
 pub fn sign_all_not_root(
     drive_type: DriveType,
     force: bool,
-) -> Vec<(PathBuf, Result<SignedDrive, NodeError>)> {
-    let roots = root_disks().unwrap_or_else(|error| {
-        // sign() checks again and refuses the root disk with a clear error.
-        tracing::warn!(%error, "cannot tell the root disk apart here");
-        BTreeSet::new()
-    });
-    candidates()
+) -> Result<Vec<(PathBuf, Swept)>, NodeError> {
+    let machine = Machine::read()?;
+    Ok(sweep_plan(&machine)
         .into_iter()
-        .filter(|path| {
-            let name = blockdev::kernel_name_of(path).ok().flatten();
-            !name.is_some_and(|n| roots.contains(&n))
+        .map(|(disk, reasons)| {
+            let path = disk.path;
+            // Discovery would read this disk's signature; a drive in use by vdrive
+            // is then reported as already signed rather than as in use.
+            if !reasons.iter().any(Skip::bars_discovery)
+                && let Ok(Some(existing)) = signature::read(&path)
+            {
+                let err = NodeError::AlreadySigned {
+                    device: path.clone(),
+                    uuid: existing.uuid,
+                };
+                return (path, Swept::NotSigned(err));
+            }
+            if !reasons.is_empty() {
+                return (path, Swept::Skipped(reasons));
+            }
+            let outcome = match sign(&path, drive_type, force) {
+                Ok(drive) => Swept::Signed(drive),
+                Err(err) => Swept::NotSigned(err),
+            };
+            (path, outcome)
         })
-        .map(|path| {
-            let result = sign(&path, drive_type, force);
-            (path, result)
-        })
-        .collect()
+        .collect())
+}
+
+/// One disk as `vdrive sign show` reports it.
+#[derive(Debug)]
+pub struct DiskReport {
+    pub facts: DriveFacts,
+    pub state: DiskState,
+}
+
+#[derive(Debug)]
+pub enum DiskState {
+    Signed(SignedDrive),
+    /// No vdrive signature. `in_use` says why a sweep would leave it alone
+    /// (empty: a sweep would sign it, unless it holds a filesystem).
+    Unsigned {
+        in_use: Vec<Skip>,
+    },
+    /// Not opened: discovery passes it by for these reasons.
+    Skipped(Vec<Skip>),
+    /// Cannot be read, or carries a damaged signature.
+    Unreadable(NodeError),
+    /// The drive already reported at `first` (one image bound to two loop devices).
+    Duplicate {
+        uuid: Uuid,
+        first: PathBuf,
+    },
+}
+
+/// Every disk of `machine` that may be a drive, with what discovery makes of it:
+/// its signed drives are exactly what [`discover`] finds among [`candidates_on`].
+pub fn survey(machine: &Machine) -> Vec<DiskReport> {
+    let mut out: Vec<DiskReport> = Vec::new();
+    for facts in machine.drives() {
+        let reasons = machine.reasons(&facts.name);
+        let state = if reasons.iter().any(Skip::bars_discovery) {
+            DiskState::Skipped(reasons)
+        } else {
+            match signature::read(&facts.path) {
+                Ok(Some(signature)) => {
+                    let first = out.iter().find_map(|r| match &r.state {
+                        DiskState::Signed(d) if d.signature.uuid == signature.uuid => {
+                            Some(d.path.clone())
+                        }
+                        _ => None,
+                    });
+                    match first {
+                        Some(first) => DiskState::Duplicate {
+                            uuid: signature.uuid,
+                            first,
+                        },
+                        None => DiskState::Signed(SignedDrive {
+                            path: facts.path.clone(),
+                            serial: facts.serial.clone().unwrap_or_else(|| facts.name.clone()),
+                            signature,
+                        }),
+                    }
+                }
+                Ok(None) => DiskState::Unsigned { in_use: reasons },
+                Err(error) => DiskState::Unreadable(error),
+            }
+        };
+        out.push(DiskReport { facts, state });
+    }
+    out
 }
 
 /// Erases the extent of `size_bytes` at `offset_bytes` of a signed drive, so the
@@ -665,6 +731,118 @@ mod tests {
             );
             assert_eq!(blockdev::whole_disk(&name), name);
         }
+    }
+
+    fn names(paths: &[PathBuf]) -> Vec<String> {
+        paths
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn discovery_and_the_sweep_agree_on_what_to_leave_alone() {
+        let fake = discovery::fake::server();
+        let m = fake.machine();
+        let candidates = candidates_on(&m);
+        assert_eq!(
+            names(&candidates),
+            ["loop0", "nvme0n1", "nvme1n1", "sde", "sdg", "vda"],
+            "never the root disk, a partitioned or mounted disk, swap, an empty slot"
+        );
+        let plan = sweep_plan(&m);
+        let signable: Vec<PathBuf> = plan
+            .iter()
+            .filter(|(_, reasons)| reasons.is_empty())
+            .map(|(disk, _)| disk.path.clone())
+            .collect();
+        assert_eq!(names(&signable), ["nvme0n1", "nvme1n1", "sde", "vda"]);
+        assert!(
+            signable.iter().all(|p| candidates.contains(p)),
+            "a sweep signs only disks discovery would then find"
+        );
+        // Every disk the sweep passes by says why.
+        let skipped: Vec<(String, String)> = plan
+            .iter()
+            .filter(|(_, reasons)| !reasons.is_empty())
+            .map(|(disk, reasons)| (disk.name.clone(), join(reasons)))
+            .collect();
+        assert_eq!(
+            skipped,
+            [
+                ("loop0".into(), "loop device loop1 reads it".into()),
+                (
+                    "sda".into(),
+                    "it holds the root filesystem; sda1 is mounted at /boot; \
+                     it has partitions (sda1, sda2); dm-0, stacked on it, is mounted at /; \
+                     dm-0 is stacked on sda2"
+                        .into()
+                ),
+                ("sdb".into(), "it has partitions (sdb1)".into()),
+                (
+                    "sdc".into(),
+                    "sdc1 is mounted at /data; it has partitions (sdc1)".into()
+                ),
+                ("sdd".into(), "sdd is mounted at /srv".into()),
+                ("sdf".into(), "it reports size 0 (no medium)".into()),
+                (
+                    "sdg".into(),
+                    "dm-1, stacked on it, is mounted at /var/lib/data; dm-1 is stacked on sdg"
+                        .into()
+                ),
+                ("vdb".into(), "swap is active on vdb".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_survey_finds_what_discovery_finds_and_says_why_for_the_rest() {
+        let fake = discovery::fake::signed_server();
+        let m = fake.machine();
+        let reports = survey(&m);
+        let state = |name: &str| {
+            &reports
+                .iter()
+                .find(|r| r.facts.name == name)
+                .unwrap_or_else(|| panic!("{name} not surveyed"))
+                .state
+        };
+        let DiskState::Signed(tlc) = state("nvme0n1") else {
+            panic!("{:?}", state("nvme0n1"));
+        };
+        assert_eq!(tlc.signature.drive_type, DriveType::Tlc);
+        assert_eq!(tlc.serial, "BTNH0001");
+        assert!(
+            matches!(state("loop0"), DiskState::Signed(d) if d.signature.drive_type == DriveType::Qlc)
+        );
+        assert!(
+            matches!(state("vda"), DiskState::Duplicate { uuid, first } if *uuid == tlc.signature.uuid && *first == tlc.path)
+        );
+        assert!(matches!(state("nvme1n1"), DiskState::Unsigned { in_use } if in_use.is_empty()));
+        assert!(
+            matches!(state("sdg"), DiskState::Unsigned { in_use } if in_use.len() == 2),
+            "unsigned, and a sweep would leave it alone"
+        );
+        for skipped in ["sda", "sdb", "sdc", "sdd", "sdf", "vdb"] {
+            assert!(
+                matches!(state(skipped), DiskState::Skipped(_)),
+                "{skipped}: {:?}",
+                state(skipped)
+            );
+        }
+        // The same signed drives as discover() over the candidates.
+        let signed: Vec<(PathBuf, Uuid)> = reports
+            .iter()
+            .filter_map(|r| match &r.state {
+                DiskState::Signed(d) => Some((d.path.clone(), d.signature.uuid)),
+                _ => None,
+            })
+            .collect();
+        let discovered: Vec<(PathBuf, Uuid)> = discover(&candidates_on(&m))
+            .into_iter()
+            .map(|d| (d.path, d.signature.uuid))
+            .collect();
+        assert_eq!(signed, discovered);
     }
 
     #[test]

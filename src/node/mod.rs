@@ -1,6 +1,7 @@
 //! The node proxy's plain core: everything a node does to the block devices under a
 //! volume, without gRPC. Each module owns one thing:
 //! - [`signature`]: the vdrive header in the first MiB of a signed drive;
+//! - [`discovery`]: the machine's disks, their hardware facts, and which to leave alone;
 //! - [`drives`]: finding, signing, simulating and erasing physical drives;
 //! - [`registry`]: the signed drives this node has found, and where extents lie;
 //! - [`blockdev`]: facts about block devices (size, disk, partitions, holders);
@@ -20,6 +21,7 @@
 pub mod backend;
 pub mod blockdev;
 mod cmd;
+pub mod discovery;
 pub mod dm;
 pub mod drives;
 mod error;
