@@ -135,21 +135,26 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     // and reported.
     let rescans = tokio::spawn({
         let (ledger, node_id) = (ledger.clone(), node_id.clone());
-        rescan_drives(RESCAN_EVERY, registry.clone(), device_backend.kind(), move |physical| {
-            let (ledger, node_id) = (ledger.clone(), node_id.clone());
-            async move {
-                match ledger.sync_drives(&node_id, physical).await {
-                    Ok(sync) => {
-                        for uuid in sync.missing_with_claims {
-                            tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
+        rescan_drives(
+            RESCAN_EVERY,
+            registry.clone(),
+            device_backend.kind(),
+            move |physical| {
+                let (ledger, node_id) = (ledger.clone(), node_id.clone());
+                async move {
+                    match ledger.sync_drives(&node_id, physical).await {
+                        Ok(sync) => {
+                            for uuid in sync.missing_with_claims {
+                                tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
+                            }
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "could not record this node's drives in the ledger")
                         }
                     }
-                    Err(err) => {
-                        tracing::warn!(%err, "could not record this node's drives in the ledger")
-                    }
                 }
-            }
-        })
+            },
+        )
     });
     let volumes = Arc::new(NodeVolumes::new(
         node_id.clone(),
