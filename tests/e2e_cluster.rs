@@ -26,6 +26,7 @@ use support::devices::release_everything_under;
 use vdrive::cluster::annotations::{
     CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
 };
+use vdrive::drive::{Backend, DriveType};
 use vdrive::ledger::Claim;
 
 const DRIVER: &str = "csi.vdrive.io";
@@ -38,6 +39,8 @@ const SHARE_GIB: u64 = 100;
 const RESERVE_GIB: u64 = 20;
 /// Every simulated server: one TLC drive for the k8s class, one QLC for the vm class.
 const DRIVES: &str = "tlc:160x1,qlc:160x1";
+/// The size of each of those drives, in GiB.
+const DRIVE_GIB: u64 = 160;
 const GIB: u64 = 1 << 30;
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -168,6 +171,7 @@ fn vdrive_in_a_kubernetes_cluster() {
         let mut setup = set_up(&bin).await;
         install_from_deploy(&setup).await;
         let first = pvc_lands_on_a_k8s_node_and_mounts(&setup).await;
+        loop_nodes_build_one_drive_volumes(&setup, &first).await;
         capacity_steers_pods_and_labels_move_servers(&setup, &first).await;
         delete_releases_and_retain_keeps(&setup, &first).await;
         expansion_grows_pv_and_filesystem(&setup).await;
@@ -328,6 +332,280 @@ async fn pvc_lands_on_a_k8s_node_and_mounts(setup: &Setup) -> Placed {
         staging,
         target,
     }
+}
+
+// ---- loop nodes: one virtual drive per volume ------------------------------------
+
+/// A TLC/QLC mix over three drive cores: every volume is several virtual drives,
+/// which only a node with the device-mapper (dm) backend joins into one device.
+const MIXED: [(&str, &str); 4] = [
+    ("tlc", "4"),
+    ("qlc", "1"),
+    ("driveCores", "3"),
+    ("minDriveGiB", "1"),
+];
+/// One TLC virtual drive per volume and no pool: a node's largest volume is its
+/// largest free TLC extent.
+const ONE_TLC: [(&str, &str); 4] = [
+    ("tlc", "1"),
+    ("qlc", "0"),
+    ("driveCores", "1"),
+    ("minDriveGiB", "1"),
+];
+const MIXED_CLASS: &str = "mixed-tlc-qlc";
+const MIXED_NOW_CLASS: &str = "mixed-tlc-qlc-immediate";
+const ONE_TLC_CLASS: &str = "one-tlc-drive";
+
+/// This host has no device-mapper, so every node builds volumes with the loop
+/// backend: one virtual drive per volume. The scheduler is told so through
+/// CSIStorageCapacity (maximumVolumeSize is what a node can really build), and a
+/// volume that needs several drives is refused with the reason and the fixes.
+async fn loop_nodes_build_one_drive_volumes(setup: &Setup, first: &Placed) {
+    let nodes = ["n1", "n2", "n3"];
+    for node in nodes {
+        assert_eq!(
+            node_ledger(&setup.client, node).await.backend(),
+            Backend::Loop,
+            "node {node} reports the loop backend for its drives"
+        );
+    }
+    create_class(setup, MIXED_CLASS, &MIXED, "WaitForFirstConsumer").await;
+    create_class(setup, ONE_TLC_CLASS, &ONE_TLC, "WaitForFirstConsumer").await;
+    // The external-provisioner publishes no capacity for Immediate classes, so
+    // their volumes are always attempted: that is where the refusal shows.
+    create_class(setup, MIXED_NOW_CLASS, &MIXED, "Immediate").await;
+
+    for node in nodes {
+        // One TLC drive: the largest free TLC extent, from the Node's annotations
+        // as vdrive's own decoder reads them, and as GetCapacity answers.
+        let ledger = node_ledger(&setup.client, node).await;
+        let largest = ledger
+            .largest_free_extent(|t| t == DriveType::Tlc)
+            .map_or(0, |(_, gib)| gib);
+        let expected = if node == first.node {
+            DRIVE_GIB - 10
+        } else {
+            DRIVE_GIB
+        };
+        assert_eq!(largest, expected, "the free TLC extent of {node}");
+        assert_eq!(controller_largest_gib(setup, &ONE_TLC, node), largest);
+        wait_for_max_volume(setup, ONE_TLC_CLASS, node, |gib| gib == largest).await;
+        // The mix: all the free space of both drives, but no volume the node can
+        // build.
+        assert_eq!(controller_largest_gib(setup, &MIXED, node), 0);
+        let mixed = wait_for_max_volume(setup, MIXED_CLASS, node, |gib| gib == 0).await;
+        let free: u64 = ledger.free_drives().iter().map(|d| d.free_gib()).sum();
+        assert_eq!(
+            mixed.capacity.as_ref().and_then(|q| quantity_bytes(&q.0)),
+            Some(free * GIB),
+            "the capacity of the mix on {node}"
+        );
+        assert!(
+            capacity_object(setup, MIXED_NOW_CLASS, node)
+                .await
+                .is_none(),
+            "no capacity is published for an Immediate class"
+        );
+    }
+
+    // WaitForFirstConsumer: maximumVolumeSize 0 everywhere, so the scheduler finds
+    // no node for the pod and provisioning is never attempted.
+    create_pvc(setup, "default", "mixed", MIXED_CLASS, 20).await;
+    create_pod(setup, "default", "mixed-app", "mixed").await;
+    let unschedulable = wait_unschedulable(setup, "default", "mixed-app").await;
+    eprintln!("pod default/mixed-app: {unschedulable}");
+    assert!(
+        unschedulable.contains("3 node(s) did not have enough free storage"),
+        "{unschedulable}"
+    );
+
+    // Immediate: the provisioner asks at once, every node refuses, and the PVC's
+    // ProvisioningFailed Event says why and what to change.
+    create_pvc(setup, "default", "mixed-now", MIXED_NOW_CLASS, 20).await;
+    let refusal = wait_for_event(setup, "default", "mixed-now", "ProvisioningFailed").await;
+    eprintln!("PVC default/mixed-now, ProvisioningFailed: {refusal}");
+    for words in [
+        "FailedPrecondition",
+        "that node builds volumes with the loop backend, which makes a volume from at most 1 virtual drive(s)",
+        "Place the volume on a node whose drives use the device-mapper (dm) backend",
+        r#"use a StorageClass with driveCores: "1" and a single type"#,
+        "on node n1",
+        "on node n2",
+        "on node n3",
+    ] {
+        assert!(refusal.contains(words), "{words:?} in {refusal}");
+    }
+
+    // Neither binds, and nothing was claimed for them; the first was never even
+    // tried.
+    assert_eq!(
+        event_notes(setup, "default", "mixed", "ProvisioningFailed").await,
+        Vec::<String>::new()
+    );
+    for pvc in ["mixed", "mixed-now"] {
+        let claim = Api::<PersistentVolumeClaim>::namespaced(setup.client.clone(), "default")
+            .get(pvc)
+            .await
+            .expect("the PVC");
+        assert_eq!(
+            claim.status.and_then(|s| s.phase).as_deref(),
+            Some("Pending")
+        );
+        assert_eq!(claim.spec.and_then(|s| s.volume_name), None);
+    }
+    for node in nodes {
+        let owners: Vec<String> = node_ledger(&setup.client, node)
+            .await
+            .claims
+            .into_iter()
+            .map(|c| c.owner)
+            .filter(|owner| owner.starts_with("default:mixed"))
+            .collect();
+        assert!(owners.is_empty(), "claims on {node}: {owners:?}");
+    }
+
+    setup.cluster.force_delete_pod("default", "mixed-app").await;
+    for pvc in ["mixed", "mixed-now"] {
+        delete_pvc(setup, "default", pvc).await;
+        wait_for_pvc_gone(setup, "default", pvc).await;
+    }
+    setup.cluster.kubectl([
+        "delete",
+        "storageclass",
+        MIXED_CLASS,
+        MIXED_NOW_CLASS,
+        ONE_TLC_CLASS,
+    ]);
+    for class in [MIXED_CLASS, ONE_TLC_CLASS] {
+        for node in nodes {
+            eventually(
+                &format!("the CSIStorageCapacity of {class} on {node} to go"),
+                WAIT,
+                || async move {
+                    match capacity_object(setup, class, node).await {
+                        None => Ok(()),
+                        Some(c) => Err(format!("{} is still there", c.name_any())),
+                    }
+                },
+            )
+            .await;
+        }
+    }
+}
+
+async fn create_class(setup: &Setup, name: &str, parameters: &[(&str, &str)], binding: &str) {
+    let parameters: BTreeMap<&str, &str> = parameters.iter().copied().collect();
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": { "name": name },
+        "provisioner": DRIVER,
+        "parameters": parameters,
+        "reclaimPolicy": "Delete",
+        "volumeBindingMode": binding,
+    }))
+    .expect("a StorageClass");
+    Api::<StorageClass>::all(setup.client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create StorageClass {name}: {e}"));
+}
+
+/// The controller's GetCapacity answer for these class parameters on `node`:
+/// the largest volume, in GiB.
+fn controller_largest_gib(setup: &Setup, parameters: &[(&str, &str)], node: &str) -> u64 {
+    let endpoint = format!("unix://{}", setup.controller_socket().display());
+    let mut args = vec!["csi", "--endpoint", &endpoint, "capacity", "--node", node];
+    let pairs: Vec<String> = parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    for pair in &pairs {
+        args.extend(["--param", pair.as_str()]);
+    }
+    let out = setup.vdrive(&args).expect("vdrive csi capacity");
+    // "available 150 GiB, largest volume 150 GiB"
+    out.trim()
+        .split_once("largest volume ")
+        .and_then(|(_, rest)| rest.strip_suffix(" GiB"))
+        .and_then(|gib| gib.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected answer: {out}"))
+}
+
+/// Waits until the pod is reported unschedulable; the PodScheduled condition's
+/// message, which `kubectl describe pod` shows with the FailedScheduling Event.
+async fn wait_unschedulable(setup: &Setup, namespace: &str, pod: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(setup.client.clone(), namespace);
+    let pods = &pods;
+    eventually(
+        &format!("pod {namespace}/{pod} to be unschedulable"),
+        WAIT,
+        || async move {
+            let found = pods.get(pod).await.map_err(|e| e.to_string())?;
+            if let Some(node) = found.spec.as_ref().and_then(|s| s.node_name.clone()) {
+                panic!("pod {namespace}/{pod} was scheduled to {node}");
+            }
+            let scheduled = found
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| c.type_ == "PodScheduled");
+            match scheduled {
+                Some(c) if c.status == "False" && c.reason.as_deref() == Some("Unschedulable") => {
+                    Ok(c.message.unwrap_or_default())
+                }
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// The messages of the Events with `reason` about the object `name` in `namespace`.
+async fn event_notes(setup: &Setup, namespace: &str, name: &str, reason: &str) -> Vec<String> {
+    let events: Api<k8s_openapi::api::events::v1::Event> =
+        Api::namespaced(setup.client.clone(), namespace);
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot list the Events in {namespace}: {e}"));
+    list.items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .filter_map(|e| e.note)
+        .collect()
+}
+
+/// Waits for an Event with `reason` about the object `name` in `namespace`; its
+/// message.
+async fn wait_for_event(setup: &Setup, namespace: &str, name: &str, reason: &str) -> String {
+    eventually(
+        &format!("a {reason} Event on {namespace}/{name}"),
+        WAIT,
+        || async move {
+            event_notes(setup, namespace, name, reason)
+                .await
+                .into_iter()
+                .next()
+                .ok_or_else(|| "no such Event yet".to_string())
+        },
+    )
+    .await
+}
+
+async fn wait_for_pvc_gone(setup: &Setup, namespace: &str, name: &str) {
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(setup.client.clone(), namespace);
+    let pvcs = &pvcs;
+    eventually(
+        &format!("PVC {namespace}/{name} to be deleted"),
+        WAIT,
+        || async move {
+            match pvcs.get_opt(name).await.map_err(|e| e.to_string())? {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            }
+        },
+    )
+    .await;
 }
 
 // ---- scenario 3 ----------------------------------------------------------------
@@ -998,22 +1276,59 @@ fn filesystem_bytes(path: &Path) -> u64 {
     stat.blocks() * stat.fragment_size()
 }
 
-/// The capacity the provisioner published for `class` on `node`, in GiB.
-async fn capacity_gib(setup: &Setup, class: &str, node: &str) -> Option<u64> {
+/// The CSIStorageCapacity the provisioner published for `class` on `node`.
+async fn capacity_object(setup: &Setup, class: &str, node: &str) -> Option<CSIStorageCapacity> {
     let all: Api<CSIStorageCapacity> = Api::namespaced(setup.client.clone(), SIDECAR_NAMESPACE);
     let list = all.list(&ListParams::default()).await.ok()?;
-    list.items.iter().find_map(|c| {
-        let labels = c.node_topology.as_ref()?.match_labels.as_ref()?;
-        (c.storage_class_name == class
-            && labels.get(TOPOLOGY_KEY).map(String::as_str) == Some(node))
-        .then(|| {
-            c.capacity
+    list.items.into_iter().find(|c| {
+        c.storage_class_name == class
+            && c.node_topology
                 .as_ref()
-                .and_then(|q| quantity_bytes(&q.0))
-                .unwrap_or(0)
-                / GIB
-        })
+                .and_then(|t| t.match_labels.as_ref())
+                .and_then(|labels| labels.get(TOPOLOGY_KEY))
+                .map(String::as_str)
+                == Some(node)
     })
+}
+
+/// The capacity the provisioner published for `class` on `node`, in GiB.
+async fn capacity_gib(setup: &Setup, class: &str, node: &str) -> Option<u64> {
+    capacity_object(setup, class, node).await.map(|c| {
+        c.capacity
+            .as_ref()
+            .and_then(|q| quantity_bytes(&q.0))
+            .unwrap_or(0)
+            / GIB
+    })
+}
+
+/// Waits until the maximumVolumeSize published for `class` on `node` is `ok`
+/// (an absent one never is); the object.
+async fn wait_for_max_volume(
+    setup: &Setup,
+    class: &str,
+    node: &str,
+    ok: impl Fn(u64) -> bool,
+) -> CSIStorageCapacity {
+    let ok = &ok;
+    eventually(
+        &format!("the maximumVolumeSize of {class} on {node}"),
+        WAIT,
+        || async move {
+            let found = capacity_object(setup, class, node)
+                .await
+                .ok_or("no CSIStorageCapacity")?;
+            let max = found
+                .maximum_volume_size
+                .as_ref()
+                .map(|q| quantity_bytes(&q.0));
+            match max {
+                Some(Some(bytes)) if bytes % GIB == 0 && ok(bytes / GIB) => Ok(found),
+                other => Err(format!("maximumVolumeSize {other:?} bytes")),
+            }
+        },
+    )
+    .await
 }
 
 async fn wait_for_capacity(setup: &Setup, class: &str, node: &str, ok: impl Fn(u64) -> bool) {

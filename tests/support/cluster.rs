@@ -728,6 +728,10 @@ impl Cluster {
                 "--enable-capacity",
                 "--capacity-ownerref-level=-1",
                 "--capacity-poll-interval=2s",
+                // Its default of 1 write a second (burst 5) would take 6 s to
+                // publish a new class on three nodes.
+                "--kube-api-capacity-qps=20",
+                "--kube-api-capacity-burst=20",
                 // 5 logs every CSI request and response.
                 "--v=5",
             ])
