@@ -71,7 +71,10 @@ fn dlfeat(device: &File, path: &Path) -> Result<Option<u8>, NodeError> {
         .is_some_and(|n| n.starts_with("nvme"))
         || std::fs::canonicalize(path)
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().starts_with("nvme")))
+            .and_then(|p| {
+                p.file_name()
+                    .map(|n| n.to_string_lossy().starts_with("nvme"))
+            })
             .unwrap_or(false);
     if !is_nvme {
         return Ok(None);
@@ -84,7 +87,8 @@ fn dlfeat(device: &File, path: &Path) -> Result<Option<u8>, NodeError> {
         }
     };
     // SAFETY: the fd is open; NVME_IOCTL_ID takes no argument.
-    let nsid = unsafe { nvme_ioctl_id(device.as_raw_fd()) }.map_err(ioctl_error("NVME_IOCTL_ID"))?;
+    let nsid =
+        unsafe { nvme_ioctl_id(device.as_raw_fd()) }.map_err(ioctl_error("NVME_IOCTL_ID"))?;
     let nsid = u32::try_from(nsid).map_err(|_| NodeError::Output {
         command: "NVME_IOCTL_ID".into(),
         reason: format!("namespace id {nsid} is not a valid NVMe namespace id"),

@@ -131,18 +131,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
             });
         }
         // A volume created a moment ago may not have reached a cached ledger yet.
-        let volume = match self.ledger.node(&self.node_id).await?.volume(volume_id) {
-            Some(volume) => Some(volume),
-            None => self
-                .ledger
-                .node_latest(&self.node_id)
-                .await?
-                .volume(volume_id),
-        }
-        .ok_or_else(|| NodeError::NoClaims {
-            volume: volume_id.to_string(),
-            node: self.node_id.clone(),
-        })?;
+        let volume = self.ledger_volume(volume_id, |_| true).await?;
         let same = |a: &VolumeExtent, b: &VolumeExtent| {
             (a.virtual_uuid, a.physical_uuid, a.offset_gib)
                 == (b.virtual_uuid, b.physical_uuid, b.offset_gib)
@@ -169,12 +158,17 @@ impl<S: LedgerStore> NodeVolumes<S> {
         Ok(volume)
     }
 
-    /// The volume's extents as the ledger has them now (for a volume grown
-    /// since its staging record was written).
-    async fn current_volume(&self, volume_id: &str, min_gib: u64) -> Result<Volume, NodeError> {
+    /// The volume as this node's ledger has it: from a cached ledger when that
+    /// copy is `fresh_enough`, else read past the cache (a volume created or
+    /// grown a moment ago may not have reached the cache yet).
+    async fn ledger_volume(
+        &self,
+        volume_id: &str,
+        fresh_enough: impl Fn(&Volume) -> bool,
+    ) -> Result<Volume, NodeError> {
         let cached = self.ledger.node(&self.node_id).await?.volume(volume_id);
         match cached {
-            Some(volume) if volume.capacity_gib >= min_gib => Some(volume),
+            Some(volume) if fresh_enough(&volume) => Some(volume),
             _ => self
                 .ledger
                 .node_latest(&self.node_id)
@@ -449,8 +443,10 @@ impl<S: LedgerStore> NodeVolumes<S> {
             .ok_or_else(|| NodeError::NotStaged {
                 volume: volume_id.to_string(),
             })?;
+        // The controller has just grown the claims: a cached copy may predate it.
+        let min_gib = required_bytes.div_ceil(GIB);
         let volume = self
-            .current_volume(volume_id, required_bytes.div_ceil(GIB))
+            .ledger_volume(volume_id, |v| v.capacity_gib >= min_gib)
             .await?;
         let claimed = volume.capacity_gib * GIB;
         if required_bytes > claimed {
