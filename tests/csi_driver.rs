@@ -58,12 +58,21 @@ struct Driver {
     endpoint: String,
     child: Option<Child>,
     channel: Option<Channel>,
+    /// More `all-in-one` arguments.
+    extra_args: Vec<String>,
 }
 
 impl Driver {
     /// Starts the driver on simulated drives `spec`; `name` makes the node id and
     /// the temp dir unique to the test. None (and a message) without root.
     async fn start(name: &str, spec: &str) -> Option<Driver> {
+        // This machine's kernel has no device-mapper: block volumes are loop
+        // devices here only because the tests allow it.
+        Driver::start_with(name, spec, &["--unsafe-loop-block-volumes"]).await
+    }
+
+    /// Starts the driver with exactly these extra `all-in-one` arguments.
+    async fn start_with(name: &str, spec: &str, extra_args: &[&str]) -> Option<Driver> {
         if !nix::unistd::geteuid().is_root() || !Path::new("/dev/loop-control").exists() {
             eprintln!("skipped: needs root and /dev/loop-control");
             return None;
@@ -82,6 +91,7 @@ impl Driver {
             spec: spec.to_string(),
             child: None,
             channel: None,
+            extra_args: extra_args.iter().map(ToString::to_string).collect(),
         };
         driver.spawn().await;
         Some(driver)
@@ -114,6 +124,7 @@ impl Driver {
             .args(["--simulate-drives", &self.spec])
             .args(["--node-id", &self.node_id])
             .args(["--pool", "k8s"])
+            .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -1342,6 +1353,41 @@ async fn a_failed_stage_leaves_no_device_and_the_volume_can_be_deleted() {
         "no loop device is left attached"
     );
     // Kubelet does not unstage after a failed stage: delete must still work.
+    driver.delete(&volume.volume_id).await.unwrap();
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_node_refuses_raw_block_volumes_unless_told_it_is_a_test_bed() {
+    // Without device-mapper a block volume would be a loop device its tenant can
+    // remap (LOOP_SET_STATUS64) onto the whole shared drive.
+    let Some(driver) = Driver::start_with("loopblock", SMALL_DRIVES, &[]).await else {
+        return;
+    };
+    let cap = raw_block();
+    let volume = driver.create("pvc-raw", 1, cap.clone()).await.unwrap();
+    let refused = assert_code(driver.stage(&volume, &cap).await, Code::FailedPrecondition);
+    for words in [
+        "raw block volume",
+        "loop",
+        "device-mapper",
+        "--unsafe-loop-block-volumes",
+    ] {
+        assert!(refused.message().contains(words), "{}", refused.message());
+    }
+    assert_eq!(
+        volume_devices(&driver.dir),
+        Vec::<PathBuf>::new(),
+        "no loop device is made for a refused block volume"
+    );
+    // Filesystem volumes are the tenant's through a mount, not a device: served.
+    let fs_volume = driver.create("pvc-fs", 1, ext4()).await.unwrap();
+    let staging = driver.stage(&fs_volume, &ext4()).await.unwrap();
+    driver
+        .unstage(&fs_volume.volume_id, &staging)
+        .await
+        .unwrap();
+    driver.delete(&fs_volume.volume_id).await.unwrap();
     driver.delete(&volume.volume_id).await.unwrap();
     assert!(driver.list().await.is_empty());
 }

@@ -49,6 +49,10 @@ pub struct AllInOneArgs {
     /// virtual drive per volume), or auto (dm where /dev/mapper/control works).
     #[arg(long, default_value = "auto", value_name = "auto|dm|loop")]
     pub device_backend: String,
+    /// UNSAFE, for test beds without device-mapper only: serve raw block volumes
+    /// as loop devices, which their tenant can remap onto other tenants' data.
+    #[arg(long)]
+    pub unsafe_loop_block_volumes: bool,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -91,6 +95,11 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     let pool = parse_pool(&args.pool)?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let device_backend = choose_backend(&args.device_backend)?;
+    if args.unsafe_loop_block_volumes && device_backend.kind() == Backend::Loop {
+        eprintln!(
+            "vdrive: --unsafe-loop-block-volumes: raw block volumes are loop devices their tenants can remap onto other tenants' data; for test beds only"
+        );
+    }
     let store =
         EmbeddedStore::open(args.state_dir.join("ledger.redb")).map_err(|e| e.to_string())?;
     let ledger = Arc::new(Ledger::new(store, args.settings.pools()?));
@@ -156,13 +165,16 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
             },
         )
     });
-    let volumes = Arc::new(NodeVolumes::new(
-        node_id.clone(),
-        ledger.clone(),
-        registry,
-        &args.state_dir.join("node"),
-        device_backend.clone(),
-    ));
+    let volumes = Arc::new(
+        NodeVolumes::new(
+            node_id.clone(),
+            ledger.clone(),
+            registry,
+            &args.state_dir.join("node"),
+            device_backend.clone(),
+        )
+        .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
+    );
     let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone());
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let controller = ControllerService::new(

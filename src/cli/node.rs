@@ -18,6 +18,7 @@ use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
+use crate::drive::Backend;
 use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges};
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives};
@@ -54,6 +55,10 @@ pub struct NodeArgs {
     /// virtual drive per volume), or auto (dm where /dev/mapper/control works).
     #[arg(long, default_value = "auto", value_name = "auto|dm|loop")]
     pub device_backend: String,
+    /// UNSAFE, for test beds without device-mapper only: serve raw block volumes
+    /// as loop devices, which their tenant can remap onto other tenants' data.
+    #[arg(long)]
+    pub unsafe_loop_block_volumes: bool,
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -63,6 +68,11 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let node_id = node_name(args.node_id.clone())?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let device_backend = choose_backend(&args.device_backend)?;
+    if args.unsafe_loop_block_volumes && device_backend.kind() == Backend::Loop {
+        eprintln!(
+            "vdrive: --unsafe-loop-block-volumes: raw block volumes are loop devices their tenants can remap onto other tenants' data; for test beds only"
+        );
+    }
     let client = cluster::client(args.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client.clone(), Scope::OneNode(node_id.clone()));
     store
@@ -99,13 +109,16 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     } else {
         DriveRegistry::new(found.clone())
     });
-    let volumes = Arc::new(NodeVolumes::new(
-        node_id.clone(),
-        ledger.clone(),
-        registry.clone(),
-        &args.state_dir.join("node"),
-        device_backend.clone(),
-    ));
+    let volumes = Arc::new(
+        NodeVolumes::new(
+            node_id.clone(),
+            ledger.clone(),
+            registry.clone(),
+            &args.state_dir.join("node"),
+            device_backend.clone(),
+        )
+        .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
+    );
     let node = NodeService::new(volumes.clone(), args.max_volumes, InFlight::default());
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let reclaimer = tokio::spawn(reclaim::erase_released(

@@ -136,6 +136,7 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::ExtentOutsideDrive { .. }
         | NodeError::TooManyParts { .. }
         | NodeError::NoDeviceMapper
+        | NodeError::LoopBlockRefused { .. }
         | NodeError::ForeignDevice { .. }
         | NodeError::StagedElsewhere { .. }
         | NodeError::StageFirst { .. }

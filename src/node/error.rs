@@ -221,6 +221,14 @@ pub enum NodeError {
     )]
     NoDeviceMapper,
 
+    #[error(
+        "volume {volume} is a raw block volume, and this node builds devices with loop devices: whoever holds a \
+         loop device open read-write can move it onto any part of the shared drive, other tenants' data included. \
+         Give the node device-mapper (load dm-mod; it is then chosen by itself), or use a filesystem volume. \
+         Test beds only: --unsafe-loop-block-volumes"
+    )]
+    LoopBlockRefused { volume: String },
+
     #[error("{device} is not volume {volume}'s device: {reason}")]
     ForeignDevice {
         device: PathBuf,

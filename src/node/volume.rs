@@ -67,6 +67,8 @@ pub struct NodeVolumes<S> {
     drives: Arc<DriveRegistry>,
     records: StagingRecords,
     backend: Arc<dyn DeviceBackend>,
+    /// Whether raw block volumes may be loop devices (test beds without dm).
+    unsafe_loop_block: bool,
 }
 
 /// Runs blocking node work (commands, mounts, ioctls) off the async executor.
@@ -96,7 +98,15 @@ impl<S: LedgerStore> NodeVolumes<S> {
             drives,
             records: StagingRecords::new(state_dir),
             backend,
+            unsafe_loop_block: false,
         }
+    }
+
+    /// Lets raw block volumes be loop devices, which their tenant can remap onto
+    /// the whole drive: only for test beds whose kernel has no device-mapper.
+    pub fn allow_unsafe_loop_block_volumes(mut self, allow: bool) -> Self {
+        self.unsafe_loop_block = allow;
+        self
     }
 
     pub fn node_id(&self) -> &str {
@@ -182,6 +192,14 @@ impl<S: LedgerStore> NodeVolumes<S> {
     }
 
     pub async fn stage(&self, req: StageRequest) -> Result<(), NodeError> {
+        // A loop device's mapping can be changed by anyone who has it open
+        // read-write (LOOP_SET_STATUS64 needs no capability): a raw block tenant
+        // must never hold one over a shared drive.
+        if req.block && self.backend.kind() == Backend::Loop && !self.unsafe_loop_block {
+            return Err(NodeError::LoopBlockRefused {
+                volume: req.volume_id,
+            });
+        }
         let volume = self
             .checked_volume(&req.volume_id, &req.context_node, &req.context_extents)
             .await?;
