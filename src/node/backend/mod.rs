@@ -61,13 +61,6 @@ pub trait DeviceBackend: Send + Sync {
     /// The bool says whether this call built it, so that a failure later in the
     /// same call can take it down again.
     fn ensure(&self, volume_id: &str, parts: &[Segment]) -> Result<(PathBuf, bool), NodeError> {
-        if parts.len() > self.kind().max_parts().unwrap_or(usize::MAX) {
-            return Err(NodeError::TooManyParts {
-                volume: volume_id.to_string(),
-                parts: parts.len(),
-                backend: self.kind(),
-            });
-        }
         match self.find(volume_id, parts)? {
             Some(device) => {
                 if blockdev::size_bytes(&device)? < total_bytes(parts) {
