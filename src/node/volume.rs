@@ -223,12 +223,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
         let parts = self.locate(&volume.extents)?;
         // Intent first: from here on, unstage finds whatever this call makes.
         let mut record = existing.clone().unwrap_or_else(|| {
-            StagingRecord::new(
-                &volume.id,
-                volume.extents.clone(),
-                req.block,
-                req.staging_path.clone(),
-            )
+            StagingRecord::new(&volume.id, Vec::new(), req.block, req.staging_path.clone())
         });
         record.extents = volume.extents.clone();
         self.records.save(&record)?;

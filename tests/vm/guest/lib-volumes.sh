@@ -61,18 +61,17 @@ show_extents() {
     extents "$1" | awk '{ printf "  %s at %d GiB + 1 MiB, %d GiB, %s\n", $1, ($2 - 1048576) / 1073741824, $3 / 1073741824, $4 }'
 }
 
-dm_name_of() {
-    local dev=$1 mm
-    mm=$(stat -L -c '%t:%T' "$dev") || return 1
-    mm=$((16#${mm%%:*})):$((16#${mm##*:}))
-    cat "/sys/dev/block/$mm/dm/name" 2>/dev/null
-}
-
 # "MAJ:MIN" of a block device.
 _dev_number() {
     local mm
     mm=$(stat -L -c '%t:%T' "$1") || fail "cannot stat $1"
     echo "$((16#${mm%%:*})):$((16#${mm##*:}))"
+}
+
+dm_name_of() {
+    local mm
+    mm=$(_dev_number "$1") || return 1
+    cat "/sys/dev/block/$mm/dm/name" 2>/dev/null
 }
 
 check_table() {
