@@ -100,14 +100,21 @@ impl DriveFacts {
 /// The facts of whole disk `name` from the sysfs at `sys`, None when `name` is not
 /// a drive: not a kind of disk drives come as (dm, md, ram, zram, optical), a
 /// hidden per-path device of a multipath NVMe namespace, or a loop device that is
-/// unbound or starts at an offset (vdrive's own extent devices are such loops).
+/// unbound, starts at an offset or reads a block device (vdrive's own extent
+/// devices are such loops).
 pub fn drive_facts(sys: &Sysfs, name: &str) -> Option<DriveFacts> {
     let kind = DiskKind::of(name)?;
     if sys.attribute(name, "hidden").as_deref() == Some("1") {
         return None;
     }
+    // A simulated drive is a loop device over a whole image file. A loop device
+    // over a block device is vdrive's own extent device, even at offset 0 (its
+    // tenant may have moved it there): never a drive, or a rescan would take a
+    // tenant's device for the drive under it.
     if kind == DiskKind::Loop
-        && (sys.attribute(name, "loop/backing_file").is_none()
+        && (sys
+            .attribute(name, "loop/backing_file")
+            .is_none_or(|backing| backing.starts_with("/dev/"))
             || sys.number(name, "loop/offset") != Some(0))
     {
         return None;
@@ -856,6 +863,25 @@ mod tests {
         assert_eq!(sim.serial.as_deref(), Some("/var/lib/vdrive/sim-tlc-0.img"));
         assert_eq!(drive_facts(m.sysfs(), "loop1"), None);
         assert_eq!(drive_facts(m.sysfs(), "nvme1c1n1"), None);
+    }
+
+    #[test]
+    fn a_loop_device_over_a_block_device_is_never_a_drive() {
+        // An extent device whose tenant moved its offset to 0: it now reads the
+        // drive's signature, but it is not a drive.
+        let mut fake = FakeMachine::new();
+        fake.disk(
+            "loop3",
+            "7:3",
+            &[
+                ("size", "2097152"),
+                ("loop/backing_file", "/dev/nvme0n1"),
+                ("loop/offset", "0"),
+            ],
+        );
+        let m = fake.machine();
+        assert_eq!(drive_facts(m.sysfs(), "loop3"), None);
+        assert!(names(&m.drives()).is_empty());
     }
 
     #[test]
