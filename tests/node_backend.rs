@@ -13,7 +13,7 @@ use vdrive::drive::{Backend, DriveType};
 use vdrive::node::drives::{self, SignedDrive};
 use vdrive::node::fs::{self as vfs, FsType};
 use vdrive::node::signature::{HEADER_BYTES, Signature};
-use vdrive::node::{GIB, NodeError, loopdev, mounts};
+use vdrive::node::{GIB, NodeError, claim_record, loopdev, mounts};
 
 /// Unmounts on drop. Declared after the loop device it mounts, so it drops first.
 struct Mount(PathBuf);
@@ -210,6 +210,82 @@ fn signing_refuses_data_mounts_and_stacked_devices() {
     }
     let resigned = drives::sign(dev, DriveType::Tlc, true).unwrap();
     assert_ne!(resigned.signature.uuid, signed.signature.uuid);
+}
+
+#[test]
+fn signing_zeroes_the_data_area_and_never_resigns_a_drive_with_claims() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    File::create(&image)
+        .unwrap()
+        .set_len(HEADER_BYTES + 2 * GIB)
+        .unwrap();
+    // A former user's data, deep in what becomes the data area.
+    let secret = b"a former tenant's secret";
+    let at = HEADER_BYTES + GIB + 12345;
+    OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .write_all_at(secret, at)
+        .unwrap();
+    let disk = Loop(loopdev::attach(&image, 0, 0).unwrap());
+    let dev = disk.0.as_path();
+    let signed = drives::sign(dev, DriveType::Tlc, false).unwrap();
+    let mut read = vec![0xffu8; secret.len()];
+    File::open(dev)
+        .unwrap()
+        .read_exact_at(&mut read, at)
+        .unwrap();
+    assert!(
+        read.iter().all(|b| *b == 0),
+        "the data area reads zeros after signing"
+    );
+
+    // The drive's header lists a live claim: --force does not re-sign it.
+    let claim = vdrive::ledger::Claim {
+        virtual_uuid: uuid::Uuid::new_v4(),
+        volume_id: "vol-live".into(),
+        volume_name: "pvc-live".into(),
+        owner: "default:data".into(),
+        pool: None,
+        physical_uuid: signed.signature.uuid,
+        offset_gib: 0,
+        size_gib: 1,
+        part: 0,
+        fixed: false,
+        releasing: false,
+    };
+    let mut record = claim_record::ClaimRecord {
+        owner: "node-a".into(),
+        claims: vec![claim.clone()],
+        erased: vec![],
+    };
+    let stored = claim_record::write(dev, None, &record).unwrap();
+    let err = drives::sign(dev, DriveType::Tlc, true).unwrap_err();
+    assert!(matches!(err, NodeError::ClaimedDrive { .. }), "{err}");
+    assert!(
+        err.to_string().contains("vol-live") && err.to_string().contains("node-a"),
+        "{err}"
+    );
+    assert_eq!(
+        drives::discover(&[dev.to_path_buf()])[0].signature.uuid,
+        signed.signature.uuid,
+        "still the same drive"
+    );
+    // Once the claim is erased, the drive may be re-signed, and comes back blank.
+    record.erased.push(claim_record::ErasedExtent::of(&claim));
+    claim_record::write(dev, Some(&stored), &record).unwrap();
+    let resigned = drives::sign(dev, DriveType::Tlc, true).unwrap();
+    assert_ne!(resigned.signature.uuid, signed.signature.uuid);
+    assert_eq!(
+        claim_record::read(dev).unwrap(),
+        None,
+        "a re-signed drive has no record"
+    );
 }
 
 #[test]

@@ -36,6 +36,7 @@ impl SignedDrive {
             capacity_gib: self.signature.capacity_gib(),
             backend,
             missing: false,
+            quarantined: None,
         }
     }
 }
@@ -174,6 +175,7 @@ pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDri
         }
         _ => {}
     }
+    refuse_claimed(path)?;
     if force {
         // Clears partition tables (both GPT copies) and filesystem magic, so no
         // tool mistakes the drive for what it was.
@@ -195,12 +197,42 @@ pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDri
             });
         }
     }
+    // Nothing a former user left on the drive may reach a tenant: the header
+    // goes first (a sign cut short leaves an unsigned drive), then the data area
+    // is zeroed and flushed, and only then is the drive signed.
+    signature::clear(path)?;
+    let data_bytes = blockdev::size_bytes(path)?.saturating_sub(HEADER_BYTES) / GIB * GIB;
+    tracing::info!(device = %path.display(), gib = data_bytes / GIB, "zeroing the drive before signing it");
+    erase(path, HEADER_BYTES, data_bytes)?;
     let signature = signature::write(path, drive_type)?;
     tracing::info!(device = %path.display(), uuid = %signature.uuid, %drive_type, capacity_gib = signature.capacity_gib(), "signed drive");
     Ok(SignedDrive {
         path: path.to_path_buf(),
         serial: serial(path),
         signature,
+    })
+}
+
+/// Refuses, whatever `--force` says, a drive whose own header lists live
+/// claims: re-signing it would hand other tenants' data to new ones. A damaged
+/// record is no such list (the drive cannot be used as it is anyway).
+fn refuse_claimed(path: &Path) -> Result<(), NodeError> {
+    let Ok(Some(stored)) = super::claim_record::read(path) else {
+        return Ok(());
+    };
+    let live: Vec<&str> = stored
+        .record
+        .live_claims()
+        .map(|c| c.volume_id.as_str())
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    Err(NodeError::ClaimedDrive {
+        device: path.to_path_buf(),
+        owner: stored.record.owner.clone(),
+        count: live.len(),
+        volumes: live.join(", "),
     })
 }
 

@@ -145,9 +145,31 @@ pub fn read(path: &Path) -> Result<Option<Signature>, NodeError> {
 }
 
 /// Signs `path` with a new uuid: zeroes the whole header (so no stale partition
-/// table or superblock at its start survives) and writes the signature at byte 0.
-/// This is the raw write: the safety checks are in [`super::drives::sign`].
+/// table, superblock or claim record at its start survives) and writes the
+/// signature at byte 0. This is the raw write: the safety checks, and zeroing
+/// the data area first, are in [`super::drives::sign`].
 pub fn write(path: &Path, drive_type: DriveType) -> Result<Signature, NodeError> {
+    let size_bytes = check_size(path)?;
+    let signature = Signature {
+        uuid: Uuid::new_v4(),
+        drive_type,
+        size_bytes,
+    };
+    let mut header = vec![0u8; HEADER_BYTES as usize];
+    header[..ENCODED_LEN].copy_from_slice(&signature.encode());
+    write_header(path, &header)?;
+    Ok(signature)
+}
+
+/// Zeroes the header, so the drive carries no signature (nor claim record):
+/// done before its data area is zeroed, so a sign cut short leaves a drive no
+/// node will use rather than a signed drive with old data on it.
+pub fn clear(path: &Path) -> Result<(), NodeError> {
+    check_size(path)?;
+    write_header(path, &vec![0u8; HEADER_BYTES as usize])
+}
+
+fn check_size(path: &Path) -> Result<u64, NodeError> {
     let size_bytes = blockdev::size_bytes(path)?;
     if size_bytes < MIN_DRIVE_BYTES {
         return Err(NodeError::TooSmall {
@@ -156,11 +178,11 @@ pub fn write(path: &Path, drive_type: DriveType) -> Result<Signature, NodeError>
             need_bytes: MIN_DRIVE_BYTES,
         });
     }
-    let signature = Signature {
-        uuid: Uuid::new_v4(),
-        drive_type,
-        size_bytes,
-    };
+    Ok(size_bytes)
+}
+
+/// Writes the whole header and flushes it.
+fn write_header(path: &Path, header: &[u8]) -> Result<(), NodeError> {
     let mut options = OpenOptions::new();
     options.write(true);
     if blockdev::is_block_device(path)? {
@@ -178,13 +200,10 @@ pub fn write(path: &Path, drive_type: DriveType) -> Result<Signature, NodeError>
             NodeError::io("open for writing", path)(e)
         }
     })?;
-    let mut header = vec![0u8; HEADER_BYTES as usize];
-    header[..ENCODED_LEN].copy_from_slice(&signature.encode());
-    file.write_all_at(&header, 0)
-        .map_err(NodeError::io("write the signature to", path))?;
+    file.write_all_at(header, 0)
+        .map_err(NodeError::io("write the header of", path))?;
     file.sync_all()
-        .map_err(NodeError::io("flush the signature to", path))?;
-    Ok(signature)
+        .map_err(NodeError::io("flush the header of", path))
 }
 
 /// CRC-32 (IEEE 802.3, reflected polynomial 0xEDB88320), bit by bit: it runs over
