@@ -22,6 +22,7 @@ pub fn busy_node() -> NodeLedger {
                 // as on a production node: any number of virtual drives per volume
                 backend: Backend::Dm,
                 missing: false,
+                quarantined: None,
             }
         })
         .collect();

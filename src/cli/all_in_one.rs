@@ -14,8 +14,9 @@ use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
-use crate::ledger::{EmbeddedStore, Ledger, PhysicalDrive};
-use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, drives};
+use crate::ledger::{DriveSync, EmbeddedStore, Ledger};
+use crate::node::drives::{self, SignedDrive};
+use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, ownership};
 use crate::pools::Pool;
 
 /// How often the node looks for drives signed, attached or gone since it started.
@@ -116,54 +117,40 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
              vdrive: simulated drives: vdrive all-in-one --simulate-drives {SUGGESTED_SIMULATION}"
         );
     }
-    // Every drive carries the node's backend: the ledger derives from it how many
-    // virtual drives one volume may have here (loop: one; dm: any number).
-    let physical = found
-        .iter()
-        .map(|d| d.to_physical(device_backend.kind()))
-        .collect();
-    let sync = ledger
-        .sync_drives(&node_id, physical)
-        .await
-        .map_err(|e| e.to_string())?;
-    for uuid in &sync.missing_with_claims {
-        tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
-    }
-    ledger
-        .set_pool(&node_id, pool)
-        .await
-        .map_err(|e| e.to_string())?;
-
     let registry = Arc::new(if args.simulate_drives.is_some() {
         DriveRegistry::only(found.clone())
     } else {
         DriveRegistry::new(found.clone())
     });
+    // Every drive carries the node's backend: the ledger derives from it how many
+    // virtual drives one volume may have here (loop: one; dm: any number).
+    let backend = device_backend.kind();
+    let sync = ownership::report_drives(&ledger, &registry, &node_id, found.clone(), backend)
+        .await
+        .map_err(|e| e.to_string())?;
+    log_drive_sync(&sync);
+    ledger
+        .set_pool(&node_id, pool)
+        .await
+        .map_err(|e| e.to_string())?;
+
     let in_flight = InFlight::default();
     // Newly signed drives become usable; vanished ones holding volumes are kept
     // and reported.
     let rescans = tokio::spawn({
         let (ledger, node_id) = (ledger.clone(), node_id.clone());
-        rescan_drives(
-            RESCAN_EVERY,
-            registry.clone(),
-            device_backend.kind(),
-            move |physical| {
-                let (ledger, node_id) = (ledger.clone(), node_id.clone());
-                async move {
-                    match ledger.sync_drives(&node_id, physical).await {
-                        Ok(sync) => {
-                            for uuid in sync.missing_with_claims {
-                                tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
-                            }
-                        }
-                        Err(err) => {
-                            tracing::warn!(%err, "could not record this node's drives in the ledger")
-                        }
+        let registry = registry.clone();
+        rescan_drives(RESCAN_EVERY, registry.clone(), move |found| {
+            let (ledger, node_id, registry) = (ledger.clone(), node_id.clone(), registry.clone());
+            async move {
+                match ownership::report_drives(&ledger, &registry, &node_id, found, backend).await {
+                    Ok(sync) => log_drive_sync(&sync),
+                    Err(err) => {
+                        tracing::warn!(%err, "could not record this node's drives in the ledger")
                     }
                 }
-            },
-        )
+            }
+        })
     });
     let volumes = Arc::new(
         NodeVolumes::new(
@@ -216,16 +203,14 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Rescans the node's drives every `every` and hands what it finds, with the
-/// node's `backend`, to `record`, which writes it down (the ledger; in a
-/// cluster also the Node).
+/// Rescans the node's drives every `every` and hands what it finds to `record`,
+/// which reports it (see [`ownership::report_drives`]).
 pub(super) async fn rescan_drives<F, Fut>(
     every: Duration,
     registry: Arc<DriveRegistry>,
-    backend: Backend,
     mut record: F,
 ) where
-    F: FnMut(Vec<PhysicalDrive>) -> Fut,
+    F: FnMut(Vec<SignedDrive>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let mut ticks = tokio::time::interval(every);
@@ -236,7 +221,15 @@ pub(super) async fn rescan_drives<F, Fut>(
         let Ok(found) = tokio::task::spawn_blocking(move || scan.rescan()).await else {
             continue;
         };
-        record(found.iter().map(|d| d.to_physical(backend)).collect()).await;
+        record(found).await;
+    }
+}
+
+/// Logs the drives missing with claims a drive report found (quarantined
+/// drives are logged by the report itself).
+fn log_drive_sync(sync: &DriveSync) {
+    for uuid in &sync.missing_with_claims {
+        tracing::warn!(drive = %uuid, "a drive that holds volumes is missing; its claims are kept");
     }
 }
 

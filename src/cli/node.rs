@@ -21,7 +21,7 @@ use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges};
-use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives};
+use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives, ownership};
 use crate::pools::PoolSettings;
 
 /// How long to wait for the API server at start.
@@ -98,17 +98,17 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
              (`vdrive sign --all-not-root --type tlc`, or the chart's sign-drives Job; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
         );
     }
-    let physical = found
-        .iter()
-        .map(|d| d.to_physical(device_backend.kind()))
-        .collect();
-    inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await?;
-
     let registry = Arc::new(if args.simulate_drives.is_some() {
         DriveRegistry::only(found.clone())
     } else {
         DriveRegistry::new(found.clone())
     });
+    let backend = device_backend.kind();
+    let sync = ownership::report_drives(&ledger, &registry, &node_id, found.clone(), backend)
+        .await
+        .map_err(|e| format!("could not record this node's drives: {e}"))?;
+    inventory::publish(&ledger, &notifier, &gauges, &node_id, &sync).await?;
+
     let volumes = Arc::new(
         NodeVolumes::new(
             node_id.clone(),
@@ -130,17 +130,26 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let rescans = tokio::spawn({
         let (ledger, node_id) = (ledger.clone(), node_id.clone());
         let every = Duration::from_secs(args.rescan_interval.max(1));
-        rescan_drives(every, registry, device_backend.kind(), move |physical| {
-            let (ledger, notifier, gauges, node_id) = (
+        rescan_drives(every, registry.clone(), move |found| {
+            let (ledger, notifier, gauges, node_id, registry) = (
                 ledger.clone(),
                 notifier.clone(),
                 gauges.clone(),
                 node_id.clone(),
+                registry.clone(),
             );
             async move {
-                if let Err(err) =
-                    inventory::publish(&ledger, &notifier, &gauges, &node_id, physical).await
-                {
+                let reported =
+                    ownership::report_drives(&ledger, &registry, &node_id, found, backend)
+                        .await
+                        .map_err(|e| format!("could not record this node's drives: {e}"));
+                let published = match reported {
+                    Ok(sync) => {
+                        inventory::publish(&ledger, &notifier, &gauges, &node_id, &sync).await
+                    }
+                    Err(err) => Err(err),
+                };
+                if let Err(err) = published {
                     tracing::warn!(%err, "could not publish this node's drives");
                 }
             }

@@ -12,9 +12,11 @@
 //!   releasing extent of a volume that is not fixed is their nine-element form,
 //!   so those still read both ways; only a fixed volume's entries are new.
 //! - `vdrive.io/shared-drives`: the node's signed drives, `[{"uuid", "serial",
-//!   "type", "capacityGiB", "backend", "missing"?}]`; `backend` is how the node
-//!   builds volumes on the drive (`loop` or `dm`, absent: `loop`), which bounds how
-//!   many virtual drives one of its volumes may have.
+//!   "type", "capacityGiB", "backend", "missing"?, "quarantined"?}]`; `backend` is
+//!   how the node builds volumes on the drive (`loop` or `dm`, absent: `loop`),
+//!   which bounds how many virtual drives one of its volumes may have;
+//!   `quarantined` says why a drive here takes no new claims (its header
+//!   disagrees with the ledger).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -150,6 +152,10 @@ struct SharedDrive {
     backend: Backend,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     missing: bool,
+    /// Why the drive takes no new claims although it is here (its header
+    /// disagrees with the ledger).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    quarantined: Option<String>,
 }
 
 pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
@@ -162,6 +168,7 @@ pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
             capacity_gib: d.capacity_gib,
             backend: d.backend,
             missing: d.missing,
+            quarantined: d.quarantined.clone(),
         })
         .collect();
     serde_json::to_string(&listed).unwrap_or_else(|_| "[]".to_string())
@@ -179,6 +186,7 @@ pub fn decode_drives(text: &str) -> Result<Vec<PhysicalDrive>, String> {
             capacity_gib: d.capacity_gib,
             backend: d.backend,
             missing: d.missing,
+            quarantined: d.quarantined,
         })
         .collect())
 }
@@ -283,6 +291,7 @@ mod tests {
             capacity_gib: 7680,
             backend,
             missing: n == 7,
+            quarantined: None,
         };
         let drives = vec![drive(7, Backend::Loop), drive(8, Backend::Dm)];
         let text = encode_drives(&drives);

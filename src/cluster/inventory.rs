@@ -13,35 +13,32 @@ use serde_json::json;
 use super::annotations::CAPACITY_RESOURCE;
 use super::events::{Notifier, node_reference};
 use super::store::{FIELD_MANAGER, KubeStore};
-use crate::ledger::{Ledger, PhysicalDrive};
+use crate::ledger::{DriveSync, Ledger};
 use crate::metrics::Gauges;
 
-/// Records the drives the node sees now and publishes what follows from them.
-/// Returns the uuids of missing drives that still hold claims.
+/// Publishes what follows from the drives the node just reported (`sync`): the
+/// extended resource, gauges, and an Event for every drive missing with claims
+/// or quarantined.
 pub async fn publish(
     ledger: &Ledger<Arc<KubeStore>>,
     notifier: &Notifier,
     gauges: &Gauges,
     node: &str,
-    reported: Vec<PhysicalDrive>,
-) -> Result<Vec<uuid::Uuid>, String> {
-    let sync = ledger
-        .sync_drives(node, reported)
-        .await
-        .map_err(|e| format!("could not record this node's drives: {e}"))?;
+    sync: &DriveSync,
+) -> Result<(), String> {
     let api = ledger.store().client_api();
-    // Missing drives hold claims but no usable space: they do not count.
+    // Missing and quarantined drives take no new volumes: they do not count.
     let usable_gib: u64 = sync
         .ledger
         .drives
         .iter()
-        .filter(|d| !d.missing)
+        .filter(|d| d.takes_claims())
         .map(|d| d.capacity_gib)
         .sum();
     set_capacity(api, node, usable_gib).await?;
     gauges.set(
         "vdrive_node_capacity_gib",
-        "GiB of this node's signed drives that are present (the vdrive.io/shared-drives-capacity resource).",
+        "GiB of this node's signed drives that are present and trusted (the vdrive.io/shared-drives-capacity resource).",
         &[],
         usable_gib as f64,
     );
@@ -51,32 +48,50 @@ pub async fn publish(
         &[],
         sync.missing_with_claims.len() as f64,
     );
-    if !sync.missing_with_claims.is_empty() {
-        let uid = api.get_opt(node).await.ok().flatten().and_then(|n| n.uid());
-        for uuid in &sync.missing_with_claims {
-            let volumes: Vec<String> = sync
-                .ledger
-                .claims
-                .iter()
-                .filter(|c| c.physical_uuid == *uuid)
-                .map(|c| format!("{} ({})", c.volume_id, c.owner))
-                .collect();
-            tracing::warn!(drive = %uuid, volumes = ?volumes, "a drive that holds volumes is missing; its claims are kept");
-            notifier
-                .warn(
-                    &node_reference(node, uid.clone()),
-                    "SharedDriveMissing",
-                    "ScanDrives",
-                    format!(
-                        "signed drive {uuid} is no longer seen on this node but holds {} virtual drive(s) of {}. Its claims are kept: reattach the drive, or delete those volumes",
-                        volumes.len(),
-                        volumes.join(", ")
-                    ),
-                )
-                .await;
-        }
+    gauges.set(
+        "vdrive_node_quarantined_drives",
+        "Signed drives here whose header disagrees with the ledger: they take no new virtual drives until `vdrive drives adopt` reconciles them.",
+        &[],
+        sync.quarantined.len() as f64,
+    );
+    if sync.missing_with_claims.is_empty() && sync.quarantined.is_empty() {
+        return Ok(());
     }
-    Ok(sync.missing_with_claims)
+    let uid = api.get_opt(node).await.ok().flatten().and_then(|n| n.uid());
+    let node_ref = node_reference(node, uid);
+    for uuid in &sync.missing_with_claims {
+        let volumes: Vec<String> = sync
+            .ledger
+            .claims
+            .iter()
+            .filter(|c| c.physical_uuid == *uuid)
+            .map(|c| format!("{} ({})", c.volume_id, c.owner))
+            .collect();
+        tracing::warn!(drive = %uuid, volumes = ?volumes, "a drive that holds volumes is missing; its claims are kept");
+        notifier
+            .warn(
+                &node_ref,
+                "SharedDriveMissing",
+                "ScanDrives",
+                format!(
+                    "signed drive {uuid} is no longer seen on this node but holds {} virtual drive(s) of {}. Its claims are kept: reattach the drive, or delete those volumes",
+                    volumes.len(),
+                    volumes.join(", ")
+                ),
+            )
+            .await;
+    }
+    for (uuid, reason) in &sync.quarantined {
+        notifier
+            .warn(
+                &node_ref,
+                "SharedDriveQuarantined",
+                "ScanDrives",
+                format!("signed drive {uuid} takes no new virtual drives: {reason}"),
+            )
+            .await;
+    }
+    Ok(())
 }
 
 /// Sets the node's extended resource to `gib`, the documented way: a patch of

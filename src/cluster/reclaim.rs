@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::store::KubeStore;
 use crate::ledger::Ledger;
 use crate::metrics::Gauges;
-use crate::node::ExtentEraser;
+use crate::node::{Erasure, ExtentEraser};
 
 /// Looks again at least this often, even without a change to the Node (a volume
 /// still staged when it was deleted is erased once it is unstaged).
@@ -62,7 +62,7 @@ pub async fn erase_once(
             .await
             .map_err(|e| format!("erasing volume {} failed: {e}", volume.id))?;
         match erased {
-            Ok(_) => {
+            Erasure::Erased => {
                 ledger
                     .release_on(node, &volume.id)
                     .await
@@ -70,9 +70,14 @@ pub async fn erase_once(
                 tracing::info!(volume = %volume.id, gib = volume.capacity_gib, "deleted volume erased and released");
                 released += 1;
             }
-            // Still staged or published: kubelet unstages first; try again later.
-            Err(reason) => {
+            // Still staged or published (kubelet unstages first), or its drive is
+            // missing or disagrees: the claims stay; try again later.
+            Erasure::NotYet(reason) => {
                 tracing::info!(volume = %volume.id, %reason, "deleted volume not erased yet")
+            }
+            // The ledger handed this node another node's volume: leave it.
+            Erasure::NotOurs => {
+                tracing::warn!(volume = %volume.id, node = %volume.node, "a releasing volume of another node; not erased here")
             }
         }
     }

@@ -13,7 +13,7 @@ use super::params::{ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use crate::ledger::{ClaimRequest, Ledger, LedgerStore, SizeRange, Volume, Wanted};
-use crate::node::{ExtentEraser, GIB};
+use crate::node::{Erasure, ExtentEraser, GIB};
 
 pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 /// Size of a volume whose request names none.
@@ -210,15 +210,20 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         };
         let doomed = volume.clone();
         // Zeroing an extent is disk work: keep it off the async executor's threads.
-        let erased = tokio::task::spawn_blocking(move || eraser.erase(&doomed))
+        let erasure = tokio::task::spawn_blocking(move || eraser.erase(&doomed))
             .await
-            .map_err(|e| Status::internal(format!("erasing the volume failed: {e}")))??;
-        if !erased {
-            // Another node's volume (a ledger shared with, or left by, another
-            // node id): never released unerased; its own node erases it.
-            self.ledger.retire_on(&volume.node, &volume.id).await?;
-            info!(node = %volume.node, "volume of another node deleted; that node erases the extents");
-            return Ok(Response::new(DeleteVolumeResponse {}));
+            .map_err(|e| Status::internal(format!("erasing the volume failed: {e}")))?;
+        match erasure {
+            Erasure::Erased => {}
+            // Not erased: the claims stay as they are and the CO retries.
+            Erasure::NotYet(err) => return Err(err.into()),
+            Erasure::NotOurs => {
+                // Another node's volume (a ledger shared with, or left by, another
+                // node id): never released unerased; its own node erases it.
+                self.ledger.retire_on(&volume.node, &volume.id).await?;
+                info!(node = %volume.node, "volume of another node deleted; that node erases the extents");
+                return Ok(Response::new(DeleteVolumeResponse {}));
+            }
         }
         self.ledger.release_on(&volume.node, &volume.id).await?;
         info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted");

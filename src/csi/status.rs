@@ -61,7 +61,9 @@ impl From<LedgerError> for Status {
 
 fn ledger_code(err: &LedgerError) -> Code {
     match err {
-        LedgerError::Allocation(inner) => alloc_code(inner),
+        LedgerError::Allocation(inner) | LedgerError::Quarantined { source: inner, .. } => {
+            alloc_code(inner)
+        }
         LedgerError::Store(inner) => store_code(inner),
         LedgerError::NameConflict { .. } => Code::AlreadyExists,
         LedgerError::NotInPool { .. }
@@ -113,6 +115,10 @@ fn node_code(err: &NodeError) -> Code {
         NodeError::PathTaken { .. } => Code::AlreadyExists,
         // The node or the device is not in the state the call needs.
         NodeError::BadSignature { .. }
+        | NodeError::BadClaimRecord { .. }
+        | NodeError::ClaimedDrive { .. }
+        | NodeError::NotOurDrive { .. }
+        | NodeError::ClaimedByAnother { .. }
         | NodeError::Shrunk { .. }
         | NodeError::TooSmall { .. }
         | NodeError::NotBlockDevice { .. }

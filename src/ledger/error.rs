@@ -16,6 +16,16 @@ pub enum LedgerError {
     #[error(transparent)]
     Allocation(#[from] AllocError),
 
+    /// The allocator found no layout on a node some of whose drives are
+    /// quarantined: the refusal says why those drives are not offered.
+    #[error("{source} on node {node}; {quarantined}")]
+    Quarantined {
+        node: String,
+        source: AllocError,
+        /// "drive U is quarantined: why; ..." for each quarantined drive.
+        quarantined: String,
+    },
+
     /// A claim request reused a volume name with a size or pool the existing volume
     /// does not have.
     #[error(
@@ -170,7 +180,8 @@ impl LedgerError {
                 AllocError::InsufficientDriveCapacity { .. }
                     | AllocError::InsufficientDrives { .. }
                     | AllocError::NoLayoutFits(_)
-            ) | LedgerError::NotInPool { .. }
+            ) | LedgerError::Quarantined { .. }
+                | LedgerError::NotInPool { .. }
                 | LedgerError::PoolShareExhausted { .. }
                 | LedgerError::TooManyParts { .. }
         )

@@ -28,12 +28,16 @@ pub(super) enum Growth {
 /// that says what to change).
 pub(super) fn plan(ledger: &NodeLedger, volume: &Volume, by_gib: u64) -> Result<Growth, String> {
     for extent in &volume.extents {
-        if ledger
-            .drive(&extent.physical_uuid)
-            .is_none_or(|d| d.missing)
-        {
+        let drive = ledger.drive(&extent.physical_uuid);
+        if drive.is_none_or(|d| d.missing) {
             return Err(format!(
                 "its drive {} is missing; reattach it before growing the volume",
+                extent.physical_uuid
+            ));
+        }
+        if let Some(reason) = drive.and_then(|d| d.quarantined.as_deref()) {
+            return Err(format!(
+                "its drive {} is quarantined: {reason}",
                 extent.physical_uuid
             ));
         }

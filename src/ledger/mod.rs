@@ -31,7 +31,9 @@ use uuid::Uuid;
 
 pub use embedded::EmbeddedStore;
 pub use error::{LargestExtent, LedgerError, PoolLabel};
-pub use model::{Claim, NodeLedger, PhysicalDrive, SizeRange, Volume, VolumeExtent};
+pub use model::{
+    Claim, DriveHeader, NodeLedger, PhysicalDrive, ReportedDrive, SizeRange, Volume, VolumeExtent,
+};
 pub use placement::{
     Capacity, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib, room_gib,
 };
@@ -40,7 +42,7 @@ pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
 use locks::KeyedLocks;
 
-use crate::allocator::{self, MAX_CAPACITY_GIB, Plan, Request};
+use crate::allocator::{self, AllocError, MAX_CAPACITY_GIB, Plan, Request};
 #[cfg(test)]
 use crate::drive::Extent;
 
@@ -79,6 +81,34 @@ pub struct DriveSync {
     pub ledger: NodeLedger,
     /// Drives the node no longer reports but that still hold claims.
     pub missing_with_claims: Vec<Uuid>,
+    /// Drives whose header disagrees with the ledger, each with why: they take no
+    /// new claims until reconciled.
+    pub quarantined: Vec<(Uuid, String)>,
+}
+
+/// An allocation refusal, with the node's quarantined drives named when it has
+/// any: otherwise "no capacity" on a node full of drives would be a riddle.
+fn explain_quarantine(ledger: &NodeLedger, err: AllocError) -> LedgerError {
+    let quarantined: Vec<String> = ledger
+        .drives
+        .iter()
+        .filter(|d| !d.missing)
+        .filter_map(|d| {
+            let reason = d.quarantined.as_ref()?;
+            Some(format!(
+                "drive {} ({} GiB) is quarantined: {reason}",
+                d.uuid, d.capacity_gib
+            ))
+        })
+        .collect();
+    if quarantined.is_empty() {
+        return err.into();
+    }
+    LedgerError::Quarantined {
+        node: ledger.node.clone(),
+        source: err,
+        quarantined: quarantined.join("; "),
+    }
 }
 
 /// What a change function decided.
@@ -134,14 +164,16 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Records the drives a node reports now. New drives are added, known ones
     /// updated; a drive no longer reported is dropped if it holds no claims and kept,
-    /// marked missing, if it does. A drive may not shrink below its claims.
+    /// marked missing, if it does. A drive may not shrink below its claims. A drive
+    /// whose header disagrees with the ledger (decided here, against the ledger
+    /// this write is based on) is recorded quarantined: it takes no new claims.
     pub async fn sync_drives(
         &self,
         node: &str,
-        reported: Vec<PhysicalDrive>,
+        reported: Vec<ReportedDrive>,
     ) -> Result<DriveSync, LedgerError> {
-        for (i, drive) in reported.iter().enumerate() {
-            if reported[..i].iter().any(|d| d.uuid == drive.uuid) {
+        for (i, ReportedDrive { drive, .. }) in reported.iter().enumerate() {
+            if reported[..i].iter().any(|d| d.drive.uuid == drive.uuid) {
                 return Err(invalid_drive(node, drive.uuid, "reported twice"));
             }
             if drive.capacity_gib == 0 || drive.capacity_gib > MAX_CAPACITY_GIB {
@@ -158,9 +190,21 @@ impl<S: LedgerStore> Ledger<S> {
         self.update(node, |ledger| {
             let mut drives = Vec::with_capacity(reported.len());
             let mut missing = Vec::new();
+            let mut quarantined = Vec::new();
+            let mut judged = |reported: &ReportedDrive| {
+                let reason = reported.header.disagreement(node, reported.drive.uuid, &ledger.claims);
+                if let Some(reason) = &reason {
+                    quarantined.push((reported.drive.uuid, reason.clone()));
+                }
+                PhysicalDrive {
+                    missing: false,
+                    quarantined: reason,
+                    ..reported.drive.clone()
+                }
+            };
             for known in &ledger.drives {
                 let holds_claims = ledger.claims.iter().any(|c| c.physical_uuid == known.uuid);
-                if let Some(now) = reported.iter().find(|d| d.uuid == known.uuid) {
+                if let Some(now) = reported.iter().find(|d| d.drive.uuid == known.uuid) {
                     let claimed_end = ledger
                         .claims
                         .iter()
@@ -168,25 +212,25 @@ impl<S: LedgerStore> Ledger<S> {
                         .map(|c| c.extent().end_gib())
                         .max()
                         .unwrap_or(0);
-                    if now.capacity_gib < claimed_end {
+                    if now.drive.capacity_gib < claimed_end {
                         return Err(invalid_drive(
                             node,
                             known.uuid,
                             &format!(
                                 "now reports {} GiB but claims reach {claimed_end} GiB; release those volumes before replacing the drive",
-                                now.capacity_gib
+                                now.drive.capacity_gib
                             ),
                         ));
                     }
-                    drives.push(PhysicalDrive { missing: false, ..now.clone() });
+                    drives.push(judged(now));
                 } else if holds_claims {
                     missing.push(known.uuid);
                     drives.push(PhysicalDrive { missing: true, ..known.clone() });
                 }
             }
             for new in &reported {
-                if !ledger.drives.iter().any(|d| d.uuid == new.uuid) {
-                    drives.push(PhysicalDrive { missing: false, ..new.clone() });
+                if !ledger.drives.iter().any(|d| d.uuid == new.drive.uuid) {
+                    drives.push(judged(new));
                 }
             }
             let changed = drives != ledger.drives;
@@ -194,8 +238,108 @@ impl<S: LedgerStore> Ledger<S> {
             let result = DriveSync {
                 ledger: ledger.clone(),
                 missing_with_claims: missing,
+                quarantined,
             };
             Ok(if changed { Change::Write(result) } else { Change::Unchanged(result) })
+        })
+        .await
+    }
+
+    /// Puts back into `node`'s ledger the claims a drive's own header lists
+    /// (`vdrive drives adopt`): after a lost ledger, a renamed node or a moved
+    /// drive. The drive is added if the ledger lacks it. A claim the ledger
+    /// already has is kept as it is; one that overlaps a different claim of the
+    /// ledger is refused, and then nothing is written: the two disagree about
+    /// who owns those bytes, which only a person can settle.
+    pub async fn adopt(
+        &self,
+        node: &str,
+        drive: PhysicalDrive,
+        claims: Vec<Claim>,
+    ) -> Result<Vec<Claim>, LedgerError> {
+        self.update(node, |ledger| {
+            let mut added = Vec::new();
+            if ledger.drive(&drive.uuid).is_none() {
+                ledger.drives.push(PhysicalDrive {
+                    missing: false,
+                    quarantined: None,
+                    ..drive.clone()
+                });
+            }
+            for claim in &claims {
+                let claim = Claim {
+                    physical_uuid: drive.uuid,
+                    ..claim.clone()
+                };
+                let same = |c: &Claim| {
+                    c.physical_uuid == claim.physical_uuid
+                        && c.volume_id == claim.volume_id
+                        && c.extent() == claim.extent()
+                };
+                if ledger.claims.iter().any(same) {
+                    continue;
+                }
+                if let Some(other) = ledger.claims.iter().find(|c| {
+                    c.physical_uuid == drive.uuid && c.extent().overlaps(&claim.extent())
+                }) {
+                    return Err(invalid_drive(
+                        node,
+                        drive.uuid,
+                        &format!(
+                            "its header has volume {} at {} GiB ({} GiB) where the ledger has volume {} at {} GiB ({} GiB); nothing was adopted: find which volume really owns those bytes before changing either",
+                            claim.volume_id, claim.offset_gib, claim.size_gib, other.volume_id, other.offset_gib, other.size_gib
+                        ),
+                    ));
+                }
+                if let Some(other) = ledger
+                    .claims
+                    .iter()
+                    .find(|c| c.volume_name == claim.volume_name && c.volume_id != claim.volume_id)
+                {
+                    return Err(invalid_drive(
+                        node,
+                        drive.uuid,
+                        &format!(
+                            "its header has a volume named {:?} (id {}) but the ledger's volume of that name is {}; nothing was adopted",
+                            claim.volume_name, claim.volume_id, other.volume_id
+                        ),
+                    ));
+                }
+                ledger.claims.push(claim.clone());
+                added.push(claim);
+            }
+            Ok(Change::Write(added))
+        })
+        .await
+    }
+
+    /// Removes a missing drive and its claims from `node`'s ledger, unerased
+    /// (`vdrive drives forget`): for a drive that is never coming back. Other
+    /// claims of the volumes it held are marked releasing, so those extents are
+    /// erased before reuse. A drive the node still reports is refused.
+    pub async fn forget_drive(&self, node: &str, uuid: Uuid) -> Result<Vec<Claim>, LedgerError> {
+        self.update(node, |ledger| {
+            let Some(drive) = ledger.drive(&uuid) else {
+                return Ok(Change::Unchanged(Vec::new()));
+            };
+            if !drive.missing {
+                return Err(invalid_drive(
+                    node,
+                    uuid,
+                    "is present on its node, so it can be erased the normal way: delete its volumes instead of forgetting the drive",
+                ));
+            }
+            let (gone, kept): (Vec<Claim>, Vec<Claim>) = std::mem::take(&mut ledger.claims)
+                .into_iter()
+                .partition(|c| c.physical_uuid == uuid);
+            ledger.claims = kept;
+            for claim in ledger.claims.iter_mut() {
+                if gone.iter().any(|g| g.volume_id == claim.volume_id) {
+                    claim.releasing = true;
+                }
+            }
+            ledger.drives.retain(|d| d.uuid != uuid);
+            Ok(Change::Write(gone))
         })
         .await
     }
@@ -277,7 +421,8 @@ impl<S: LedgerStore> Ledger<S> {
             if let Some(pool) = request.pool {
                 self.check_pool_share(ledger, pool, request.layout.capacity_gib())?;
             }
-            let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))?;
+            let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))
+                .map_err(|e| explain_quarantine(ledger, e))?;
             // The node's own backend decides how many virtual drives a volume may have.
             if let Some(max) = ledger.max_parts()
                 && plan.placements.len() > max as usize

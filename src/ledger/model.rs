@@ -24,6 +24,84 @@ pub struct PhysicalDrive {
     /// the ledger (never silently dropped) and takes no new claims.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub missing: bool,
+    /// Why the drive takes no new claims although it is here: its own header
+    /// disagrees with this ledger (another owner, claims the ledger lost, a
+    /// damaged record). Cleared when they agree again (`vdrive drives adopt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
+}
+
+impl PhysicalDrive {
+    /// Whether new claims may be placed on the drive: it is here and trusted.
+    pub fn takes_claims(&self) -> bool {
+        !self.missing && self.quarantined.is_none()
+    }
+}
+
+/// What a drive's own header says about whose it is (see the node's claim record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriveHeader {
+    /// No claim record: never owned (freshly signed, or signed before records).
+    Blank,
+    /// The node that owns the drive and the claims still live on it.
+    Owned { owner: String, claims: Vec<Claim> },
+    /// A record is there but no copy of it can be read.
+    Unreadable(String),
+}
+
+/// A drive as its node reports it: what it is, and what its header says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedDrive {
+    pub drive: PhysicalDrive,
+    pub header: DriveHeader,
+}
+
+impl DriveHeader {
+    /// Why `drive` on `node` must take no new claims, given `ledger`'s claims:
+    /// None when the header and the ledger agree. They agree when the drive is
+    /// unowned or the node's own, and every claim live in the header is in the
+    /// ledger; the ledger may hold more (claims not written to the drive yet).
+    pub fn disagreement(&self, node: &str, drive: uuid::Uuid, ledger: &[Claim]) -> Option<String> {
+        let adopt = format!(
+            "if the ledger is what was lost, or the drive moved here, bring its claims back with `vdrive drives adopt --drive {drive}` on this node"
+        );
+        match self {
+            DriveHeader::Blank => None,
+            DriveHeader::Unreadable(reason) => Some(format!(
+                "its header's claim record cannot be read ({reason}), so what is carved on it cannot be told"
+            )),
+            DriveHeader::Owned { owner, claims } if owner != node => Some(format!(
+                "its header says it belongs to node {owner:?} ({} virtual drive(s)), not {node:?}: the node was renamed, the drive moved, or another server sees it too; {adopt}",
+                claims.len()
+            )),
+            DriveHeader::Owned { claims, .. } => {
+                let lost: Vec<String> = claims
+                    .iter()
+                    .filter(|c| {
+                        !ledger.iter().any(|l| {
+                            l.physical_uuid == drive
+                                && l.volume_id == c.volume_id
+                                && l.offset_gib == c.offset_gib
+                                && l.size_gib == c.size_gib
+                        })
+                    })
+                    .map(|c| {
+                        format!(
+                            "{} at {} GiB ({} GiB)",
+                            c.volume_id, c.offset_gib, c.size_gib
+                        )
+                    })
+                    .collect();
+                (!lost.is_empty()).then(|| {
+                    format!(
+                        "its header lists {} virtual drive(s) this node's ledger does not ({}): the ledger was lost or forked; {adopt}",
+                        lost.len(),
+                        lost.join(", ")
+                    )
+                })
+            }
+        }
+    }
 }
 
 /// One virtual drive: a contiguous extent of a physical drive owned by one volume.
@@ -203,7 +281,7 @@ impl NodeLedger {
     }
 
     /// The free extents of each drive, in drive order: the gaps between its claims.
-    /// Missing drives offer none.
+    /// Missing and quarantined drives offer none.
     pub fn free_drives(&self) -> Vec<FreeDrive> {
         // This runs on every CreateVolume and GetCapacity: one pass over the claims,
         // a sort only if the ledger was not normalized, a binary search per drive.
@@ -221,7 +299,7 @@ impl NodeLedger {
                 let id = drive.uuid.as_u128();
                 let start = used.partition_point(|(d, _)| *d < id);
                 let end = start + used[start..].partition_point(|(d, _)| *d == id);
-                let extents = if drive.missing {
+                let extents = if !drive.takes_claims() {
                     Vec::new()
                 } else {
                     gaps(drive.capacity_gib, used[start..end].iter().map(|(_, e)| *e))

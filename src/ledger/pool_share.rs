@@ -119,6 +119,7 @@ mod tests {
                 capacity_gib: 2000,
                 backend: Default::default(),
                 missing: false,
+                quarantined: None,
             }],
             claims: Vec::new(),
         }

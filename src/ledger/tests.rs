@@ -20,7 +20,19 @@ fn drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
         capacity_gib,
         backend: Backend::Dm,
         missing: false,
+        quarantined: None,
     }
+}
+
+/// Drives reported with blank headers (never owned): the ledger alone decides.
+fn blank(drives: Vec<PhysicalDrive>) -> Vec<ReportedDrive> {
+    drives
+        .into_iter()
+        .map(|drive| ReportedDrive {
+            drive,
+            header: DriveHeader::Blank,
+        })
+        .collect()
 }
 
 /// A drive of a loop node, where a volume is one virtual drive.
@@ -57,7 +69,8 @@ fn fixture(drives: Vec<PhysicalDrive>) -> (tokio::runtime::Runtime, Fixture) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("ledger.redb");
     let ledger = Ledger::new(EmbeddedStore::open(&path).unwrap(), PoolSettings::default());
-    rt.block_on(ledger.sync_drives(NODE, drives)).unwrap();
+    rt.block_on(ledger.sync_drives(NODE, blank(drives)))
+        .unwrap();
     (
         rt,
         Fixture {
@@ -305,7 +318,9 @@ fn vanished_drives_keep_their_claims_and_empty_ones_go() {
         .block_on(f.ledger.claim(NODE, &tlc_request("a", 1000)))
         .unwrap();
     let held_by = volume.extents[0].physical_uuid;
-    let sync = rt.block_on(f.ledger.sync_drives(NODE, vec![])).unwrap();
+    let sync = rt
+        .block_on(f.ledger.sync_drives(NODE, blank(vec![])))
+        .unwrap();
     assert_eq!(sync.missing_with_claims, vec![held_by]);
     assert_eq!(
         sync.ledger.drives.len(),
@@ -323,12 +338,13 @@ fn vanished_drives_keep_their_claims_and_empty_ones_go() {
     let only = rt2
         .block_on(g.ledger.claim(NODE, &tlc_request("x", 10)))
         .unwrap();
-    rt2.block_on(g.ledger.sync_drives(NODE, vec![])).unwrap();
+    rt2.block_on(g.ledger.sync_drives(NODE, blank(vec![])))
+        .unwrap();
     rt2.block_on(g.ledger.release(&only.id)).unwrap();
     assert!(rt2.block_on(g.ledger.node(NODE)).unwrap().drives.is_empty());
     // it comes back
     let sync = rt
-        .block_on(f.ledger.sync_drives(NODE, vec![drive(1, Tlc, 1000)]))
+        .block_on(f.ledger.sync_drives(NODE, blank(vec![drive(1, Tlc, 1000)])))
         .unwrap();
     assert!(sync.missing_with_claims.is_empty());
     assert!(!sync.ledger.drives.iter().any(|d| d.missing));
@@ -340,17 +356,17 @@ fn a_drive_cannot_shrink_below_its_claims() {
     rt.block_on(f.ledger.claim(NODE, &tlc_request("a", 800)))
         .unwrap();
     let err = rt
-        .block_on(f.ledger.sync_drives(NODE, vec![drive(1, Tlc, 500)]))
+        .block_on(f.ledger.sync_drives(NODE, blank(vec![drive(1, Tlc, 500)])))
         .unwrap_err();
     assert!(err.to_string().contains("claims reach 800 GiB"), "{err}");
     assert!(
-        rt.block_on(f.ledger.sync_drives(NODE, vec![drive(1, Tlc, 0)]))
+        rt.block_on(f.ledger.sync_drives(NODE, blank(vec![drive(1, Tlc, 0)])))
             .is_err()
     );
     assert!(
         rt.block_on(
             f.ledger
-                .sync_drives(NODE, vec![drive(1, Tlc, 9), drive(1, Tlc, 9)])
+                .sync_drives(NODE, blank(vec![drive(1, Tlc, 9), drive(1, Tlc, 9)]))
         )
         .is_err()
     );
@@ -384,7 +400,8 @@ fn concurrent_claims_never_double_book() {
         Arc::new(Ledger::new(store, PoolSettings::default())),
     ];
     let drives = (1..=4).map(|n| drive(n, Tlc, 1000)).collect();
-    rt.block_on(ledgers[0].sync_drives(NODE, drives)).unwrap();
+    rt.block_on(ledgers[0].sync_drives(NODE, blank(drives)))
+        .unwrap();
     let results = rt.block_on(async {
         let tasks: Vec<_> = (0..120)
             .map(|i| {
@@ -699,7 +716,7 @@ fn growth_never_uses_a_missing_drive() {
     assert_eq!(layout_of(&on_two), [(2, 0, 10)]);
     rt.block_on(
         f.ledger
-            .sync_drives(NODE, vec![drive(1, Tlc, 300), drive(3, Tlc, 80)]),
+            .sync_drives(NODE, blank(vec![drive(1, Tlc, 300), drive(3, Tlc, 80)])),
     )
     .unwrap();
     let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&a.id, 400)));
@@ -858,7 +875,7 @@ fn one_name_is_one_volume_even_when_claimed_on_two_nodes_at_once() {
         PoolSettings::default(),
     ));
     for (node, n) in [("a", 1), ("b", 2)] {
-        rt.block_on(ledger.sync_drives(node, vec![drive(n, Tlc, 1000)]))
+        rt.block_on(ledger.sync_drives(node, blank(vec![drive(n, Tlc, 1000)])))
             .unwrap();
     }
     let volumes = rt.block_on(async {
@@ -925,8 +942,11 @@ fn an_existing_volume_of_an_accepted_size_is_the_one_asked_for() {
 #[test]
 fn create_goes_to_the_next_node_when_the_preferred_one_is_full() {
     let (rt, f) = fixture(vec![drive(1, Tlc, 100)]);
-    rt.block_on(f.ledger.sync_drives("node-b", vec![drive(2, Tlc, 1000)]))
-        .unwrap();
+    rt.block_on(
+        f.ledger
+            .sync_drives("node-b", blank(vec![drive(2, Tlc, 1000)])),
+    )
+    .unwrap();
     let preferred = Wanted::Preferred(vec![NODE.to_string()]);
     let volume = rt
         .block_on(f.ledger.create(&tlc_request("big", 500), &preferred))
@@ -948,4 +968,232 @@ fn create_goes_to_the_next_node_when_the_preferred_one_is_full() {
         err.to_string(),
         "Insufficient drive capacity: need 60 GiB, available 50 GiB"
     );
+}
+
+// --- Drive headers: a ledger that lost or forked is noticed --------------------
+
+fn with_header(drive: PhysicalDrive, header: DriveHeader) -> Vec<ReportedDrive> {
+    vec![ReportedDrive { drive, header }]
+}
+
+fn owned_by(owner: &str, claims: Vec<Claim>) -> DriveHeader {
+    DriveHeader::Owned {
+        owner: owner.into(),
+        claims,
+    }
+}
+
+#[test]
+fn a_header_listing_claims_the_ledger_lost_quarantines_the_drive() {
+    // The node's ledger is new (lost); the drive says volume "a" lives on it.
+    let (rt, old) = fixture(vec![drive(1, Tlc, 1000)]);
+    let a = rt
+        .block_on(old.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let on_drive = rt.block_on(old.ledger.node(NODE)).unwrap().claims.clone();
+
+    let (rt, lost) = fixture(vec![]);
+    let sync = rt
+        .block_on(lost.ledger.sync_drives(
+            NODE,
+            with_header(drive(1, Tlc, 1000), owned_by(NODE, on_drive.clone())),
+        ))
+        .unwrap();
+    let (uuid, reason) = &sync.quarantined[0];
+    assert_eq!(*uuid, Uuid::from_u128(1));
+    assert!(
+        reason.contains(&a.id) && reason.contains("ledger was lost or forked"),
+        "{reason}"
+    );
+    assert!(reason.contains("vdrive drives adopt --drive"), "{reason}");
+    let recorded = &sync.ledger.drives[0];
+    assert_eq!(recorded.quarantined.as_deref(), Some(reason.as_str()));
+    let err = rt
+        .block_on(lost.ledger.claim(NODE, &tlc_request("b", 1)))
+        .unwrap_err();
+    assert!(err.to_string().contains("quarantined"), "{err}");
+    assert!(
+        rt.block_on(lost.ledger.node(NODE))
+            .unwrap()
+            .claims
+            .is_empty(),
+        "nothing was placed over volume a"
+    );
+    assert_eq!(
+        rt.block_on(lost.ledger.node(NODE)).unwrap().free_drives()[0].extents,
+        vec![]
+    );
+}
+
+#[test]
+fn a_header_that_agrees_with_the_ledger_or_lags_it_is_trusted() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    rt.block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let claims = rt.block_on(f.ledger.node(NODE)).unwrap().claims.clone();
+    for header in [
+        DriveHeader::Blank,
+        owned_by(NODE, vec![]),
+        owned_by(NODE, claims.clone()),
+    ] {
+        let sync = rt
+            .block_on(
+                f.ledger
+                    .sync_drives(NODE, with_header(drive(1, Tlc, 1000), header)),
+            )
+            .unwrap();
+        assert!(sync.quarantined.is_empty(), "{:?}", sync.quarantined);
+        assert!(sync.ledger.drives[0].takes_claims());
+    }
+    // The same volume id at another offset is not the ledger's claim.
+    let mut moved = claims.clone();
+    moved[0].offset_gib += 1;
+    let sync = rt
+        .block_on(f.ledger.sync_drives(
+            NODE,
+            with_header(drive(1, Tlc, 1000), owned_by(NODE, moved)),
+        ))
+        .unwrap();
+    assert_eq!(sync.quarantined.len(), 1);
+}
+
+#[test]
+fn a_drive_owned_by_another_node_or_with_an_unreadable_record_is_quarantined() {
+    let (rt, f) = fixture(vec![]);
+    let sync = rt
+        .block_on(f.ledger.sync_drives(
+            NODE,
+            with_header(drive(1, Tlc, 1000), owned_by("node-old", vec![])),
+        ))
+        .unwrap();
+    assert!(
+        sync.quarantined[0]
+            .1
+            .contains("belongs to node \"node-old\""),
+        "{:?}",
+        sync.quarantined
+    );
+    let sync = rt
+        .block_on(f.ledger.sync_drives(
+            NODE,
+            with_header(
+                drive(1, Tlc, 1000),
+                DriveHeader::Unreadable("slot 0 fails its checksum".into()),
+            ),
+        ))
+        .unwrap();
+    assert!(sync.quarantined[0].1.contains("slot 0 fails its checksum"));
+    assert!(
+        rt.block_on(f.ledger.claim(NODE, &tlc_request("b", 1)))
+            .is_err()
+    );
+    // Once the header agrees again (adopted), the quarantine lifts.
+    let sync = rt
+        .block_on(f.ledger.sync_drives(
+            NODE,
+            with_header(drive(1, Tlc, 1000), owned_by(NODE, vec![])),
+        ))
+        .unwrap();
+    assert!(sync.quarantined.is_empty());
+    rt.block_on(f.ledger.claim(NODE, &tlc_request("b", 1)))
+        .unwrap();
+}
+
+#[test]
+fn a_quarantined_drive_does_not_grow_its_volumes_in_place() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    rt.block_on(f.ledger.sync_drives(
+        NODE,
+        with_header(drive(1, Tlc, 1000), owned_by("elsewhere", vec![])),
+    ))
+    .unwrap();
+    let err = rt.block_on(f.ledger.grow(&a.id, 200)).unwrap_err();
+    assert!(err.to_string().contains("quarantined"), "{err}");
+}
+
+#[test]
+fn adopting_a_drive_brings_its_claims_back_and_refuses_a_disagreement() {
+    let (rt, old) = fixture(vec![drive(1, Tlc, 1000)]);
+    let a = rt
+        .block_on(old.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let on_drive = rt.block_on(old.ledger.node(NODE)).unwrap().claims.clone();
+
+    let (rt, lost) = fixture(vec![]);
+    let added = rt
+        .block_on(
+            lost.ledger
+                .adopt(NODE, drive(1, Tlc, 1000), on_drive.clone()),
+        )
+        .unwrap();
+    assert_eq!(added, on_drive);
+    assert_eq!(
+        rt.block_on(lost.ledger.volume(&a.id))
+            .unwrap()
+            .unwrap()
+            .capacity_gib,
+        100
+    );
+    // Adopting again changes nothing.
+    assert!(
+        rt.block_on(
+            lost.ledger
+                .adopt(NODE, drive(1, Tlc, 1000), on_drive.clone())
+        )
+        .unwrap()
+        .is_empty()
+    );
+    // The header now agrees: new volumes go after volume a, never over it.
+    let sync = rt
+        .block_on(lost.ledger.sync_drives(
+            NODE,
+            with_header(drive(1, Tlc, 1000), owned_by(NODE, on_drive.clone())),
+        ))
+        .unwrap();
+    assert!(sync.quarantined.is_empty());
+    let b = rt
+        .block_on(lost.ledger.claim(NODE, &tlc_request("b", 10)))
+        .unwrap();
+    assert!(b.extents[0].offset_gib >= 100);
+
+    // A header claim over a different ledger claim is refused, and nothing is written.
+    let mut clash = on_drive[0].clone();
+    clash.volume_id = "other".into();
+    clash.volume_name = "pvc-other".into();
+    let before = rt.block_on(lost.ledger.node(NODE)).unwrap();
+    let err = rt
+        .block_on(lost.ledger.adopt(NODE, drive(1, Tlc, 1000), vec![clash]))
+        .unwrap_err();
+    assert!(err.to_string().contains("nothing was adopted"), "{err}");
+    assert_eq!(rt.block_on(lost.ledger.node(NODE)).unwrap(), before);
+}
+
+#[test]
+fn forgetting_a_missing_drive_drops_its_claims_and_retires_the_rest_of_their_volumes() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 100), drive(2, Tlc, 100)]);
+    // 150 GiB: a volume over both drives.
+    let both = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("both", 150)))
+        .unwrap();
+    assert_eq!(both.extents.len(), 2);
+    let err = rt
+        .block_on(f.ledger.forget_drive(NODE, Uuid::from_u128(1)))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("delete its volumes instead"),
+        "{err}"
+    );
+    rt.block_on(f.ledger.sync_drives(NODE, blank(vec![drive(2, Tlc, 100)])))
+        .unwrap();
+    let gone = rt
+        .block_on(f.ledger.forget_drive(NODE, Uuid::from_u128(1)))
+        .unwrap();
+    assert_eq!(gone.len(), 1);
+    let node = rt.block_on(f.ledger.node(NODE)).unwrap();
+    assert!(node.drive(&Uuid::from_u128(1)).is_none());
+    assert!(node.claims.iter().all(|c| c.releasing), "{:?}", node.claims);
+    assert_eq!(node.releasing_volumes().len(), 1);
 }

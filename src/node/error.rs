@@ -48,6 +48,47 @@ pub enum NodeError {
     BadSignature { path: PathBuf, reason: String },
 
     #[error(
+        "the claim record in {path}'s header cannot be read ({reason}): the drive's claims cannot be told, so nothing new is placed on it; \
+         if its volumes are known to be gone, re-sign it with `vdrive sign --device {path} --type tlc|qlc --force`"
+    )]
+    BadClaimRecord { path: PathBuf, reason: String },
+
+    #[error(
+        "{path} belongs to node {owner:?} by its header, not to {node:?}: nothing on it is erased from here; \
+         if the drive moved or the node was renamed, run `vdrive drives adopt` on this node first"
+    )]
+    NotOurDrive {
+        path: PathBuf,
+        owner: String,
+        node: String,
+    },
+
+    #[error(
+        "{path}'s header lists volume {other}'s virtual drive at {offset_gib} GiB ({size_gib} GiB) over the extent of deleted volume {volume}: \
+         the ledger and the drive disagree, so nothing is erased; the drive is quarantined until `vdrive drives adopt` reconciles them"
+    )]
+    ClaimedByAnother {
+        path: PathBuf,
+        volume: String,
+        other: String,
+        offset_gib: u64,
+        size_gib: u64,
+    },
+
+    #[error(
+        "{device} holds {count} virtual drive(s) by its own header (owner {owner:?}; volumes {volumes}): \
+         re-signing would hand their data to new tenants, so it is refused even with --force; \
+         delete those volumes first, or, if this drive moved or its ledger was lost, bring the claims back with \
+         `vdrive drives adopt --drive UUID` on the node that has it"
+    )]
+    ClaimedDrive {
+        device: PathBuf,
+        owner: String,
+        count: usize,
+        volumes: String,
+    },
+
+    #[error(
         "{path} is {size_bytes} bytes but was signed as {signed_bytes} bytes; \
          it shrank under its extents: put the original drive back, or re-sign it \
          with --force once its volumes are gone"

@@ -1,6 +1,7 @@
 //! The node proxy's plain core: everything a node does to the block devices under a
 //! volume, without gRPC. Each module owns one thing:
 //! - [`signature`]: the vdrive header in the first MiB of a signed drive;
+//! - [`claim_record`]: the drive's own record of its owner and claims, in its header;
 //! - [`discovery`]: the machine's disks, their hardware facts, and which to leave alone;
 //! - [`drives`]: finding, signing, simulating and erasing physical drives;
 //! - [`registry`]: the signed drives this node has found, and where extents lie;
@@ -8,6 +9,7 @@
 //! - [`loopdev`]: loop devices over one extent of a drive;
 //! - [`dm`]: device-mapper devices, through the kernel's ioctl interface;
 //! - [`backend`]: how a volume's extents become one device (loop or dm);
+//! - [`ownership`]: reporting drives with what their headers say, keeping headers current;
 //! - [`nvme`]: what an NVMe drive promises about discarded blocks;
 //! - [`fs`]: detecting, creating and growing filesystems;
 //! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats;
@@ -20,6 +22,7 @@
 
 pub mod backend;
 pub mod blockdev;
+pub mod claim_record;
 mod cmd;
 pub mod discovery;
 pub mod dm;
@@ -29,6 +32,7 @@ pub mod fs;
 pub mod loopdev;
 pub mod mounts;
 pub mod nvme;
+pub mod ownership;
 pub mod publish;
 pub mod registry;
 pub mod signature;
@@ -37,6 +41,6 @@ pub mod volume;
 
 pub use error::NodeError;
 pub use registry::DriveRegistry;
-pub use volume::{ExtentEraser, NodeVolumes};
+pub use volume::{Erasure, ExtentEraser, NodeVolumes};
 
 pub const GIB: u64 = 1 << 30;

@@ -20,6 +20,9 @@ pub struct DriveRegistry {
     /// drives are this node's own: several simulated nodes on one machine (a
     /// test cluster) must not pick up each other's loop devices.
     scan_machine: bool,
+    /// Held while the drives' claim records are read and written (see
+    /// [`super::ownership`]).
+    claim_records: tokio::sync::Mutex<()>,
 }
 
 impl DriveRegistry {
@@ -29,6 +32,7 @@ impl DriveRegistry {
             drives: RwLock::new(initial),
             extra: RwLock::new(extra),
             scan_machine: true,
+            claim_records: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -38,6 +42,11 @@ impl DriveRegistry {
             scan_machine: false,
             ..DriveRegistry::new(initial)
         }
+    }
+
+    /// The lock over the drives' claim records.
+    pub fn claim_records(&self) -> &tokio::sync::Mutex<()> {
+        &self.claim_records
     }
 
     pub fn all(&self) -> Vec<SignedDrive> {

@@ -18,18 +18,31 @@ use super::backend::{DeviceBackend, Segment};
 use super::publish::{self, MountSpec};
 use super::registry::DriveRegistry;
 use super::staging::{StagingRecord, StagingRecords};
-use super::{GIB, NodeError, blockdev, drives, fs, mounts};
+use super::{GIB, NodeError, blockdev, drives, fs, mounts, ownership};
 use crate::drive::Backend;
-use crate::ledger::{Ledger, LedgerStore, Volume, VolumeExtent};
+use crate::ledger::{Claim, Ledger, LedgerStore, Volume, VolumeExtent};
 
 /// Wipes a volume's extents before their claims are released, so the next
 /// tenant of that space never reads this one's data. All-in-one's controller
 /// calls it before releasing; in a cluster the node's reclaimer does.
 pub trait ExtentEraser: Send + Sync {
-    /// Erases `volume`'s extents if they are on this eraser's node; returns
-    /// whether it did (false: another node's volume). An error leaves the claims
-    /// where they are: nothing is released unerased.
-    fn erase(&self, volume: &Volume) -> Result<bool, NodeError>;
+    /// Erases `volume`'s extents if they are on this eraser's node. Only
+    /// [`Erasure::Erased`] lets the caller release the claims.
+    fn erase(&self, volume: &Volume) -> Erasure;
+}
+
+/// What became of an erase: callers match all three, so "not erased" can never
+/// be mistaken for "erased".
+#[derive(Debug)]
+#[must_use]
+pub enum Erasure {
+    /// Every extent reads zeros and the drive was flushed: release the claims.
+    Erased,
+    /// Not erased yet (the drive is missing or busy, the volume still staged, its
+    /// header disagrees...): the claims stay, and a later try may succeed.
+    NotYet(NodeError),
+    /// The volume lives on another node; that node's eraser must do it.
+    NotOurs,
 }
 
 /// NodeStageVolume, as the core sees it.
@@ -191,6 +204,43 @@ impl<S: LedgerStore> NodeVolumes<S> {
         })
     }
 
+    /// Writes the volume's claims into its drives' headers before the volume
+    /// is used (see [`ownership::record_claims`]).
+    async fn record_on_drives(&self, volume: &Volume, parts: &[Segment]) -> Result<(), NodeError> {
+        let of_volume = |ledger: &crate::ledger::NodeLedger| -> Vec<Claim> {
+            ledger
+                .claims
+                .iter()
+                .filter(|c| c.volume_id == volume.id)
+                .cloned()
+                .collect()
+        };
+        let mut claims = of_volume(&*self.ledger.node(&self.node_id).await?);
+        if claims.len() != volume.extents.len() {
+            claims = of_volume(&*self.ledger.node_latest(&self.node_id).await?);
+        }
+        let node = self.node_id.clone();
+        let drives = self.drives.clone();
+        let placed: Vec<(PathBuf, Claim)> = parts
+            .iter()
+            .zip(&volume.extents)
+            .filter_map(|(part, extent)| {
+                let claim = claims.iter().find(|c| {
+                    c.physical_uuid == extent.physical_uuid && c.offset_gib == extent.offset_gib
+                })?;
+                Some((part.drive.clone(), claim.clone()))
+            })
+            .collect();
+        blocking(move || {
+            let _records = drives.claim_records().blocking_lock();
+            for (drive, claim) in &placed {
+                ownership::record_claims(&node, drive, &[claim])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
     pub async fn stage(&self, req: StageRequest) -> Result<(), NodeError> {
         // A loop device's mapping can be changed by anyone who has it open
         // read-write (LOOP_SET_STATUS64 needs no capability): a raw block tenant
@@ -221,6 +271,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
             });
         }
         let parts = self.locate(&volume.extents)?;
+        self.record_on_drives(&volume, &parts).await?;
         // Intent first: from here on, unstage finds whatever this call makes.
         let mut record = existing.clone().unwrap_or_else(|| {
             StagingRecord::new(&volume.id, Vec::new(), req.block, req.staging_path.clone())
@@ -492,10 +543,23 @@ impl<S: LedgerStore> NodeVolumes<S> {
 }
 
 impl<S: LedgerStore> ExtentEraser for NodeVolumes<S> {
-    fn erase(&self, volume: &Volume) -> Result<bool, NodeError> {
+    fn erase(&self, volume: &Volume) -> Erasure {
         if volume.node != self.node_id {
-            return Ok(false);
+            return Erasure::NotOurs;
         }
+        match self.erase_here(volume) {
+            Ok(()) => Erasure::Erased,
+            Err(err) => Erasure::NotYet(err),
+        }
+    }
+}
+
+impl<S: LedgerStore> NodeVolumes<S> {
+    /// Erases a deleted volume of this node: refused while it is staged, while a
+    /// device covers any of its extents, or while a drive's header disagrees that
+    /// the extents are this volume's; then each extent is zeroed and flushed, and
+    /// marked erased in its drive's claim record.
+    fn erase_here(&self, volume: &Volume) -> Result<(), NodeError> {
         if let Some(record) = self.records.load(&volume.id)? {
             return Err(NodeError::StillStaged {
                 volume: volume.id.clone(),
@@ -513,9 +577,16 @@ impl<S: LedgerStore> ExtentEraser for NodeVolumes<S> {
                 });
             }
         }
+        let _records = self.drives.claim_records().blocking_lock();
+        for (part, extent) in parts.iter().zip(&volume.extents) {
+            ownership::check_erasable(&self.node_id, &part.drive, &volume.id, extent)?;
+        }
         for part in &parts {
             drives::erase(&part.drive, part.offset_bytes, part.size_bytes)?;
         }
-        Ok(true)
+        for (part, extent) in parts.iter().zip(&volume.extents) {
+            ownership::mark_erased(&part.drive, &volume.id, extent)?;
+        }
+        Ok(())
     }
 }

@@ -180,7 +180,7 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
         let physical: u64 = node
             .drives
             .iter()
-            .filter(|d| !d.missing)
+            .filter(|d| d.takes_claims())
             .map(|d| d.capacity_gib)
             .sum();
         if node.pool.is_some() && physical < settings.needed_per_server_gib() {
@@ -203,6 +203,14 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
                 "node {}: drive {} (serial {}) is missing but holds {held} GiB of claims: reattach the drive, or delete the volumes on it",
                 node.node, drive.uuid, drive.serial
             ));
+        }
+        for drive in node.drives.iter().filter(|d| !d.missing) {
+            if let Some(reason) = &drive.quarantined {
+                errors.push(format!(
+                    "node {}: drive {} (serial {}) is quarantined and takes no new volumes: {reason}",
+                    node.node, drive.uuid, drive.serial
+                ));
+            }
         }
     }
 

@@ -16,6 +16,7 @@ fn drive(n: u128, drive_type: DriveType, capacity_gib: u64, backend: Backend) ->
         capacity_gib,
         backend,
         missing: false,
+        quarantined: None,
     }
 }
 

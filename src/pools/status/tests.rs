@@ -23,6 +23,7 @@ fn drive(node: &str, n: u8, capacity_gib: u64) -> PhysicalDrive {
         capacity_gib,
         backend: Default::default(),
         missing: false,
+        quarantined: None,
     }
 }
 
@@ -609,6 +610,30 @@ fn a_missing_drive_holding_claims_is_an_error_and_makes_the_cluster_critical() {
     assert_eq!(
         (report.pools.k8s_pool, report.pools.vm_pool),
         (Health::Healthy, Health::Healthy)
+    );
+    assert_eq!(report.status, Health::Critical);
+}
+
+#[test]
+fn a_quarantined_drive_is_an_error_and_its_space_is_not_counted() {
+    let mut node = node_with("k8s-1", Some(Pool::K8s), 1000);
+    node.drives.push(drive("k8s-1", 1, 1000));
+    node.drives[1].quarantined = Some("its header says it belongs to node \"k8s-9\"".into());
+    let quarantined = node.drives[1].clone();
+
+    let report = pools_health(&[node], &settings());
+    assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+    let error = &report.errors[0];
+    assert!(error.contains("node k8s-1"), "{error}");
+    assert!(error.contains(&quarantined.uuid.to_string()), "{error}");
+    assert!(
+        error.contains("quarantined") && error.contains("k8s-9"),
+        "{error}"
+    );
+    assert!(
+        report.warnings[0].contains("has 1000 GiB of signed drives"),
+        "{:?}",
+        report.warnings
     );
     assert_eq!(report.status, Health::Critical);
 }

@@ -1,0 +1,226 @@
+//! Whose each drive is. A node reports its drives to the ledger together with
+//! what their headers say (the ledger quarantines a drive whose header disagrees),
+//! then writes each drive's claim record from the ledger it just wrote, so the
+//! drive keeps an up-to-date account of itself.
+//!
+//! The ledger's claims only ever reach a header after the ledger has them, and
+//! leave it (marked erased) before the ledger releases them, so a header listing
+//! a live claim the ledger lacks means the ledger lost it. Reading headers,
+//! reporting and writing happen under the registry's claim-record lock, which
+//! erase also takes to mark what it erased: a report never works from a header
+//! read before an erase that the ledger has since released.
+
+use std::path::Path;
+
+use uuid::Uuid;
+
+use super::NodeError;
+use super::claim_record::{self, ClaimRecord, ErasedExtent, Stored};
+use super::drives::SignedDrive;
+use super::registry::DriveRegistry;
+use crate::drive::{Backend, Extent};
+use crate::ledger::{
+    Claim, DriveHeader, DriveSync, Ledger, LedgerStore, NodeLedger, ReportedDrive, VolumeExtent,
+};
+
+/// A drive found on this node and its claim record as read.
+pub struct FoundDrive {
+    pub drive: SignedDrive,
+    pub record: Result<Option<Stored>, NodeError>,
+}
+
+/// Reads the claim record of each drive. Blocking.
+pub fn read_records(found: Vec<SignedDrive>) -> Vec<FoundDrive> {
+    found
+        .into_iter()
+        .map(|drive| FoundDrive {
+            record: claim_record::read(&drive.path),
+            drive,
+        })
+        .collect()
+}
+
+/// What a claim record says, as the ledger judges it.
+pub fn header_of(record: &Result<Option<Stored>, NodeError>) -> DriveHeader {
+    match record {
+        Ok(None) => DriveHeader::Blank,
+        Ok(Some(stored)) => DriveHeader::Owned {
+            owner: stored.record.owner.clone(),
+            claims: stored.record.live_claims().cloned().collect(),
+        },
+        Err(err) => DriveHeader::Unreadable(err.to_string()),
+    }
+}
+
+/// The record drive `uuid` should carry for `ledger`: the ledger's claims on it,
+/// and of the extents erased earlier those whose claims the ledger still holds.
+pub fn record_for(ledger: &NodeLedger, uuid: Uuid, previous: Option<&ClaimRecord>) -> ClaimRecord {
+    let claims: Vec<Claim> = ledger
+        .claims
+        .iter()
+        .filter(|c| c.physical_uuid == uuid)
+        .cloned()
+        .collect();
+    let erased = previous
+        .map(|p| p.erased.iter())
+        .into_iter()
+        .flatten()
+        .filter(|e| claims.iter().any(|c| e.is(c)))
+        .cloned()
+        .collect();
+    ClaimRecord {
+        owner: ledger.node.clone(),
+        claims,
+        erased,
+    }
+}
+
+/// Writes the record of every drive the ledger trusts (present, not quarantined)
+/// where it differs from what the drive carries. Blocking. Returns the drives
+/// whose record could not be written, with why.
+pub fn write_records(ledger: &NodeLedger, found: &[FoundDrive]) -> Vec<(Uuid, NodeError)> {
+    let mut failed = Vec::new();
+    for found in found {
+        let uuid = found.drive.signature.uuid;
+        let trusted = ledger.drive(&uuid).is_some_and(|d| d.takes_claims());
+        let Ok(previous) = &found.record else {
+            continue;
+        };
+        if !trusted {
+            continue;
+        }
+        let wanted = record_for(ledger, uuid, previous.as_ref().map(|p| &p.record));
+        if previous.as_ref().is_some_and(|p| p.record == wanted) {
+            continue;
+        }
+        if let Err(err) = claim_record::write(&found.drive.path, previous.as_ref(), &wanted) {
+            failed.push((uuid, err));
+        }
+    }
+    failed
+}
+
+/// Reports `found` (this node's drives now) to the ledger with their headers,
+/// then brings the headers up to date from the ledger.
+pub async fn report_drives<S: LedgerStore>(
+    ledger: &Ledger<S>,
+    registry: &DriveRegistry,
+    node: &str,
+    found: Vec<SignedDrive>,
+    backend: Backend,
+) -> Result<DriveSync, NodeError> {
+    let _records = registry.claim_records().lock().await;
+    let found = tokio::task::spawn_blocking(move || read_records(found))
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))?;
+    let reported = found
+        .iter()
+        .map(|f| ReportedDrive {
+            drive: f.drive.to_physical(backend),
+            header: header_of(&f.record),
+        })
+        .collect();
+    let sync = ledger.sync_drives(node, reported).await?;
+    let written = sync.ledger.clone();
+    let failed = tokio::task::spawn_blocking(move || write_records(&written, &found))
+        .await
+        .map_err(|e| NodeError::Task(e.to_string()))?;
+    for (drive, err) in failed {
+        tracing::warn!(%drive, %err, "could not write the drive's claim record");
+    }
+    for (drive, reason) in &sync.quarantined {
+        tracing::warn!(%drive, %reason, "drive quarantined: it takes no new volumes");
+    }
+    Ok(sync)
+}
+
+/// Checks, before the extent of deleted `volume` is erased, that the drive's
+/// header agrees it is this node's to erase: the record is readable, names this
+/// node (or there is none), and lists no other volume's live claim over it.
+/// Blocking; the caller holds the claim-record lock.
+pub fn check_erasable(
+    node: &str,
+    path: &Path,
+    volume: &str,
+    extent: &VolumeExtent,
+) -> Result<(), NodeError> {
+    let Some(stored) = claim_record::read(path)? else {
+        return Ok(());
+    };
+    if stored.record.owner != node {
+        return Err(NodeError::NotOurDrive {
+            path: path.to_path_buf(),
+            owner: stored.record.owner,
+            node: node.to_string(),
+        });
+    }
+    let span = Extent::new(extent.offset_gib, extent.size_gib);
+    if let Some(other) = stored
+        .record
+        .live_claims()
+        .find(|c| c.volume_id != volume && c.extent().overlaps(&span))
+    {
+        return Err(NodeError::ClaimedByAnother {
+            path: path.to_path_buf(),
+            volume: volume.to_string(),
+            other: other.volume_id.clone(),
+            offset_gib: other.offset_gib,
+            size_gib: other.size_gib,
+        });
+    }
+    Ok(())
+}
+
+/// Marks the extent of deleted `volume` erased in the drive's record, so the
+/// record no longer counts it live. Blocking; the caller holds the claim-record
+/// lock.
+pub fn mark_erased(path: &Path, volume: &str, extent: &VolumeExtent) -> Result<(), NodeError> {
+    let Some(stored) = claim_record::read(path)? else {
+        // No record: nothing on the drive counts this extent.
+        return Ok(());
+    };
+    let erased = ErasedExtent {
+        volume_id: volume.to_string(),
+        offset_gib: extent.offset_gib,
+        size_gib: extent.size_gib,
+    };
+    if stored.record.erased.contains(&erased) {
+        return Ok(());
+    }
+    let mut record = stored.record.clone();
+    record.erased.push(erased);
+    claim_record::write(path, Some(&stored), &record).map(|_| ())
+}
+
+/// Makes sure the drive's record lists `claims` (a volume about to be staged on
+/// it) before any tenant data is written there: a volume staged a moment after
+/// it was created is on its drives' headers even if the ledger is lost before
+/// the next report. A drive whose header names another node is refused.
+/// Blocking; the caller holds the claim-record lock.
+pub fn record_claims(node: &str, path: &Path, claims: &[&Claim]) -> Result<(), NodeError> {
+    let stored = claim_record::read(path)?;
+    let mut record = match &stored {
+        Some(stored) if stored.record.owner != node => {
+            return Err(NodeError::NotOurDrive {
+                path: path.to_path_buf(),
+                owner: stored.record.owner.clone(),
+                node: node.to_string(),
+            });
+        }
+        Some(stored) => stored.record.clone(),
+        None => ClaimRecord {
+            owner: node.to_string(),
+            ..ClaimRecord::default()
+        },
+    };
+    let before = record.claims.len();
+    for claim in claims {
+        if !record.claims.contains(claim) {
+            record.claims.push((*claim).clone());
+        }
+    }
+    if record.claims.len() == before {
+        return Ok(());
+    }
+    claim_record::write(path, stored.as_ref(), &record).map(|_| ())
+}
