@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use vdrive::cli::all_in_one::{self, AllInOneArgs};
 use vdrive::cli::controller::{self, ControllerArgs};
 use vdrive::cli::csi::{self, CsiArgs};
+use vdrive::cli::drives::{self, DrivesArgs};
 use vdrive::cli::node::{self, NodeArgs};
 use vdrive::cli::orphans::{self, OrphansArgs};
 use vdrive::cli::plan::{self, PlanArgs};
@@ -38,6 +39,8 @@ enum Command {
     Pools(PoolsArgs),
     /// Sign drives for shared use, or list the signed ones (`vdrive sign show`).
     Sign(SignArgs),
+    /// Reconcile the ledger with the drives' own headers (adopt, forget).
+    Drives(DrivesArgs),
     /// Talk CSI to a vdrive socket (create, stage, publish… volumes).
     Csi(CsiArgs),
     /// Plan the virtual drives for a request (the allocator, no side effects).
@@ -90,6 +93,7 @@ fn main() -> ExitCode {
         },
         Command::Pools(args) => finish(run_async(pools::run(args))),
         Command::Csi(args) => finish(run_async(csi::run(args))),
+        Command::Drives(args) => finish(run_async(drives::run(args))),
     }
 }
 

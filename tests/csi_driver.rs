@@ -849,6 +849,88 @@ async fn data_survives_a_driver_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_lost_ledger_quarantines_the_drive_until_adopted_from_its_header() {
+    // One drive, so the new ledger has nowhere else to place a volume.
+    let Some(mut driver) = Driver::start("lost-ledger", "tlc:8x1").await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("pvc-kept", 2, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let payload = b"written before the ledger was lost\n";
+    let mut file = fs::File::create(staging.join("data.txt")).unwrap();
+    file.write_all(payload).unwrap();
+    file.sync_all().unwrap();
+    drop(file);
+    driver.unstage(&id, &staging).await.unwrap();
+
+    // The state directory's ledger is lost; the drive is not.
+    let status = driver.stop().expect("running");
+    assert!(status.success(), "{}", driver.log());
+    fs::remove_file(driver.state_dir().join("ledger.redb")).unwrap();
+    driver.spawn().await;
+    assert!(
+        driver.list().await.is_empty(),
+        "the new ledger knows no volume"
+    );
+    let err = assert_code(
+        driver.create("pvc-new", 1, cap.clone()).await,
+        Code::ResourceExhausted,
+    );
+    assert!(
+        err.message().contains("quarantined") && err.message().contains(&id),
+        "the refusal names the quarantine and the volume the drive lists: {}",
+        err.message()
+    );
+
+    // Adopt the drive's claims back (all-in-one stopped: it holds the ledger).
+    let status = driver.stop().expect("running");
+    assert!(status.success(), "{}", driver.log());
+    let images: Vec<PathBuf> = fs::read_dir(driver.state_dir().join("simulated-drives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "img"))
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let adopt = std::process::Command::new(env!("CARGO_BIN_EXE_vdrive"))
+        .args(["drives", "adopt", "--node-id", &driver.node_id])
+        .arg("--state-dir")
+        .arg(driver.state_dir())
+        .arg("--device")
+        .arg(&images[0])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&adopt.stdout).to_string()
+        + &String::from_utf8_lossy(&adopt.stderr);
+    assert!(adopt.status.success(), "{said}");
+    assert!(said.contains("1 claim(s) brought back"), "{said}");
+
+    driver.spawn().await;
+    let listed = driver.list().await;
+    assert_eq!(
+        listed.iter().map(|v| &v.volume_id).collect::<Vec<_>>(),
+        [&id],
+        "the volume is back in the ledger"
+    );
+    let other = driver.create("pvc-new", 1, cap.clone()).await.unwrap();
+    let kept = extents(&volume);
+    for e in extents(&other) {
+        assert!(
+            kept.iter().all(|k| k.drive != e.drive
+                || e.offset_gib >= k.offset_gib + k.size_gib
+                || e.offset_gib + e.size_gib <= k.offset_gib),
+            "the new volume {e:?} overlaps the adopted one {kept:?}"
+        );
+    }
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    assert_eq!(fs::read(staging.join("data.txt")).unwrap(), payload);
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+    driver.delete(&other.volume_id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn xfs_volume_expands_online() {
     let Some(driver) = Driver::start("expand-xfs", SMALL_DRIVES).await else {
         return;
