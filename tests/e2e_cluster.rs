@@ -16,7 +16,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{
+    Node, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIStorageCapacity, StorageClass};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
@@ -24,10 +27,13 @@ use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, SIDECAR_NAMESPACE, bin_dir_from_env, eventually};
 use support::devices::release_everything_under;
 use vdrive::cluster::annotations::{
-    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
+    CAPACITY_RESOURCE, CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
 };
+use vdrive::cluster::events::Notifier;
+use vdrive::cluster::{KubeStore, Scope, inventory};
 use vdrive::drive::{Backend, DriveType};
-use vdrive::ledger::Claim;
+use vdrive::ledger::{Claim, Ledger, PhysicalDrive, PoolSettings};
+use vdrive::metrics::Gauges;
 
 const DRIVER: &str = "csi.vdrive.io";
 const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
@@ -170,6 +176,7 @@ fn vdrive_in_a_kubernetes_cluster() {
     runtime().block_on(async move {
         let mut setup = set_up(&bin).await;
         install_from_deploy(&setup).await;
+        node_token_writes_only_its_own_node(&setup).await;
         let first = pvc_lands_on_a_k8s_node_and_mounts(&setup).await;
         loop_nodes_build_one_drive_volumes(&setup, &first).await;
         capacity_steers_pods_and_labels_move_servers(&setup, &first).await;
@@ -265,6 +272,231 @@ async fn install_from_deploy(setup: &Setup) {
         setup
             .cluster
             .kubectl(["get", kind, name, "--namespace", "vdrive"]);
+    }
+}
+
+// ---- scenario 1b: what the node plugin's token may write -----------------------
+
+/// The node plugin's namespace, ServiceAccount and Node policy in deploy/.
+const NODE_NAMESPACE: &str = "vdrive";
+const NODE_ACCOUNT: &str = "vdrive-node";
+const CONTROLLER_ACCOUNT: &str = "vdrive-controller";
+const NODE_POLICY: &str = "vdrive-node-writes";
+
+/// With a token of the node plugin's ServiceAccount bound to a pod on one Node,
+/// as kubelet projects it into a DaemonSet pod, vdrive's own publishing code
+/// writes that Node, and deploy/'s ValidatingAdmissionPolicy refuses its writes
+/// to another Node, to anything but vdrive.io/ keys, and from a token bound to
+/// no pod; the controller's account is not held to it. Two Nodes of the step's
+/// own (no pool, no CSINode, so no volume goes there), deleted at its end. The
+/// `vdrive node` processes of this suite run as the cluster admin and are not
+/// affected.
+async fn node_token_writes_only_its_own_node(setup: &Setup) {
+    let (own, other) = ("policy-a", "policy-b");
+    for name in [own, other] {
+        setup.cluster.add_node(name, &[], "1", "1Gi").await;
+    }
+    let pod = node_plugin_pod(setup, "vdrive-node-policy-a", own).await;
+    let as_plugin = setup
+        .cluster
+        .client_with_token(&service_account_token(setup, NODE_ACCOUNT, Some(&pod)).await)
+        .await;
+    let nodes: Api<Node> = Api::all(as_plugin.clone());
+    let params = PatchParams::default();
+
+    // A new policy takes a moment to be in force: until the first refusal.
+    let probe =
+        |value: &str| json!({ "metadata": { "annotations": { "vdrive.io/e2e-probe": value } } });
+    let refused = eventually(
+        "the node policy to refuse Node policy-b to policy-a's node plugin",
+        WAIT,
+        || {
+            let (nodes, params, patch) = (&nodes, &params, probe("other"));
+            async move { refusal(nodes.patch(other, params, &Patch::Merge(&patch)).await) }
+        },
+    )
+    .await;
+    assert!(
+        refused.contains("may write only its own Node, not Node policy-b"),
+        "{refused}"
+    );
+
+    // The node plugin's own code, with that token: its drive list and extended
+    // resource on its own Node (merge patches with a resourceVersion), not on
+    // the other.
+    let drive = PhysicalDrive {
+        uuid: uuid::Uuid::new_v4(),
+        serial: "policy-e2e".into(),
+        drive_type: DriveType::Tlc,
+        capacity_gib: 10,
+        backend: Backend::Loop,
+        missing: false,
+    };
+    for (node, allowed) in [(own, true), (other, false)] {
+        let store = KubeStore::start(as_plugin.clone(), Scope::OneNode(node.into()));
+        store
+            .wait_ready(WAIT)
+            .await
+            .unwrap_or_else(|e| panic!("the node plugin's token cannot watch Node {node}: {e}"));
+        let ledger = Ledger::new(store, PoolSettings::default());
+        let notifier = Notifier::new(as_plugin.clone(), node);
+        let published = inventory::publish(
+            &ledger,
+            &notifier,
+            &Gauges::default(),
+            node,
+            vec![drive.clone()],
+        )
+        .await;
+        match (published, allowed) {
+            (Ok(_), true) => {}
+            (Err(e), false) => assert!(
+                e.contains(NODE_POLICY) && e.contains("not Node policy-b"),
+                "publishing on {node}: {e}"
+            ),
+            (result, _) => panic!("publishing {own}'s drives on {node}: {result:?}"),
+        }
+    }
+    let written = Api::<Node>::all(setup.client.clone())
+        .get(own)
+        .await
+        .expect("read Node policy-a");
+    let drives = written
+        .annotations()
+        .get(DRIVES_ANNOTATION)
+        .map(|text| decode_drives(text).expect("the drives the plugin wrote"));
+    assert_eq!(drives, Some(vec![drive.clone()]));
+    let capacity = written
+        .status
+        .and_then(|s| s.capacity)
+        .and_then(|c| c.get(CAPACITY_RESOURCE).cloned());
+    assert_eq!(capacity.map(|q| q.0), Some("10".to_string()));
+
+    // On its own Node, nothing but vdrive.io/ keys.
+    let refused_on_own = [
+        (
+            json!({ "metadata": { "labels": { "pool": "vm" } } }),
+            "may not change Node labels: it changed pool",
+        ),
+        (
+            json!({ "spec": { "taints": [{ "key": "e2e", "effect": "NoSchedule" }] } }),
+            "not spec.taints",
+        ),
+        (
+            json!({ "metadata": { "annotations": { "example.com/e2e": "x" } } }),
+            "may change only vdrive.io/ annotations: it changed example.com/e2e",
+        ),
+    ];
+    for (patch, says) in refused_on_own {
+        let message = refusal(nodes.patch(own, &params, &Patch::Merge(&patch)).await)
+            .unwrap_or_else(|e| panic!("patch {patch} of {own}: {e}"));
+        assert!(message.contains(says), "patch {patch} of {own}: {message}");
+    }
+    let status = json!({ "status": { "capacity": { "cpu": "64" } } });
+    let message = refusal(
+        nodes
+            .patch_status(own, &params, &Patch::Merge(&status))
+            .await,
+    )
+    .unwrap_or_else(|e| panic!("status patch {status} of {own}: {e}"));
+    assert!(
+        message.contains("it changed status.capacity.cpu"),
+        "{message}"
+    );
+    nodes
+        .patch(own, &params, &Patch::Merge(&probe("own")))
+        .await
+        .unwrap_or_else(|e| panic!("the node plugin could not annotate its own Node: {e}"));
+
+    // A token of the same account bound to no pod carries no node: refused.
+    let unbound = Api::<Node>::all(
+        setup
+            .cluster
+            .client_with_token(&service_account_token(setup, NODE_ACCOUNT, None).await)
+            .await,
+    );
+    let message = refusal(
+        unbound
+            .patch(own, &params, &Patch::Merge(&probe("unbound")))
+            .await,
+    )
+    .unwrap_or_else(|e| panic!("a token bound to no pod: {e}"));
+    assert!(
+        message.contains("not bound to a pod on a node"),
+        "{message}"
+    );
+
+    // The controller's account writes any Node's annotations, as it must.
+    let controller = Api::<Node>::all(
+        setup
+            .cluster
+            .client_with_token(&service_account_token(setup, CONTROLLER_ACCOUNT, None).await)
+            .await,
+    );
+    controller
+        .patch(other, &params, &Patch::Merge(&probe("controller")))
+        .await
+        .unwrap_or_else(|e| panic!("the controller's account could not annotate {other}: {e}"));
+
+    setup
+        .cluster
+        .force_delete_pod(NODE_NAMESPACE, &pod.name_any())
+        .await;
+    for name in [own, other] {
+        Api::<Node>::all(setup.client.clone())
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("cannot delete Node {name}: {e}"));
+    }
+}
+
+/// A pod of the node plugin's ServiceAccount bound to `node`, as the DaemonSet
+/// controller would make it; no kubelet ever runs it.
+async fn node_plugin_pod(setup: &Setup, name: &str, node: &str) -> Pod {
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": { "name": name, "namespace": NODE_NAMESPACE },
+        "spec": {
+            "serviceAccountName": NODE_ACCOUNT,
+            "nodeName": node,
+            "containers": [{ "name": "vdrive", "image": "vdrive/vdrive" }],
+        },
+    }))
+    .expect("a Pod");
+    Api::<Pod>::namespaced(setup.client.clone(), NODE_NAMESPACE)
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("cannot create pod {NODE_NAMESPACE}/{name}: {e}"))
+}
+
+/// A token of `account` (TokenRequest), bound to `pod` when given.
+async fn service_account_token(setup: &Setup, account: &str, pod: Option<&Pod>) -> String {
+    let bound = pod.map(|pod| {
+        json!({ "apiVersion": "v1", "kind": "Pod", "name": pod.name_any(), "uid": pod.uid() })
+    });
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": { "audiences": [], "expirationSeconds": 3600, "boundObjectRef": bound },
+    }))
+    .expect("a TokenRequest");
+    Api::<ServiceAccount>::namespaced(setup.client.clone(), NODE_NAMESPACE)
+        .create_token_request(account, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("cannot get a token of {NODE_NAMESPACE}/{account}: {e}"))
+        .status
+        .and_then(|s| s.token)
+        .unwrap_or_else(|| panic!("the token request of {account} came back without a token"))
+}
+
+/// Ok(message) when a write was refused by the node policy (403 naming it);
+/// Err saying what happened instead.
+fn refusal<T>(result: Result<T, kube::Error>) -> Result<String, String> {
+    match result {
+        Err(kube::Error::Api(status))
+            if status.code == 403 && status.message.contains(NODE_POLICY) =>
+        {
+            Ok(status.message)
+        }
+        Err(e) => Err(format!("refused otherwise: {e}")),
+        Ok(_) => Err("the write went through".into()),
     }
 }
 

@@ -5,7 +5,8 @@
 //! code's own cluster defaults. No cluster needed.
 //!
 //! The manifests are read by a small reader for the block-style YAML the chart
-//! renders (mappings, sequences, plain/quoted scalars, one-line flow lists);
+//! renders (mappings, sequences, plain/quoted scalars, one-line flow lists, and
+//! literal `|` or folded `>` block scalars without blank or `#` lines in them);
 //! every scalar comes back as a string.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
 
+use vdrive::cluster::annotations::{CAPACITY_RESOURCE, CLAIMS_ANNOTATION, DRIVES_ANNOTATION};
 use vdrive::csi::identity::DRIVER_NAME;
 use vdrive::csi::params::{Defaults, FSTYPE_KEY, presets};
 use vdrive::pools::PoolSettings;
@@ -84,6 +86,35 @@ fn read_document(file: &str, lines: Vec<Line>) -> Option<Value> {
     Some(value)
 }
 
+/// A block scalar's header: `|` keeps line breaks, `>` folds them into spaces;
+/// `-` drops the final line break.
+#[derive(Clone, Copy)]
+struct BlockStyle {
+    folded: bool,
+    keep_newline: bool,
+}
+
+impl BlockStyle {
+    fn of(text: &str) -> Option<BlockStyle> {
+        let (folded, chomp) = match text.split_at_checked(1)? {
+            ("|", chomp) => (false, chomp),
+            (">", chomp) => (true, chomp),
+            _ => return None,
+        };
+        match chomp {
+            "" => Some(BlockStyle {
+                folded,
+                keep_newline: true,
+            }),
+            "-" => Some(BlockStyle {
+                folded,
+                keep_newline: false,
+            }),
+            _ => None,
+        }
+    }
+}
+
 fn is_item(text: &str) -> bool {
     text == "-" || text.starts_with("- ")
 }
@@ -145,6 +176,8 @@ impl Reader {
             self.pos += 1;
             let value = if rest.is_empty() {
                 self.nested(indent)
+            } else if let Some(style) = BlockStyle::of(&rest) {
+                self.block(indent, style)
             } else {
                 self.scalar(number, &rest)
             };
@@ -185,6 +218,32 @@ impl Reader {
             }
         }
         Value::Array(items)
+    }
+
+    /// The lines of a block scalar: those indented deeper than its key, with
+    /// their indentation beyond the first line's kept.
+    fn block(&mut self, indent: usize, style: BlockStyle) -> Value {
+        let mut lines = Vec::new();
+        let mut base = None;
+        while let Some(line) = self.lines.get(self.pos) {
+            if line.indent <= indent {
+                break;
+            }
+            let base = *base.get_or_insert(line.indent);
+            if line.indent < base {
+                self.fail(
+                    line.number,
+                    "a block scalar line indented less than its first",
+                );
+            }
+            lines.push(format!("{}{}", " ".repeat(line.indent - base), line.text));
+            self.pos += 1;
+        }
+        let mut text = lines.join(if style.folded { " " } else { "\n" });
+        if style.keep_newline && !text.is_empty() {
+            text.push('\n');
+        }
+        Value::String(text)
     }
 
     fn scalar(&self, line: usize, text: &str) -> Value {
@@ -317,7 +376,7 @@ fn flags(container: &Value) -> BTreeMap<&str, &str> {
 
 #[test]
 fn the_reader_reads_block_yaml() {
-    let lines = "a: 1\nb:\n  c: \"x: y\"\n  d:\n  - e: f\n    g: ['h', \"i\"]\n  - j\nk: {}\n";
+    let lines = "a: 1\nb:\n  c: \"x: y\"\n  d:\n  - e: f\n    g: ['h', \"i\"]\n  - j\nk: {}\nl: |-\n  m(\n    n)\no: >-\n  p\n  q\nr: |\n  s\nt: u\n";
     let mut reader = Reader {
         file: "sample".into(),
         lines: lines
@@ -334,7 +393,15 @@ fn the_reader_reads_block_yaml() {
     let value = reader.node(0);
     assert_eq!(
         value,
-        serde_json::json!({"a": "1", "b": {"c": "x: y", "d": [{"e": "f", "g": ["h", "i"]}, "j"]}, "k": {}})
+        serde_json::json!({
+            "a": "1",
+            "b": {"c": "x: y", "d": [{"e": "f", "g": ["h", "i"]}, "j"]},
+            "k": {},
+            "l": "m(\n  n)",
+            "o": "p q",
+            "r": "s\n",
+            "t": "u",
+        })
     );
 }
 
@@ -546,4 +613,131 @@ fn controller_starts_with_the_code_defaults() {
         );
     }
     assert_eq!(provisioner.get("immediate-topology"), Some(&"false"));
+}
+
+/// The user name a pod of `workload` (a DaemonSet or Deployment) acts as.
+fn service_account_user(workload: &Value) -> String {
+    format!(
+        "system:serviceaccount:{}:{}",
+        text(workload, &["metadata", "namespace"]),
+        text(
+            workload,
+            &["spec", "template", "spec", "serviceAccountName"]
+        )
+    )
+}
+
+/// Verbs the ClusterRoles bound to the service account `namespace`/`account`
+/// grant on the core `resource`.
+fn cluster_verbs(namespace: &str, account: &str, resource: &str) -> BTreeSet<String> {
+    let roles: BTreeSet<String> = objects_of("ClusterRoleBinding")
+        .iter()
+        .filter(|b| {
+            list(b, &["subjects"]).iter().any(|s| {
+                text(s, &["kind"]) == "ServiceAccount"
+                    && text(s, &["name"]) == account
+                    && text(s, &["namespace"]) == namespace
+            })
+        })
+        .map(|b| text(b, &["roleRef", "name"]).to_string())
+        .collect();
+    objects_of("ClusterRole")
+        .iter()
+        .filter(|r| roles.contains(text(r, &["metadata", "name"])))
+        .flat_map(|r| list(r, &["rules"]).to_vec())
+        .filter(|rule| {
+            list(rule, &["apiGroups"]).contains(&Value::from(""))
+                && list(rule, &["resources"]).contains(&Value::from(resource))
+        })
+        .flat_map(|rule| list(&rule, &["verbs"]).to_vec())
+        .map(|verb| verb.as_str().expect("verbs are strings").to_string())
+        .collect()
+}
+
+#[test]
+fn node_plugin_may_write_only_its_own_node() {
+    let node = one_of("DaemonSet");
+    let namespace = text(&node, &["metadata", "namespace"]);
+    let account = text(&node, &["spec", "template", "spec", "serviceAccountName"]);
+    // RBAC: reads and patches of Nodes, nothing that creates or removes one.
+    let strings = |verbs: &[&str]| verbs.iter().map(|v| v.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        cluster_verbs(namespace, account, "nodes"),
+        strings(&["get", "list", "watch", "patch"])
+    );
+    assert_eq!(
+        cluster_verbs(namespace, account, "nodes/status"),
+        strings(&["patch"])
+    );
+
+    // The policy narrows those patches; its binding denies.
+    let policy = one_of("ValidatingAdmissionPolicy");
+    let binding = one_of("ValidatingAdmissionPolicyBinding");
+    let name = text(&policy, &["metadata", "name"]);
+    assert_eq!(
+        text(&policy, &["apiVersion"]),
+        "admissionregistration.k8s.io/v1"
+    );
+    assert_eq!(text(&binding, &["spec", "policyName"]), name);
+    assert_eq!(
+        list(&binding, &["spec", "validationActions"]),
+        [Value::from("Deny")]
+    );
+    assert!(
+        at(&binding, &["spec", "paramRef"]).is_null()
+            && at(&binding, &["spec", "matchResources"]).is_null(),
+        "{name} applies to every Node"
+    );
+    assert_eq!(
+        text(&policy, &["spec", "failurePolicy"]),
+        "Fail",
+        "an expression that cannot be evaluated refuses the write"
+    );
+    let rules = list(&policy, &["spec", "matchConstraints", "resourceRules"]);
+    assert_eq!(rules.len(), 1, "{name}: one resource rule");
+    assert_eq!(list(&rules[0], &["apiGroups"]), [Value::from("")]);
+    let names = |path: &[&str]| -> BTreeSet<String> {
+        list(&rules[0], path)
+            .iter()
+            .map(|v| v.as_str().expect("strings").to_string())
+            .collect()
+    };
+    assert_eq!(names(&["resources"]), strings(&["nodes", "nodes/status"]));
+    assert_eq!(
+        names(&["operations"]),
+        strings(&["CREATE", "UPDATE", "DELETE"])
+    );
+
+    // Only the node plugin's requests, not the controller's.
+    let conditions = list(&policy, &["spec", "matchConditions"]);
+    assert_eq!(conditions.len(), 1, "{name}: one match condition");
+    let condition = text(&conditions[0], &["expression"]);
+    let node_user = service_account_user(&node);
+    assert_eq!(
+        condition,
+        format!("request.userInfo.username == '{node_user}'")
+    );
+    let controller_user = service_account_user(&one_of("Deployment"));
+    assert!(!condition.contains(&controller_user));
+
+    // The token's node, and vdrive's own keys: every key the code writes on a
+    // Node is one the policy lets through.
+    let policy_text: String = [
+        list(&policy, &["spec", "variables"]),
+        list(&policy, &["spec", "validations"]),
+    ]
+    .concat()
+    .iter()
+    .map(|e| text(e, &["expression"]).to_string())
+    .collect::<Vec<_>>()
+    .join("\n");
+    assert!(
+        policy_text.contains("request.userInfo.?extra[?'authentication.kubernetes.io/node-name']")
+    );
+    assert!(policy_text.contains("request.name == variables.boundNode"));
+    let prefix = "vdrive.io/";
+    assert!(policy_text.contains(&format!("k.startsWith('{prefix}')")));
+    for key in [CLAIMS_ANNOTATION, DRIVES_ANNOTATION, CAPACITY_RESOURCE] {
+        assert!(key.starts_with(prefix), "{key} is not under {prefix}");
+    }
 }

@@ -429,6 +429,20 @@ impl Cluster {
         kube::Client::try_from(config).expect("build a Kubernetes client")
     }
 
+    /// A client that presents `token` (a service-account token, say) instead of
+    /// the admin's certificate.
+    pub async fn client_with_token(&self, token: &str) -> kube::Client {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)
+            .unwrap_or_else(|e| panic!("cannot read {}: {e}", self.kubeconfig.display()));
+        let mut config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .unwrap_or_else(|e| panic!("kube-rs refuses {}: {e}", self.kubeconfig.display()));
+        config.auth_info = serde_json::from_value(json!({ "token": token }))
+            .expect("an AuthInfo with a bearer token");
+        kube::Client::try_from(config).expect("build a Kubernetes client")
+    }
+
     /// Runs kubectl as the cluster admin; its stdout, or why it failed.
     pub fn try_kubectl<I, S>(&self, args: I) -> Result<String, String>
     where

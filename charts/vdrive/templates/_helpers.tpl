@@ -9,6 +9,11 @@
 {{- end -}}
 {{- end -}}
 
+{{/* The node plugin's ServiceAccount (and DaemonSet) name. */}}
+{{- define "vdrive.nodePluginName" -}}
+{{- printf "%s-node" (include "vdrive.fullname" .) -}}
+{{- end -}}
+
 {{/* The CSI driver name: fixed, it is what the plugin reports in GetPluginInfo. */}}
 {{- define "vdrive.driverName" -}}csi.vdrive.io{{- end -}}
 
