@@ -10,11 +10,11 @@ use clap::Args;
 use super::settings::SettingsArgs;
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
-use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::{EmbeddedStore, Ledger, PhysicalDrive};
+use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, drives};
 use crate::pools::Pool;
 

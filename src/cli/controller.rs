@@ -14,10 +14,10 @@ use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, orphans};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
-use crate::csi::inflight::InFlight;
 use crate::csi::server::{self, Services};
 use crate::ledger::{Ledger, NodeLedger};
 use crate::metrics::{self, Gauges, Refresh};
+use crate::node::inflight::InFlight;
 use crate::pools::{Health, Pool, pools_health, pools_status};
 
 const API_WAIT: Duration = Duration::from_secs(60);

@@ -15,12 +15,12 @@ use super::all_in_one::{
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
 use crate::csi::identity::{IdentityService, Readiness};
-use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges};
+use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives};
 use crate::pools::PoolSettings;
 

@@ -8,11 +8,11 @@ use tracing::{info, instrument};
 
 use super::capability;
 use super::context;
-use super::inflight::InFlight;
 use super::params::{ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use crate::ledger::{ClaimRequest, Ledger, LedgerStore, SizeRange, Volume, Wanted};
+use crate::node::inflight::InFlight;
 use crate::node::{ExtentEraser, GIB};
 
 pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";

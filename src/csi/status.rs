@@ -152,6 +152,8 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::NotClaimed { .. }
         | NodeError::StillStaged { .. }
         | NodeError::StillHasDevice { .. } => Code::FailedPrecondition,
+        // CSI's answer to a call on a volume another call is still working on.
+        NodeError::InProgress { .. } => Code::Aborted,
         // Transient: the kernel is still letting go; the CO retries.
         NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } | NodeError::DmBusy { .. } => {
             Code::Unavailable
