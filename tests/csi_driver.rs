@@ -1610,6 +1610,72 @@ async fn a_stage_whose_caller_gave_up_keeps_the_volume_busy_until_it_has_ended()
     driver.delete(&id).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_takes_down_what_a_crash_left_unrecorded() {
+    let Some(driver) = Driver::start("unrecorded", SMALL_DRIVES).await else {
+        return;
+    };
+    for (name, cap) in [("lost-ext4", ext4()), ("lost-block", raw_block())] {
+        let volume = driver.create(name, 1, cap.clone()).await.unwrap();
+        let id = volume.volume_id.clone();
+        let staging = driver.stage(&volume, &cap).await.unwrap();
+        assert_eq!(volume_devices(&driver.dir).len(), 1);
+        // The node lost its record of the stage (a crash before it was written).
+        let record = driver
+            .state_dir()
+            .join("node/volumes")
+            .join(format!("{id}.json"));
+        fs::remove_file(&record).expect("the stage wrote a record");
+
+        driver.unstage(&id, &staging).await.unwrap();
+        assert!(mounts_at(&staging).is_empty(), "{name}: no mount is left");
+        assert_eq!(
+            volume_devices(&driver.dir),
+            Vec::<PathBuf>::new(),
+            "{name}: no device is left"
+        );
+        driver.delete(&id).await.unwrap();
+    }
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_without_a_record_leaves_a_pods_mount_alone() {
+    let Some(driver) = Driver::start("unrecordedpub", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver
+        .create("lost-published", 1, cap.clone())
+        .await
+        .unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    fs::remove_file(
+        driver
+            .state_dir()
+            .join("node/volumes")
+            .join(format!("{id}.json")),
+    )
+    .unwrap();
+    let err = assert_code(
+        driver.unstage(&id, &staging).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        err.message().contains("still published"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(mounts_at(&target).len(), 1, "the pod's mount stays");
+    assert_eq!(mounts_at(&staging).len(), 1, "the staging mount stays");
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+    assert!(mounts_under(&driver.dir.join("staging")).is_empty());
+    driver.delete(&id).await.unwrap();
+}
+
 /// Loop devices of volumes on the simulated drives under `dir`.
 fn volume_devices(dir: &Path) -> Vec<PathBuf> {
     let all = loop_devices();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::all_in_one::{
-    SUGGESTED_SIMULATION, choose_backend, node_name, rescan_drives, shutdown_signal,
+    SUGGESTED_SIMULATION, choose_backend, initial_drives, node_name, rescan_drives, shutdown_signal,
 };
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
@@ -88,10 +88,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         .map(|address| metrics::spawn(address, gauges.clone(), None));
 
     let simulated_dir = args.state_dir.join("simulated-drives");
-    let found = match &args.simulate_drives {
-        Some(spec) => drives::simulate(&simulated_dir, spec).map_err(|e| e.to_string())?,
-        None => drives::discover(&drives::candidates()),
-    };
+    let found = initial_drives(args.simulate_drives.clone(), simulated_dir.clone()).await?;
     if found.is_empty() {
         eprintln!(
             "vdrive node: no signed drives on {node_id}; volumes cannot be placed here until drives are signed \
