@@ -116,11 +116,15 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         )
         .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
     );
-    let node = NodeService::new(volumes.clone(), args.max_volumes, InFlight::default());
+    // The reclaimer takes the CSI calls' in-flight keys: a volume is never
+    // staged and erased at once.
+    let in_flight = InFlight::default();
+    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone());
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let reclaimer = tokio::spawn(reclaim::erase_released(
         ledger.clone(),
         eraser,
+        in_flight,
         gauges.clone(),
         node_id.clone(),
     ));
