@@ -197,7 +197,7 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             return Err(Status::invalid_argument("volume_id must not be empty"));
         }
         let _flight = self.in_flight.begin(&req.volume_id)?;
-        let Some(volume) = self.ledger.volume(&req.volume_id).await? else {
+        let Some(volume) = self.ledger.volume_everywhere(&req.volume_id).await? else {
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
         // Erase before releasing: once released, the space may be claimed again.

@@ -81,6 +81,8 @@ fn ledger_code(err: &LedgerError) -> Code {
         LedgerError::VolumeNotFound(_) => Code::NotFound,
         LedgerError::InvalidDrive { .. } => Code::InvalidArgument,
         LedgerError::Contended { .. } => Code::Aborted,
+        // The answer depends on a node that cannot be read now; it can be repaired.
+        LedgerError::Unreadable { .. } => Code::Unavailable,
         LedgerError::Invariant { .. } => Code::Internal,
     }
 }
