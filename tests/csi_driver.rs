@@ -73,6 +73,14 @@ impl Driver {
 
     /// Starts the driver with exactly these extra `all-in-one` arguments.
     async fn start_with(name: &str, spec: &str, extra_args: &[&str]) -> Option<Driver> {
+        let mut driver = Driver::unstarted(name, spec, extra_args)?;
+        driver.spawn().await;
+        Some(driver)
+    }
+
+    /// The fixture, its temp dir made but the driver not started yet (see
+    /// [`Driver::spawn`]). None (and a message) without root.
+    fn unstarted(name: &str, spec: &str, extra_args: &[&str]) -> Option<Driver> {
         if !nix::unistd::geteuid().is_root() || !Path::new("/dev/loop-control").exists() {
             eprintln!("skipped: needs root and /dev/loop-control");
             return None;
@@ -84,7 +92,7 @@ impl Driver {
             .keep();
         let dir = fs::canonicalize(&dir).expect("resolve the temp dir");
         // The fixture exists before the process does, so a failed start is cleaned up.
-        let mut driver = Driver {
+        Some(Driver {
             endpoint: format!("unix://{}", dir.join("csi.sock").display()),
             dir,
             node_id: format!("it-{name}-{}", std::process::id()),
@@ -92,9 +100,7 @@ impl Driver {
             child: None,
             channel: None,
             extra_args: extra_args.iter().map(ToString::to_string).collect(),
-        };
-        driver.spawn().await;
-        Some(driver)
+        })
     }
 
     fn state_dir(&self) -> PathBuf {
@@ -250,15 +256,41 @@ impl Driver {
     ) -> Result<PathBuf, tonic::Status> {
         let staging = self.staging_path(&volume.volume_id);
         self.node()
-            .node_stage_volume(NodeStageVolumeRequest {
-                volume_id: volume.volume_id.clone(),
-                staging_target_path: path_str(&staging),
-                volume_capability: Some(capability.clone()),
-                volume_context: volume.volume_context.clone(),
-                ..Default::default()
-            })
+            .node_stage_volume(self.stage_request(volume, capability))
             .await?;
         Ok(staging)
+    }
+
+    /// NodeStageVolume whose caller gives up after `deadline`.
+    async fn stage_within(
+        &self,
+        volume: &Volume,
+        capability: &VolumeCapability,
+        deadline: Duration,
+    ) -> Result<(), tonic::Status> {
+        let mut request = tonic::Request::new(self.stage_request(volume, capability));
+        request.set_timeout(deadline);
+        let mut node = self.node();
+        let call = node.node_stage_volume(request);
+        // The client enforces the deadline too, whatever the server does.
+        match tokio::time::timeout(deadline + Duration::from_secs(1), call).await {
+            Ok(answer) => answer.map(drop),
+            Err(_) => Err(tonic::Status::deadline_exceeded("the client gave up")),
+        }
+    }
+
+    fn stage_request(
+        &self,
+        volume: &Volume,
+        capability: &VolumeCapability,
+    ) -> NodeStageVolumeRequest {
+        NodeStageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: path_str(&self.staging_path(&volume.volume_id)),
+            volume_capability: Some(capability.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        }
     }
 
     async fn publish(
@@ -1495,6 +1527,234 @@ async fn stats_answer_only_for_the_volumes_own_paths() {
     assert!(stats(&path_str(&staging)).await.is_ok());
     assert_code(stats("/").await, Code::NotFound);
     driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+// ---- node calls survive callers that give up, and crashes ----------------------
+
+/// A filesystem of its own, on a loop-mounted image, for a driver's simulated
+/// drives: freezing it holds every write to the drives (mkfs, for one) until it
+/// is thawed. It lives outside the driver's dir (the driver's state dir links to
+/// it), so it is released here, after the driver: drop it last.
+struct DriveFs {
+    dir: PathBuf,
+    mount_point: PathBuf,
+}
+
+impl DriveFs {
+    /// Made before the driver starts, so the drives are created on it.
+    fn for_driver(driver: &Driver) -> DriveFs {
+        let dir = tempfile::Builder::new()
+            .prefix("vdrive-it-drivefs-")
+            .tempdir()
+            .expect("create a temp dir")
+            .keep();
+        let dir = fs::canonicalize(&dir).expect("resolve the temp dir");
+        let image = dir.join("drives.img");
+        let mount_point = dir.join("mnt");
+        // The fixture exists before the mount does, so a failed one is cleaned up.
+        let drive_fs = DriveFs {
+            dir,
+            mount_point: mount_point.clone(),
+        };
+        fs::create_dir_all(&mount_point).unwrap();
+        fs::File::create(&image)
+            .and_then(|f| f.set_len(1 << 30))
+            .unwrap();
+        run("mkfs.ext4", &["-q", "-F", &path_str(&image)]);
+        run(
+            "mount",
+            &["-o", "loop", &path_str(&image), &path_str(&mount_point)],
+        );
+        fs::create_dir_all(driver.state_dir()).unwrap();
+        std::os::unix::fs::symlink(&mount_point, driver.state_dir().join("simulated-drives"))
+            .unwrap();
+        drive_fs
+    }
+
+    fn freeze(&self) -> Frozen {
+        run("fsfreeze", &["--freeze", &path_str(&self.mount_point)]);
+        Frozen(self.mount_point.clone())
+    }
+}
+
+impl Drop for DriveFs {
+    fn drop(&mut self) {
+        drop(Frozen(self.mount_point.clone()));
+        // The volumes' loop devices over the drives, then the drives' own.
+        for _ in 0..10 {
+            let loops = loop_devices();
+            let drives: Vec<&PathBuf> = loops
+                .iter()
+                .filter(|(_, backing)| backing.starts_with(&self.mount_point))
+                .map(|(device, _)| device)
+                .collect();
+            let volumes: Vec<&PathBuf> = loops
+                .iter()
+                .filter(|(_, backing)| drives.contains(&backing))
+                .map(|(device, _)| device)
+                .collect();
+            if drives.is_empty() {
+                break;
+            }
+            for device in volumes.into_iter().chain(drives) {
+                let _ = Command::new("losetup").arg("--detach").arg(device).status();
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        let unmounted = Command::new("umount")
+            .arg(&self.mount_point)
+            .status()
+            .is_ok_and(|s| s.success());
+        if unmounted {
+            let _ = fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cleanup: cannot unmount {}", self.mount_point.display());
+        }
+    }
+}
+
+/// Thaws the drives' filesystem when dropped (also when a test fails: a frozen
+/// filesystem would hold the driver, and its cleanup, forever).
+struct Frozen(PathBuf);
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = Command::new("fsfreeze")
+            .arg("--unfreeze")
+            .arg(&self.0)
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_whose_caller_gave_up_keeps_the_volume_busy_until_it_has_ended() {
+    let Some(driver) = Driver::unstarted("gaveup", SMALL_DRIVES, &[]) else {
+        return;
+    };
+    let drives = DriveFs::for_driver(&driver);
+    // Declared after `drives`, so stopped and cleaned up before it.
+    let mut driver = driver;
+    driver.spawn().await;
+    let cap = ext4();
+    let volume = driver.create("gave-up", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+
+    // Writes to the drives hang from here: the stage stops inside mkfs.
+    let frozen = drives.freeze();
+    let first = driver
+        .stage_within(&volume, &cap, Duration::from_millis(500))
+        .await;
+    assert!(
+        first.is_err(),
+        "the stage cannot end while the drives are frozen: {first:?}"
+    );
+    // The caller has given up, but the stage's work goes on: a retry is refused.
+    let retry = driver
+        .stage_within(&volume, &cap, Duration::from_secs(5))
+        .await;
+    let err = assert_code(retry, Code::Aborted);
+    assert!(
+        err.message().contains(&id) && err.message().contains("still in progress"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        !driver.log().contains("volume staged"),
+        "nothing has been staged yet"
+    );
+
+    // Once the first stage has really ended, a retry finds it done.
+    drop(frozen);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match driver
+            .stage_within(&volume, &cap, Duration::from_secs(30))
+            .await
+        {
+            Ok(()) => break,
+            Err(status) if status.code() == Code::Aborted && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(status) => panic!("the retry after the first stage ended: {status:?}"),
+        }
+    }
+    let staging = driver.staging_path(&id);
+    assert_eq!(mounts_at(&staging).len(), 1, "staged once");
+    assert_eq!(volume_devices(&drives.mount_point).len(), 1, "one device");
+    fs::write(staging.join("f"), b"written").unwrap();
+    assert_eq!(fs::read(staging.join("f")).unwrap(), b"written");
+
+    driver.unstage(&id, &staging).await.unwrap();
+    assert!(mounts_at(&staging).is_empty());
+    assert_eq!(volume_devices(&drives.mount_point), Vec::<PathBuf>::new());
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_takes_down_what_a_crash_left_unrecorded() {
+    let Some(driver) = Driver::start("unrecorded", SMALL_DRIVES).await else {
+        return;
+    };
+    for (name, cap) in [("lost-ext4", ext4()), ("lost-block", raw_block())] {
+        let volume = driver.create(name, 1, cap.clone()).await.unwrap();
+        let id = volume.volume_id.clone();
+        let staging = driver.stage(&volume, &cap).await.unwrap();
+        assert_eq!(volume_devices(&driver.dir).len(), 1);
+        // The node lost its record of the stage (a crash before it was written).
+        let record = driver
+            .state_dir()
+            .join("node/volumes")
+            .join(format!("{id}.json"));
+        fs::remove_file(&record).expect("the stage wrote a record");
+
+        driver.unstage(&id, &staging).await.unwrap();
+        assert!(mounts_at(&staging).is_empty(), "{name}: no mount is left");
+        assert_eq!(
+            volume_devices(&driver.dir),
+            Vec::<PathBuf>::new(),
+            "{name}: no device is left"
+        );
+        driver.delete(&id).await.unwrap();
+    }
+    assert!(driver.list().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstage_without_a_record_leaves_a_pods_mount_alone() {
+    let Some(driver) = Driver::start("unrecordedpub", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver
+        .create("lost-published", 1, cap.clone())
+        .await
+        .unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    fs::remove_file(
+        driver
+            .state_dir()
+            .join("node/volumes")
+            .join(format!("{id}.json")),
+    )
+    .unwrap();
+    let err = assert_code(
+        driver.unstage(&id, &staging).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        err.message().contains("still published"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(mounts_at(&target).len(), 1, "the pod's mount stays");
+    assert_eq!(mounts_at(&staging).len(), 1, "the staging mount stays");
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+    assert!(mounts_under(&driver.dir.join("staging")).is_empty());
     driver.delete(&id).await.unwrap();
 }
 

@@ -32,7 +32,7 @@ use vdrive::cluster::annotations::{
 use vdrive::cluster::events::Notifier;
 use vdrive::cluster::{KubeStore, Scope, inventory};
 use vdrive::drive::{Backend, DriveType};
-use vdrive::ledger::{Claim, Ledger, PhysicalDrive, PoolSettings};
+use vdrive::ledger::{Claim, DriveHeader, Ledger, PhysicalDrive, PoolSettings, ReportedDrive};
 use vdrive::metrics::Gauges;
 
 const DRIVER: &str = "csi.vdrive.io";
@@ -331,6 +331,7 @@ async fn node_token_writes_only_its_own_node(setup: &Setup) {
         capacity_gib: 10,
         backend: Backend::Loop,
         missing: false,
+        quarantined: None,
     };
     for (node, allowed) in [(own, true), (other, false)] {
         let store = KubeStore::start(as_plugin.clone(), Scope::OneNode(node.into()));
@@ -340,14 +341,16 @@ async fn node_token_writes_only_its_own_node(setup: &Setup) {
             .unwrap_or_else(|e| panic!("the node plugin's token cannot watch Node {node}: {e}"));
         let ledger = Ledger::new(store, PoolSettings::default());
         let notifier = Notifier::new(as_plugin.clone(), node);
-        let published = inventory::publish(
-            &ledger,
-            &notifier,
-            &Gauges::default(),
-            node,
-            vec![drive.clone()],
-        )
-        .await;
+        let reported = vec![ReportedDrive {
+            drive: drive.clone(),
+            header: DriveHeader::Blank,
+        }];
+        let published = match ledger.sync_drives(node, reported).await {
+            Ok(sync) => {
+                inventory::publish(&ledger, &notifier, &Gauges::default(), node, &sync).await
+            }
+            Err(e) => Err(e.to_string()),
+        };
         match (published, allowed) {
             (Ok(_), true) => {}
             (Err(e), false) => assert!(
@@ -1817,4 +1820,150 @@ fn http_get(port: u16, path: &str) -> String {
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_string())
         .unwrap_or(response)
+}
+
+#[test]
+#[ignore = "needs Kubernetes binaries: run e2e/run"]
+fn a_malformed_annotation_quarantines_only_its_node() {
+    let bin = bin_dir_from_env();
+    runtime().block_on(async move {
+        let cluster = Cluster::start(&bin);
+        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let client = cluster.client().await;
+        let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
+        for name in ["good", "bad"] {
+            cluster
+                .add_node(name, &[("pool", "k8s"), (TOPOLOGY_KEY, name)], "8", "32Gi")
+                .await;
+        }
+        let mut node = start_node(&cluster, &vdrive, "good", &[]);
+        wait_for_socket(&cluster.dir().join("good.sock"), &mut node).await;
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let command = controller_command(
+            &cluster,
+            &vdrive,
+            "c",
+            &[format!("--metrics-address=127.0.0.1:{metrics_port}")],
+        );
+        let mut controller = cluster.spawn("vdrive-controller-c", command);
+        wait_for_socket(&cluster.dir().join("c.sock"), &mut controller).await;
+        let endpoint = format!("unix://{}/c.sock", cluster.dir().display());
+        let csi = |args: &[&str]| {
+            let out = Command::new(&vdrive)
+                .args(["csi", "--endpoint", &endpoint])
+                .args(args)
+                .output()
+                .expect("run vdrive csi");
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            if out.status.success() {
+                Ok(text)
+            } else {
+                Err(text)
+            }
+        };
+        let kubeconfig = cluster.kubeconfig_path().display().to_string();
+        let health = || {
+            let out = Command::new(&vdrive)
+                .args(["pools", "health", "--kubeconfig", &kubeconfig])
+                .output()
+                .expect("run vdrive pools health");
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        };
+
+        // Garbage in one Node's claims annotation.
+        let nodes: Api<Node> = Api::all(client.clone());
+        let annotate = |value: Value| {
+            let nodes = nodes.clone();
+            async move {
+                let patch = json!({"metadata": {"annotations": {CLAIMS_ANNOTATION: value}}});
+                nodes
+                    .patch("bad", &PatchParams::default(), &Patch::Merge(&patch))
+                    .await
+                    .expect("annotate Node bad");
+            }
+        };
+        annotate(json!("{not json")).await;
+        eventually("the bad node to be counted", WAIT, || async {
+            let scrape = http_get(metrics_port, "/metrics");
+            if scrape.contains("vdrive_quarantined_nodes 1") {
+                Ok(())
+            } else {
+                Err(scrape)
+            }
+        })
+        .await;
+
+        // The rest of the cluster keeps working.
+        let created = csi(&[
+            "create-volume",
+            "q-1",
+            "--size",
+            "1Gi",
+            "--class",
+            K8S_CLASS,
+        ])
+        .expect("a volume on the good node");
+        assert!(created.contains("good"), "{created}");
+        // A volume found nowhere may be on the bad node: no silent success.
+        let unknown = "00000000-0000-0000-0000-000000000000";
+        let refused = csi(&["delete-volume", unknown]).expect_err("delete cannot vouch");
+        assert!(
+            refused.contains("Unavailable") && refused.contains("node bad"),
+            "{refused}"
+        );
+        let report = health();
+        assert!(
+            report.contains("node bad is quarantined") && report.contains("not a JSON object"),
+            "{report}"
+        );
+        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+        let events = &events;
+        let note = eventually(
+            "a LedgerUnreadable Event on Node bad",
+            WAIT,
+            || async move {
+                let list = events
+                    .list(&ListParams::default())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                list.items
+                    .into_iter()
+                    .find(|e| {
+                        e.reason.as_deref() == Some("LedgerUnreadable")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")
+                    })
+                    .and_then(|e| e.note)
+                    .ok_or_else(|| "no such Event yet".to_string())
+            },
+        )
+        .await;
+        assert!(note.contains("kubectl edit node bad"), "{note}");
+
+        // Repaired, the node is back.
+        annotate(json!("{}")).await;
+        eventually("the repaired node to be back", WAIT, || async {
+            let scrape = http_get(metrics_port, "/metrics");
+            if scrape.contains("vdrive_quarantined_nodes 0") {
+                Ok(())
+            } else {
+                Err(scrape)
+            }
+        })
+        .await;
+        assert!(!health().contains("quarantined"));
+        csi(&["delete-volume", unknown]).expect("an unknown volume is gone");
+        drop(controller);
+        drop(node);
+    });
 }

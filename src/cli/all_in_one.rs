@@ -10,12 +10,12 @@ use clap::Args;
 use super::settings::SettingsArgs;
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
-use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::{DriveSync, EmbeddedStore, Ledger};
 use crate::node::drives::{self, SignedDrive};
+use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, ownership};
 use crate::pools::Pool;
 
@@ -106,10 +106,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     let ledger = Arc::new(Ledger::new(store, args.settings.pools()?));
 
     let simulated_dir = args.state_dir.join("simulated-drives");
-    let found = match &args.simulate_drives {
-        Some(spec) => drives::simulate(&simulated_dir, spec).map_err(|e| e.to_string())?,
-        None => drives::discover(&drives::candidates()),
-    };
+    let found = initial_drives(args.simulate_drives.clone(), simulated_dir.clone()).await?;
     if found.is_empty() {
         eprintln!(
             "vdrive: no signed drives on this machine, so no volume can be created yet.\n\
@@ -201,6 +198,21 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     }
     println!("vdrive all-in-one: stopped");
     Ok(())
+}
+
+/// The node's signed drives at start: the simulated ones `simulate` asks for
+/// (made under `dir`, or found there again), else the machine's. Scanning reads
+/// every disk: it runs off the async executor's threads.
+pub(super) async fn initial_drives(
+    simulate: Option<String>,
+    dir: PathBuf,
+) -> Result<Vec<SignedDrive>, String> {
+    tokio::task::spawn_blocking(move || match &simulate {
+        Some(spec) => drives::simulate(&dir, spec).map_err(|e| e.to_string()),
+        None => Ok(drives::discover(&drives::candidates())),
+    })
+    .await
+    .map_err(|e| format!("the drive scan failed: {e}"))?
 }
 
 /// Rescans the node's drives every `every` and hands what it finds to `record`,

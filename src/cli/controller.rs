@@ -11,13 +11,13 @@ use clap::Args;
 use super::all_in_one::shutdown_signal;
 use super::settings::SettingsArgs;
 use crate::cluster::events::Notifier;
-use crate::cluster::{self, KubeStore, Scope, orphans};
+use crate::cluster::{self, KubeStore, Scope, orphans, quarantine};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
-use crate::csi::inflight::InFlight;
 use crate::csi::server::{self, Services};
 use crate::ledger::{Ledger, NodeLedger};
 use crate::metrics::{self, Gauges, Refresh};
+use crate::node::inflight::InFlight;
 use crate::pools::{Health, Pool, pools_health, pools_status};
 
 const API_WAIT: Duration = Duration::from_secs(60);
@@ -74,6 +74,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
             Duration::from_secs(args.orphan_check_interval),
         ))
     });
+    // A node whose ledger cannot be read is kept aside; make it seen.
+    let quarantine = tokio::spawn(quarantine::watch(
+        ledger.clone(),
+        Notifier::new(client.clone(), &args.instance),
+        gauges.clone(),
+    ));
     let metrics = args.metrics_address.map(|address| {
         let refresh = pool_gauges(ledger.clone(), gauges.clone());
         metrics::spawn(address, gauges.clone(), Some(refresh))
@@ -92,7 +98,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         node: None,
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
-    for task in checks.into_iter().chain(metrics) {
+    for task in checks.into_iter().chain(metrics).chain([quarantine]) {
         task.abort();
     }
     served.map_err(|e| e.to_string())?;

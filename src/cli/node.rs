@@ -10,17 +10,17 @@ use std::time::Duration;
 use clap::Args;
 
 use super::all_in_one::{
-    SUGGESTED_SIMULATION, choose_backend, node_name, rescan_drives, shutdown_signal,
+    SUGGESTED_SIMULATION, choose_backend, initial_drives, node_name, rescan_drives, shutdown_signal,
 };
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
 use crate::csi::identity::{IdentityService, Readiness};
-use crate::csi::inflight::InFlight;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges};
+use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives, ownership};
 use crate::pools::PoolSettings;
 
@@ -88,10 +88,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         .map(|address| metrics::spawn(address, gauges.clone(), None));
 
     let simulated_dir = args.state_dir.join("simulated-drives");
-    let found = match &args.simulate_drives {
-        Some(spec) => drives::simulate(&simulated_dir, spec).map_err(|e| e.to_string())?,
-        None => drives::discover(&drives::candidates()),
-    };
+    let found = initial_drives(args.simulate_drives.clone(), simulated_dir.clone()).await?;
     if found.is_empty() {
         eprintln!(
             "vdrive node: no signed drives on {node_id}; volumes cannot be placed here until drives are signed \
@@ -119,11 +116,15 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         )
         .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
     );
-    let node = NodeService::new(volumes.clone(), args.max_volumes, InFlight::default());
+    // The reclaimer takes the CSI calls' in-flight keys: a volume is never
+    // staged and erased at once.
+    let in_flight = InFlight::default();
+    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone());
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let reclaimer = tokio::spawn(reclaim::erase_released(
         ledger.clone(),
         eraser,
+        in_flight,
         gauges.clone(),
         node_id.clone(),
     ));

@@ -9,7 +9,7 @@ use clap::{Args, Subcommand};
 use super::settings::SettingsArgs;
 use crate::cluster::{self, KubeStore, Scope};
 use crate::ledger::{Ledger, NodeLedger};
-use crate::pools::{Health, pools_health, pools_status};
+use crate::pools::{Health, cluster_health, pools_status};
 
 #[derive(Debug, Clone, Args)]
 pub struct PoolsArgs {
@@ -49,20 +49,15 @@ pub async fn run(args: PoolsArgs) -> Result<String, String> {
         .await
         .map_err(|e| e.to_string())?;
     let ledger = Ledger::new(store, settings);
-    let nodes: Vec<NodeLedger> = ledger
-        .nodes()
-        .await
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|n| (*n).clone())
-        .collect();
+    let survey = ledger.survey().await.map_err(|e| e.to_string())?;
+    let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
     let pretty = |value: serde_json::Result<String>| value.map_err(|e| e.to_string());
     if !health {
         return pretty(serde_json::to_string_pretty(&pools_status(
             &nodes, &settings,
         )));
     }
-    let report = pools_health(&nodes, &settings);
+    let report = cluster_health(&nodes, &survey.quarantined, &settings);
     let out = pretty(serde_json::to_string_pretty(&report))?;
     if report.status == Health::Healthy {
         Ok(out)

@@ -6,6 +6,7 @@ pub mod annotations;
 pub mod events;
 pub mod inventory;
 pub mod orphans;
+pub mod quarantine;
 pub mod reclaim;
 pub mod store;
 

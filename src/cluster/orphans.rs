@@ -63,7 +63,8 @@ pub async fn check(
     ledger: &Ledger<Arc<KubeStore>>,
     client: &Client,
 ) -> Result<OrphanReport, String> {
-    let ledgers = ledger.nodes().await.map_err(|e| e.to_string())?;
+    let survey = ledger.survey().await.map_err(|e| e.to_string())?;
+    let ledgers = survey.nodes;
     let pvcs: Api<PersistentVolumeClaim> = Api::all(client.clone());
     let pending: HashSet<String> = pvcs
         .list(&ListParams::default())
@@ -135,8 +136,11 @@ pub async fn check(
             report.orphaned_claims.push(orphan(&volume, reason));
         }
     }
+    // A node whose ledger cannot be read may hold any claim: no PersistentVolume
+    // is called lost until it is repaired (it is reported on its own).
+    let certain = survey.quarantined.is_empty();
     for (handle, pv) in &by_handle {
-        if !claimed.contains(handle.as_str()) && !pv.being_deleted {
+        if certain && !claimed.contains(handle.as_str()) && !pv.being_deleted {
             report.lost_volumes.push(LostVolume {
                 persistent_volume: pv.name.clone(),
                 volume_id: handle.clone(),

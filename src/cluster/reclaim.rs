@@ -2,13 +2,18 @@
 //! their claims. The controller cannot reach the drives, so DeleteVolume only
 //! marks the claims releasing; the space is handed out again only after this
 //! node has zeroed it, so the next tenant never reads the previous one's data.
+//!
+//! A volume is erased only under its in-flight key, the one the node's CSI
+//! calls take: a volume being staged is not erased under the stage, and a
+//! stage of a volume being erased is refused with Aborted.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::KubeStore;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, LedgerStore};
 use crate::metrics::Gauges;
+use crate::node::inflight::InFlight;
 use crate::node::{Erasure, ExtentEraser};
 
 /// Looks again at least this often, even without a change to the Node (a volume
@@ -19,12 +24,13 @@ const RETRY_EVERY: Duration = Duration::from_secs(15);
 pub async fn erase_released(
     ledger: Arc<Ledger<Arc<KubeStore>>>,
     eraser: Arc<dyn ExtentEraser>,
+    in_flight: InFlight,
     gauges: Arc<Gauges>,
     node: String,
 ) {
     let mut changes = ledger.store().subscribe();
     loop {
-        if let Err(err) = erase_once(&ledger, &eraser, &node).await {
+        if let Err(err) = erase_once(&ledger, &eraser, &in_flight, &node).await {
             tracing::warn!(%err, "could not erase released volumes; retrying");
         }
         if let Ok(now) = ledger.node(&node).await {
@@ -43,10 +49,12 @@ pub async fn erase_released(
 }
 
 /// Erases and releases every releasing volume of `node` that can be; returns
-/// how many were released.
-pub async fn erase_once(
-    ledger: &Ledger<Arc<KubeStore>>,
+/// how many were released. A volume another operation holds waits for a later
+/// round.
+pub async fn erase_once<S: LedgerStore>(
+    ledger: &Ledger<S>,
     eraser: &Arc<dyn ExtentEraser>,
+    in_flight: &InFlight,
     node: &str,
 ) -> Result<usize, String> {
     let releasing = ledger
@@ -56,6 +64,14 @@ pub async fn erase_once(
         .releasing_volumes();
     let mut released = 0;
     for volume in releasing {
+        // Held until the volume is erased and released (or left for later).
+        let _flight = match in_flight.begin(&volume.id) {
+            Ok(flight) => flight,
+            Err(busy) => {
+                tracing::info!(volume = %volume.id, %busy, "deleted volume not erased yet");
+                continue;
+            }
+        };
         let doomed = volume.clone();
         let eraser = eraser.clone();
         let erased = tokio::task::spawn_blocking(move || eraser.erase(&doomed))
@@ -82,4 +98,86 @@ pub async fn erase_once(
         }
     }
     Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+    use crate::allocator::{Ratio, Request};
+    use crate::ledger::{
+        ClaimRequest, DriveHeader, EmbeddedStore, PhysicalDrive, PoolSettings, ReportedDrive,
+        SizeRange, Volume,
+    };
+
+    const NODE: &str = "n1";
+
+    /// Counts the volumes it is asked to erase, and erases nothing.
+    #[derive(Default)]
+    struct Counting(AtomicUsize);
+
+    impl ExtentEraser for Counting {
+        fn erase(&self, _: &Volume) -> Erasure {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Erasure::Erased
+        }
+    }
+
+    #[tokio::test]
+    async fn a_volume_another_operation_holds_is_not_erased_until_it_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("ledger.redb")).unwrap();
+        let ledger = Ledger::new(store, PoolSettings::default());
+        let drive: PhysicalDrive = serde_json::from_value(serde_json::json!({
+            "uuid": "00000000-0000-0000-0000-000000000001",
+            "serial": "SN1",
+            "type": "tlc",
+            "capacity_gib": 64,
+        }))
+        .unwrap();
+        let reported = ReportedDrive {
+            drive,
+            header: DriveHeader::Blank,
+        };
+        ledger.sync_drives(NODE, vec![reported]).await.unwrap();
+        let mut layout = Request::with_ratio(1, Ratio { tlc: 1, qlc: 0 }, 1);
+        layout.min_drive_gib = 1;
+        let request = ClaimRequest {
+            volume_name: "pvc-1".into(),
+            owner: String::new(),
+            pool: None,
+            layout,
+            accepts: SizeRange::exactly(1),
+        };
+        let volume = ledger.claim(NODE, &request).await.unwrap();
+        ledger.retire_on(NODE, &volume.id).await.unwrap();
+
+        let counting = Arc::new(Counting::default());
+        let eraser: Arc<dyn ExtentEraser> = counting.clone();
+        let in_flight = InFlight::default();
+        // A stage of the volume is under way.
+        let stage = in_flight.begin(&volume.id).unwrap();
+        let released = erase_once(&ledger, &eraser, &in_flight, NODE).await;
+        assert_eq!(released, Ok(0));
+        assert_eq!(
+            counting.0.load(Ordering::SeqCst),
+            0,
+            "not erased under a stage"
+        );
+        assert!(
+            ledger
+                .volume(&volume.id)
+                .await
+                .unwrap()
+                .is_some_and(|v| v.releasing)
+        );
+
+        drop(stage);
+        let released = erase_once(&ledger, &eraser, &in_flight, NODE).await;
+        assert_eq!(released, Ok(1));
+        assert_eq!(counting.0.load(Ordering::SeqCst), 1);
+        assert!(ledger.volume(&volume.id).await.unwrap().is_none());
+        assert!(in_flight.begin(&volume.id).is_ok(), "the key is free again");
+    }
 }

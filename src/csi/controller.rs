@@ -8,11 +8,11 @@ use tracing::{info, instrument};
 
 use super::capability;
 use super::context;
-use super::inflight::InFlight;
 use super::params::{ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use crate::ledger::{ClaimRequest, Ledger, LedgerStore, SizeRange, Volume, Wanted};
+use crate::node::inflight::InFlight;
 use crate::node::{Erasure, ExtentEraser, GIB};
 
 pub const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
@@ -197,7 +197,7 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             return Err(Status::invalid_argument("volume_id must not be empty"));
         }
         let _flight = self.in_flight.begin(&req.volume_id)?;
-        let Some(volume) = self.ledger.volume(&req.volume_id).await? else {
+        let Some(volume) = self.ledger.volume_everywhere(&req.volume_id).await? else {
             return Ok(Response::new(DeleteVolumeResponse {}));
         };
         // Erase before releasing: once released, the space may be claimed again.

@@ -5,7 +5,6 @@ pub mod capability;
 pub mod context;
 pub mod controller;
 pub mod identity;
-pub mod inflight;
 pub mod node;
 pub mod params;
 pub mod proto;

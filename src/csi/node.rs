@@ -11,10 +11,10 @@ use tracing::{info, instrument, warn};
 use super::capability;
 use super::context;
 use super::controller::TOPOLOGY_KEY;
-use super::inflight::InFlight;
 use super::proto::node_server::Node;
 use super::proto::*;
 use crate::ledger::LedgerStore;
+use crate::node::inflight::InFlight;
 use crate::node::volume::{PublishRequest, StageRequest, Usage};
 use crate::node::{NodeError, NodeVolumes, fs};
 

@@ -3,12 +3,16 @@
 use std::future::Future;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use hyper_util::rt::TokioIo;
 use thiserror::Error;
 use tokio::net::{UnixListener, UnixStream};
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::Status;
 use tonic::transport::{Channel, Endpoint, Server, Uri};
+use tower::{BoxError, Layer, Service};
 
 use super::controller::ControllerService;
 use super::identity::IdentityService;
@@ -110,6 +114,7 @@ pub async fn serve<S: LedgerStore>(
 ) -> Result<(), ServeError> {
     let listener = bind(path)?;
     let router = Server::builder()
+        .layer(RunToEnd)
         .add_service(IdentityServer::new(services.identity))
         .add_optional_service(services.controller.map(ControllerServer::new))
         .add_optional_service(services.node.map(NodeServer::from_arc));
@@ -118,6 +123,56 @@ pub async fn serve<S: LedgerStore>(
         .await;
     let _ = std::fs::remove_file(path);
     Ok(served?)
+}
+
+/// Runs every call to its end in a task of its own. When a caller gives up (its
+/// deadline passes, it disconnects), tonic drops the call's future; a call that
+/// has begun changing a volume must instead finish (or undo) what it began, and
+/// keep its volume busy (its in-flight guard) until then, so that a retry is
+/// refused with Aborted rather than run beside it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunToEnd;
+
+impl<S> Layer<S> for RunToEnd {
+    type Service = RunsToEnd<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RunsToEnd(inner)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunsToEnd<S>(S);
+
+impl<S, R> Service<R> for RunsToEnd<S>
+where
+    S: Service<R>,
+    S::Future: Send + 'static,
+    S::Response: Send + 'static,
+    S::Error: Into<BoxError> + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        self.0.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: R) -> Self::Future {
+        // Dropping the handle detaches the task: it runs on without a caller.
+        let call = tokio::spawn(self.0.call(request));
+        Box::pin(async move {
+            match call.await {
+                Ok(answer) => answer.map_err(Into::into),
+                // A panic (or the runtime shutting down): the caller gets a status
+                // instead of a reset connection.
+                Err(ended) => Err(Box::new(Status::internal(format!(
+                    "the call ended abnormally: {ended}; see the driver's log"
+                ))) as BoxError),
+            }
+        })
+    }
 }
 
 /// A gRPC channel to a CSI socket.
@@ -153,6 +208,44 @@ mod tests {
         );
         assert!(socket_path("tcp://0.0.0.0:1").is_err());
         assert!(socket_path("").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_caller_gives_up_still_runs_to_its_end() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (ended, mut has_ended) = tokio::sync::oneshot::channel::<()>();
+        let slot = std::sync::Mutex::new(Some((released, ended)));
+        let inner = tower::service_fn(move |_: ()| {
+            let taken = slot.lock().unwrap().take();
+            async move {
+                let (released, ended) = taken.expect("called once");
+                let _ = released.await;
+                let _ = ended.send(());
+                Ok::<_, std::convert::Infallible>(())
+            }
+        });
+        let mut service = RunToEnd.layer(inner);
+        let call = service.call(());
+        // The caller gives up before the call has ended.
+        drop(call);
+        release.send(()).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), &mut has_ended)
+            .await
+            .expect("the call ran on after its caller left")
+            .expect("the call ended");
+    }
+
+    #[tokio::test]
+    async fn a_call_that_panics_answers_internal() {
+        let inner = tower::service_fn(|_: ()| async {
+            if true {
+                panic!("boom");
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        let err = RunToEnd.layer(inner).call(()).await.unwrap_err();
+        let status = err.downcast::<Status>().unwrap();
+        assert_eq!(status.code(), tonic::Code::Internal);
     }
 
     #[tokio::test]

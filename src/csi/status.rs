@@ -83,6 +83,8 @@ fn ledger_code(err: &LedgerError) -> Code {
         LedgerError::VolumeNotFound(_) => Code::NotFound,
         LedgerError::InvalidDrive { .. } => Code::InvalidArgument,
         LedgerError::Contended { .. } => Code::Aborted,
+        // The answer depends on a node that cannot be read now; it can be repaired.
+        LedgerError::Unreadable { .. } => Code::Unavailable,
         LedgerError::Invariant { .. } => Code::Internal,
     }
 }
@@ -158,6 +160,8 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::NotClaimed { .. }
         | NodeError::StillStaged { .. }
         | NodeError::StillHasDevice { .. } => Code::FailedPrecondition,
+        // CSI's answer to a call on a volume another call is still working on.
+        NodeError::InProgress { .. } => Code::Aborted,
         // Transient: the kernel is still letting go; the CO retries.
         NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } | NodeError::DmBusy { .. } => {
             Code::Unavailable

@@ -3,6 +3,7 @@
 use thiserror::Error;
 use uuid::Uuid;
 
+use super::Quarantined;
 use super::model::SizeRange;
 use super::placement::Unfit;
 use super::pool_share::Pool;
@@ -12,6 +13,16 @@ use crate::drive::{Backend, DriveType};
 
 #[derive(Debug, Error)]
 pub enum LedgerError {
+    /// A volume is on no readable node while some node cannot be read.
+    #[error(
+        "volume {volume} is on no node whose ledger can be read, but {} cannot be read, so it may be there: repair that node's ledger (in a cluster: fix its vdrive.io annotations with `kubectl edit node <node>`), then retry",
+        join(nodes, " and ")
+    )]
+    Unreadable {
+        volume: String,
+        nodes: Vec<Quarantined>,
+    },
+
     /// The allocator found no layout (or the request was malformed).
     #[error(transparent)]
     Allocation(#[from] AllocError),

@@ -75,6 +75,26 @@ impl ClaimRequest {
     }
 }
 
+/// A node whose ledger cannot be read, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quarantined {
+    pub node: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Quarantined {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "node {} ({})", self.node, self.reason)
+    }
+}
+
+/// The nodes' ledgers at one moment: those that can be read, and the others.
+#[derive(Debug, Clone, Default)]
+pub struct Survey {
+    pub nodes: Vec<Arc<NodeLedger>>,
+    pub quarantined: Vec<Quarantined>,
+}
+
 /// The outcome of registering a node's drives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveSync {
@@ -154,12 +174,27 @@ impl<S: LedgerStore> Ledger<S> {
         Ok(self.store.load_latest(node).await?.ledger)
     }
 
+    /// Every node's ledger that can be read. A node whose ledger cannot be read
+    /// is left out (see [`Ledger::survey`]): it takes no volumes and counts in
+    /// no capacity, and the rest of the cluster keeps working.
     pub async fn nodes(&self) -> Result<Vec<Arc<NodeLedger>>, LedgerError> {
-        let mut ledgers = Vec::new();
+        Ok(self.survey().await?.nodes)
+    }
+
+    /// Every node's ledger that can be read, and the nodes kept aside because
+    /// theirs cannot be (a malformed annotation): one bad node hurts only itself.
+    pub async fn survey(&self) -> Result<Survey, LedgerError> {
+        let mut survey = Survey::default();
         for name in self.store.node_names().await? {
-            ledgers.push(self.node(&name).await?);
+            match self.store.load(&name).await {
+                Ok(snapshot) => survey.nodes.push(snapshot.ledger),
+                Err(StoreError::Corrupt { node, reason }) => {
+                    survey.quarantined.push(Quarantined { node, reason })
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
-        Ok(ledgers)
+        Ok(survey)
     }
 
     /// Records the drives a node reports now. New drives are added, known ones
@@ -579,6 +614,23 @@ impl<S: LedgerStore> Ledger<S> {
 
     pub async fn volume(&self, volume_id: &str) -> Result<Option<Volume>, LedgerError> {
         Ok(self.nodes().await?.iter().find_map(|n| n.volume(volume_id)))
+    }
+
+    /// Like [`Ledger::volume`], but None only when every node could be read: a
+    /// volume found nowhere while a node is quarantined may be on that node, and
+    /// the answer is [`LedgerError::Unreadable`] (a delete must not claim success).
+    pub async fn volume_everywhere(&self, volume_id: &str) -> Result<Option<Volume>, LedgerError> {
+        let survey = self.survey().await?;
+        if let Some(volume) = survey.nodes.iter().find_map(|n| n.volume(volume_id)) {
+            return Ok(Some(volume));
+        }
+        if survey.quarantined.is_empty() {
+            return Ok(None);
+        }
+        Err(LedgerError::Unreadable {
+            volume: volume_id.to_string(),
+            nodes: survey.quarantined,
+        })
     }
 
     pub async fn volume_by_name(&self, name: &str) -> Result<Option<Volume>, LedgerError> {

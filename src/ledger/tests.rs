@@ -1197,3 +1197,110 @@ fn forgetting_a_missing_drive_drops_its_claims_and_retires_the_rest_of_their_vol
     assert!(node.claims.iter().all(|c| c.releasing), "{:?}", node.claims);
     assert_eq!(node.releasing_volumes().len(), 1);
 }
+
+// ---- one unreadable node hurts only itself --------------------------------------
+
+/// The embedded store, plus one node whose ledger cannot be read (as a Node
+/// with a malformed annotation reads in a cluster).
+struct WithUnreadable {
+    inner: EmbeddedStore,
+    broken: String,
+}
+
+impl LedgerStore for WithUnreadable {
+    async fn load(&self, node: &str) -> Result<Snapshot, StoreError> {
+        if node == self.broken {
+            return Err(StoreError::Corrupt {
+                node: node.to_string(),
+                reason: "vdrive.io/virtual-drive-claims is not a JSON object".into(),
+            });
+        }
+        self.inner.load(node).await
+    }
+
+    async fn compare_and_swap(
+        &self,
+        expected: &Revision,
+        ledger: Arc<NodeLedger>,
+    ) -> Result<bool, StoreError> {
+        self.inner.compare_and_swap(expected, ledger).await
+    }
+
+    async fn node_names(&self) -> Result<Vec<String>, StoreError> {
+        let mut names = self.inner.node_names().await?;
+        names.push(self.broken.clone());
+        Ok(names)
+    }
+}
+
+#[test]
+fn an_unreadable_node_is_quarantined_and_the_others_keep_working() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = WithUnreadable {
+        inner: EmbeddedStore::open(dir.path().join("ledger.redb")).unwrap(),
+        broken: "node-bad".into(),
+    };
+    let ledger = Ledger::new(store, PoolSettings::default());
+    rt.block_on(async {
+        ledger
+            .sync_drives(NODE, blank(vec![drive(1, Tlc, 3840)]))
+            .await
+            .unwrap();
+        let survey = ledger.survey().await.unwrap();
+        assert_eq!(survey.nodes.len(), 1);
+        assert_eq!(
+            survey.quarantined,
+            vec![Quarantined {
+                node: "node-bad".into(),
+                reason: "vdrive.io/virtual-drive-claims is not a JSON object".into(),
+            }]
+        );
+
+        // Creates land on the readable node; capacity and lists count it alone.
+        let volume = ledger
+            .create(&tlc_request("pvc-1", 100), &Wanted::Anywhere)
+            .await
+            .unwrap();
+        assert_eq!(volume.node, NODE);
+        let class = tlc_request("any", 1).class();
+        let capacity = ledger.capacity(&class, None).await.unwrap();
+        assert_eq!(capacity.available_gib, 3840 - 100);
+        assert_eq!(ledger.volumes().await.unwrap().len(), 1);
+        // Asked for by name, the bad node refuses whatever it is asked.
+        let only_bad = Wanted::Only(vec!["node-bad".into()]);
+        assert!(
+            ledger
+                .create(&tlc_request("pvc-2", 1), &only_bad)
+                .await
+                .is_err()
+        );
+
+        // A volume found nowhere may be on the bad node: that is not "gone".
+        let found = ledger.volume_everywhere(&volume.id).await.unwrap();
+        assert_eq!(found.map(|v| v.id), Some(volume.id.clone()));
+        let unknown = ledger.volume_everywhere("no-such-volume").await;
+        let Err(err @ LedgerError::Unreadable { .. }) = unknown else {
+            panic!("expected Unreadable, got {unknown:?}");
+        };
+        let message = err.to_string();
+        assert!(
+            message.contains("node node-bad") && message.contains("not a JSON object"),
+            "{message}"
+        );
+        assert!(message.contains("kubectl edit node"), "{message}");
+    });
+}
+
+#[test]
+fn with_every_node_readable_an_unknown_volume_is_simply_gone() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
+    assert!(
+        rt.block_on(f.ledger.volume_everywhere("nope"))
+            .unwrap()
+            .is_none()
+    );
+}

@@ -371,6 +371,9 @@ pub enum NodeError {
     #[error("staging record {path} is unreadable: {reason}")]
     Record { path: PathBuf, reason: String },
 
+    #[error("an operation on volume {key} is still in progress; retry later")]
+    InProgress { key: String },
+
     #[error("node task failed: {0}")]
     Task(String),
 

@@ -15,6 +15,7 @@
 //! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats;
 //! - [`publish`]: format-and-mount at staging, bind to targets, remove targets;
 //! - [`staging`]: the node's records of what it staged where;
+//! - [`inflight`]: which volumes an operation is under way on;
 //! - [`volume`]: the volume lifecycle (stage … erase) over all of the above.
 //!
 //! Everything but [`volume`] is synchronous and may block on the kernel or a
@@ -29,6 +30,7 @@ pub mod dm;
 pub mod drives;
 mod error;
 pub mod fs;
+pub mod inflight;
 pub mod loopdev;
 pub mod mounts;
 pub mod nvme;

@@ -94,7 +94,7 @@ fn unescape(field: &str) -> PathBuf {
 
 /// The path as the kernel reports mount points: absolute, symlinks resolved.
 /// A path that cannot be resolved (gone, or a dead mount) is used as given.
-fn resolve(path: &Path) -> PathBuf {
+pub fn resolve(path: &Path) -> PathBuf {
     fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
@@ -133,6 +133,23 @@ pub fn mount_source(target: &Path) -> Result<Option<PathBuf>, NodeError> {
         .source
         .starts_with('/')
         .then(|| PathBuf::from(entry.source)))
+}
+
+/// Every mount point of `device`: mounts of its filesystem (and binds of them),
+/// and binds of the device node itself (a raw block volume's targets).
+pub fn mount_points_of(device: &Path) -> Result<Vec<PathBuf>, NodeError> {
+    let Some((major, minor)) = blockdev::dev_number(device)? else {
+        return Ok(Vec::new());
+    };
+    let node = blockdev::kernel_name(major, minor).map(|name| Path::new("/").join(name));
+    Ok(mountinfo()?
+        .into_iter()
+        .filter(|m| {
+            (m.major, m.minor) == (major, minor)
+                || (m.fs_type == "devtmpfs" && node.as_deref() == Some(m.root.as_path()))
+        })
+        .map(|m| m.mount_point)
+        .collect())
 }
 
 /// Mounts `source` on `target` with mount(8), which turns option strings into

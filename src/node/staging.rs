@@ -58,6 +58,7 @@ impl StagingRecord {
 }
 
 /// The records of one node, in one directory.
+#[derive(Clone)]
 pub struct StagingRecords {
     dir: PathBuf,
 }

@@ -84,7 +84,19 @@ pub struct NodeVolumes<S> {
     unsafe_loop_block: bool,
 }
 
-/// Runs blocking node work (commands, mounts, ioctls) off the async executor.
+/// What the blocking half of a node call works with: everything of the node
+/// but the ledger. Record files, drive rescans, sysfs and mountinfo reads,
+/// commands and ioctls all happen here, off the async executor's threads.
+#[derive(Clone)]
+struct OnNode {
+    node_id: String,
+    drives: Arc<DriveRegistry>,
+    records: StagingRecords,
+    backend: Arc<dyn DeviceBackend>,
+}
+
+/// Runs blocking node work (records, rescans, commands, mounts, ioctls) off the
+/// async executor.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
 ) -> Result<T, NodeError> {
@@ -137,6 +149,15 @@ impl<S: LedgerStore> NodeVolumes<S> {
 
     fn locate(&self, extents: &[VolumeExtent]) -> Result<Vec<Segment>, NodeError> {
         self.drives.locate_all(&self.node_id, extents)
+    }
+
+    fn on_node(&self) -> OnNode {
+        OnNode {
+            node_id: self.node_id.clone(),
+            drives: self.drives.clone(),
+            records: self.records.clone(),
+            backend: self.backend.clone(),
+        }
     }
 
     /// The volume as the ledger records it on this node; the context must agree.
@@ -204,9 +225,9 @@ impl<S: LedgerStore> NodeVolumes<S> {
         })
     }
 
-    /// Writes the volume's claims into its drives' headers before the volume
-    /// is used (see [`ownership::record_claims`]).
-    async fn record_on_drives(&self, volume: &Volume, parts: &[Segment]) -> Result<(), NodeError> {
+    /// The ledger's claims of `volume`, past the cache when the cached copy
+    /// lacks some of them (a volume created or grown a moment ago).
+    async fn claims_of(&self, volume: &Volume) -> Result<Vec<Claim>, NodeError> {
         let of_volume = |ledger: &crate::ledger::NodeLedger| -> Vec<Claim> {
             ledger
                 .claims
@@ -215,30 +236,11 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 .cloned()
                 .collect()
         };
-        let mut claims = of_volume(&*self.ledger.node(&self.node_id).await?);
-        if claims.len() != volume.extents.len() {
-            claims = of_volume(&*self.ledger.node_latest(&self.node_id).await?);
+        let claims = of_volume(&*self.ledger.node(&self.node_id).await?);
+        if claims.len() == volume.extents.len() {
+            return Ok(claims);
         }
-        let node = self.node_id.clone();
-        let drives = self.drives.clone();
-        let placed: Vec<(PathBuf, Claim)> = parts
-            .iter()
-            .zip(&volume.extents)
-            .filter_map(|(part, extent)| {
-                let claim = claims.iter().find(|c| {
-                    c.physical_uuid == extent.physical_uuid && c.offset_gib == extent.offset_gib
-                })?;
-                Some((part.drive.clone(), claim.clone()))
-            })
-            .collect();
-        blocking(move || {
-            let _records = drives.claim_records().blocking_lock();
-            for (drive, claim) in &placed {
-                ownership::record_claims(&node, drive, &[claim])?;
-            }
-            Ok(())
-        })
-        .await
+        Ok(of_volume(&*self.ledger.node_latest(&self.node_id).await?))
     }
 
     pub async fn stage(&self, req: StageRequest) -> Result<(), NodeError> {
@@ -260,6 +262,117 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 backend: self.backend.kind(),
             });
         }
+        let claims = self.claims_of(&volume).await?;
+        let node = self.on_node();
+        blocking(move || node.stage(volume, &claims, req)).await
+    }
+
+    /// Takes down what this node has of the volume at `staging`: what its record
+    /// says, and what is really there after a crash left no record (a mount of
+    /// the volume's device at `staging`, the device itself). Unstaging a volume
+    /// that has nothing here is fine.
+    pub async fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), NodeError> {
+        let node = self.on_node();
+        let id = volume_id.to_string();
+        let record = blocking(move || node.records.load(&id)).await?;
+        let extents = match &record {
+            Some(record) if record.staging_path != staging => {
+                return Err(NodeError::StagingPathMismatch {
+                    volume: volume_id.to_string(),
+                    staged_at: record.staging_path.clone(),
+                    given: staging.to_path_buf(),
+                });
+            }
+            Some(record) => record.extents.clone(),
+            // No record (a stage crashed before writing it, or it was lost): the
+            // ledger still says where the volume's device would be.
+            None => match self.ledger_volume(volume_id, |_| true).await {
+                Ok(volume) => volume.extents,
+                // Not this node's volume: nothing of it can be here, and another
+                // volume's mount at that path is not ours to touch.
+                Err(NodeError::NoClaims { .. }) => return Ok(()),
+                Err(err) => return Err(err),
+            },
+        };
+        let node = self.on_node();
+        let (id, staging) = (volume_id.to_string(), staging.to_path_buf());
+        blocking(move || node.unstage(&id, &staging, record.is_some(), &extents)).await
+    }
+
+    pub async fn publish(&self, req: PublishRequest) -> Result<(), NodeError> {
+        let node = self.on_node();
+        blocking(move || node.publish(req)).await
+    }
+
+    pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), NodeError> {
+        let node = self.on_node();
+        let (id, target) = (volume_id.to_string(), target.to_path_buf());
+        blocking(move || node.unpublish(&id, &target)).await
+    }
+
+    pub async fn stats(&self, volume_id: &str, path: &Path) -> Result<Usage, NodeError> {
+        let node = self.on_node();
+        let (id, path) = (volume_id.to_string(), path.to_path_buf());
+        blocking(move || node.stats(&id, &path)).await
+    }
+
+    /// Grows a staged volume's device to what the ledger claims for it (the
+    /// controller has grown the claims), then its filesystem, online. Returns the
+    /// volume's size in bytes.
+    pub async fn expand(&self, volume_id: &str, required_bytes: u64) -> Result<u64, NodeError> {
+        let node = self.on_node();
+        let id = volume_id.to_string();
+        let record = blocking(move || node.records.load(&id))
+            .await?
+            .ok_or_else(|| NodeError::NotStaged {
+                volume: volume_id.to_string(),
+            })?;
+        // The controller has just grown the claims: a cached copy may predate it.
+        let min_gib = required_bytes.div_ceil(GIB);
+        let volume = self
+            .ledger_volume(volume_id, |v| v.capacity_gib >= min_gib)
+            .await?;
+        let claimed = volume.capacity_gib * GIB;
+        if required_bytes > claimed {
+            return Err(NodeError::NotClaimed {
+                volume: volume_id.to_string(),
+                claimed_gib: volume.capacity_gib,
+                asked_bytes: required_bytes,
+            });
+        }
+        let node = self.on_node();
+        blocking(move || node.expand(record, volume.extents)).await?;
+        Ok(claimed)
+    }
+}
+
+impl OnNode {
+    /// Writes a volume's claims into its drives' headers before the volume is
+    /// used (see [`ownership::record_claims`]).
+    fn record_on_drives(
+        &self,
+        claims: &[Claim],
+        extents: &[VolumeExtent],
+        parts: &[Segment],
+    ) -> Result<(), NodeError> {
+        let _records = self.drives.claim_records().blocking_lock();
+        for (part, extent) in parts.iter().zip(extents) {
+            let on_drive: Vec<&Claim> = claims
+                .iter()
+                .filter(|c| {
+                    c.physical_uuid == extent.physical_uuid && c.offset_gib == extent.offset_gib
+                })
+                .collect();
+            ownership::record_claims(&self.node_id, &part.drive, &on_drive)?;
+        }
+        Ok(())
+    }
+
+    fn locate(&self, extents: &[VolumeExtent]) -> Result<Vec<Segment>, NodeError> {
+        self.drives.locate_all(&self.node_id, extents)
+    }
+
+    fn stage(&self, volume: Volume, claims: &[Claim], req: StageRequest) -> Result<(), NodeError> {
         let existing = self.records.load(&volume.id)?;
         if let Some(record) = &existing
             && (record.staging_path != req.staging_path || record.block != req.block)
@@ -271,40 +384,14 @@ impl<S: LedgerStore> NodeVolumes<S> {
             });
         }
         let parts = self.locate(&volume.extents)?;
-        self.record_on_drives(&volume, &parts).await?;
+        self.record_on_drives(claims, &volume.extents, &parts)?;
         // Intent first: from here on, unstage finds whatever this call makes.
         let mut record = existing.clone().unwrap_or_else(|| {
             StagingRecord::new(&volume.id, Vec::new(), req.block, req.staging_path.clone())
         });
         record.extents = volume.extents.clone();
         self.records.save(&record)?;
-        let backend = self.backend.clone();
-        let volume_id = volume.id.clone();
-        let staging = req.staging_path.clone();
-        let made = blocking(move || {
-            let (device, built_here) = backend.ensure(&volume_id, &parts)?;
-            if req.block {
-                return Ok(None);
-            }
-            let spec = MountSpec {
-                wanted: req.fs_type,
-                volume_uuid: Uuid::parse_str(&volume_id).ok(),
-                flags: &req.mount_flags,
-                read_only: req.read_only,
-            };
-            match publish::mount_staged(&device, &staging, &spec) {
-                Ok(fs) => Ok(Some(fs)),
-                Err(err) => {
-                    // Nothing half-made: a device this call built goes again.
-                    if built_here && let Err(undo) = backend.remove(&volume_id, &device) {
-                        warn!(%undo, device = %device.display(), "could not take down the device of a failed stage");
-                    }
-                    Err(err)
-                }
-            }
-        })
-        .await;
-        match made {
+        match self.build_and_mount(&volume.id, &parts, &req) {
             Ok(fs) => {
                 record.fs_type = fs.map(|f| f.as_str().to_string());
                 self.records.save(&record)
@@ -319,54 +406,83 @@ impl<S: LedgerStore> NodeVolumes<S> {
         }
     }
 
-    pub async fn unstage(&self, volume_id: &str, staging: &Path) -> Result<(), NodeError> {
-        let Some(record) = self.records.load(volume_id)? else {
-            // Not staged here: nothing of this volume to take down, and another
-            // volume's mount at that path is not ours to touch.
-            return Ok(());
-        };
-        if record.staging_path != staging {
-            return Err(NodeError::StagingPathMismatch {
-                volume: volume_id.to_string(),
-                staged_at: record.staging_path,
-                given: staging.to_path_buf(),
-            });
+    /// The volume's device, and its filesystem mounted at the staging path
+    /// (None for a block volume). A failure takes down a device built here.
+    fn build_and_mount(
+        &self,
+        volume_id: &str,
+        parts: &[Segment],
+        req: &StageRequest,
+    ) -> Result<Option<fs::FsType>, NodeError> {
+        let (device, built_here) = self.backend.ensure(volume_id, parts)?;
+        if req.block {
+            return Ok(None);
         }
-        let parts = self.locate(&record.extents)?;
-        let backend = self.backend.clone();
-        let id = volume_id.to_string();
-        blocking(move || {
-            // Check everything before taking anything down.
-            let device = backend.find(&id, &parts)?;
-            let still: Vec<String> = record
-                .published
-                .iter()
-                .filter(|t| {
-                    device
-                        .as_deref()
-                        .is_some_and(|d| publish::mounted_from(t, d).unwrap_or(true))
-                })
-                .map(|t| t.display().to_string())
+        let spec = MountSpec {
+            wanted: req.fs_type,
+            volume_uuid: Uuid::parse_str(volume_id).ok(),
+            flags: &req.mount_flags,
+            read_only: req.read_only,
+        };
+        match publish::mount_staged(&device, &req.staging_path, &spec) {
+            Ok(fs) => Ok(Some(fs)),
+            Err(err) => {
+                // Nothing half-made: a device this call built goes again.
+                if built_here && let Err(undo) = self.backend.remove(volume_id, &device) {
+                    warn!(%undo, device = %device.display(), "could not take down the device of a failed stage");
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Unmounts the volume's device from `staging` and takes the device down,
+    /// whether or not a record remembers them; then drops the record. The
+    /// device is found from the volume's `extents`, never trusted by name.
+    fn unstage(
+        &self,
+        id: &str,
+        staging: &Path,
+        recorded: bool,
+        extents: &[VolumeExtent],
+    ) -> Result<(), NodeError> {
+        let parts = match self.locate(extents) {
+            Ok(parts) => parts,
+            // Nothing recorded, and the drive is not here to look at: nothing of
+            // the volume can be found, unless something is mounted at the path.
+            Err(err) if !recorded => {
+                return if mounts::is_mount_point(staging)? {
+                    Err(err)
+                } else {
+                    Ok(())
+                };
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(device) = self.backend.find(id, &parts)? {
+            // Check everything before taking anything down: any mount of the
+            // device but the staging path is a pod's.
+            let staged_at = mounts::resolve(staging);
+            let still: Vec<String> = mounts::mount_points_of(&device)?
+                .into_iter()
+                .filter(|at| *at != staged_at)
+                .map(|at| at.display().to_string())
                 .collect();
             if !still.is_empty() {
                 return Err(NodeError::StillPublished {
-                    volume: id,
+                    volume: id.to_string(),
                     at: still.join(", "),
                 });
             }
-            if let Some(device) = &device {
-                if !record.block && publish::mounted_from(&record.staging_path, device)? {
-                    mounts::unmount(&record.staging_path)?;
-                }
-                backend.remove(&id, device)?;
+            if publish::mounted_from(staging, &device)? {
+                mounts::unmount(staging)?;
             }
-            Ok(())
-        })
-        .await?;
-        self.records.remove(volume_id)
+            self.backend.remove(id, &device)?;
+        }
+        self.records.remove(id)
     }
 
-    pub async fn publish(&self, req: PublishRequest) -> Result<(), NodeError> {
+    fn publish(&self, req: PublishRequest) -> Result<(), NodeError> {
         let mut record =
             self.records
                 .load(&req.volume_id)?
@@ -395,23 +511,24 @@ impl<S: LedgerStore> NodeVolumes<S> {
             });
         }
         let parts = self.locate(&record.extents)?;
-        let backend = self.backend.clone();
-        let staging = record.staging_path.clone();
-        let target = req.target_path.clone();
-        let (id, block, read_only) = (req.volume_id.clone(), req.block, req.read_only);
-        blocking(move || {
-            let device = backend
-                .find(&id, &parts)?
-                .ok_or_else(|| NodeError::DeviceGone { volume: id.clone() })?;
-            if !block && !publish::mounted_from(&staging, &device)? {
-                return Err(NodeError::NotMountedAtStaging {
-                    volume: id,
-                    path: staging,
-                });
-            }
-            publish::bind_target(&device, &staging, &target, block, read_only)
-        })
-        .await?;
+        let id = &req.volume_id;
+        let device = self
+            .backend
+            .find(id, &parts)?
+            .ok_or_else(|| NodeError::DeviceGone { volume: id.clone() })?;
+        if !req.block && !publish::mounted_from(&record.staging_path, &device)? {
+            return Err(NodeError::NotMountedAtStaging {
+                volume: id.clone(),
+                path: record.staging_path,
+            });
+        }
+        publish::bind_target(
+            &device,
+            &record.staging_path,
+            &req.target_path,
+            req.block,
+            req.read_only,
+        )?;
         if !record.published.contains(&req.target_path) {
             record.published.push(req.target_path);
         }
@@ -419,126 +536,94 @@ impl<S: LedgerStore> NodeVolumes<S> {
         self.records.save(&record)
     }
 
-    pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), NodeError> {
-        let record = self.records.load(volume_id)?;
+    fn unpublish(&self, id: &str, at: &Path) -> Result<(), NodeError> {
+        let record = self.records.load(id)?;
         // A target this volume was not published at must at least be mounted
         // from its device before it is taken away.
         let check = match &record {
-            Some(r) if !r.published.iter().any(|p| p == target) => Some(self.locate(&r.extents)?),
+            Some(r) if !r.published.iter().any(|p| p == at) => Some(self.locate(&r.extents)?),
             _ => None,
         };
-        let backend = self.backend.clone();
-        let (id, at) = (volume_id.to_string(), target.to_path_buf());
-        blocking(move || {
-            if mounts::is_mount_point(&at)? {
-                if let Some(parts) = check {
-                    let ours = backend
-                        .find(&id, &parts)?
-                        .is_some_and(|d| publish::mounted_from(&at, &d).unwrap_or(false));
-                    if !ours {
-                        return Err(NodeError::NotPublishedHere {
-                            volume: id,
-                            target: at,
-                        });
-                    }
+        if mounts::is_mount_point(at)? {
+            if let Some(parts) = check {
+                let ours = self
+                    .backend
+                    .find(id, &parts)?
+                    .is_some_and(|d| publish::mounted_from(at, &d).unwrap_or(false));
+                if !ours {
+                    return Err(NodeError::NotPublishedHere {
+                        volume: id.to_string(),
+                        target: at.to_path_buf(),
+                    });
                 }
-                mounts::unmount(&at)?;
             }
-            publish::remove_target(&at)
-        })
-        .await?;
+            mounts::unmount(at)?;
+        }
+        publish::remove_target(at)?;
         if let Some(mut record) = record {
-            record.published.retain(|p| p != target);
+            record.published.retain(|p| p != at);
             record.single_writer &= !record.published.is_empty();
             self.records.save(&record)?;
         }
         Ok(())
     }
 
-    pub async fn stats(&self, volume_id: &str, path: &Path) -> Result<Usage, NodeError> {
-        let record = self
-            .records
-            .load(volume_id)?
-            .ok_or_else(|| NodeError::NotStaged {
-                volume: volume_id.to_string(),
-            })?;
+    fn stats(&self, id: &str, path: &Path) -> Result<Usage, NodeError> {
+        let record = self.records.load(id)?.ok_or_else(|| NodeError::NotStaged {
+            volume: id.to_string(),
+        })?;
         if record.staging_path != path && !record.published.iter().any(|p| p == path) {
             return Err(NodeError::UnknownPath {
-                volume: volume_id.to_string(),
+                volume: id.to_string(),
                 path: path.to_path_buf(),
             });
         }
         let parts = self.locate(&record.extents)?;
-        let backend = self.backend.clone();
-        let path = path.to_path_buf();
-        blocking(move || {
-            if !path.exists() {
-                return Err(NodeError::PathMissing { path });
-            }
-            let device =
-                backend
-                    .find(&record.volume_id, &parts)?
-                    .ok_or_else(|| NodeError::NotStaged {
-                        volume: record.volume_id.clone(),
-                    })?;
-            if record.block {
-                return Ok(Usage::Block {
-                    total_bytes: blockdev::size_bytes(&device)?,
-                });
-            }
-            if !publish::mounted_from(&path, &device)? {
-                return Err(NodeError::UnknownPath {
-                    volume: record.volume_id,
-                    path,
-                });
-            }
-            Ok(Usage::Filesystem(mounts::stats(&path)?))
-        })
-        .await
-    }
-
-    /// Grows a staged volume's device to what the ledger claims for it (the
-    /// controller has grown the claims), then its filesystem, online. Returns the
-    /// volume's size in bytes.
-    pub async fn expand(&self, volume_id: &str, required_bytes: u64) -> Result<u64, NodeError> {
-        let mut record = self
-            .records
-            .load(volume_id)?
-            .ok_or_else(|| NodeError::NotStaged {
-                volume: volume_id.to_string(),
-            })?;
-        // The controller has just grown the claims: a cached copy may predate it.
-        let min_gib = required_bytes.div_ceil(GIB);
-        let volume = self
-            .ledger_volume(volume_id, |v| v.capacity_gib >= min_gib)
-            .await?;
-        let claimed = volume.capacity_gib * GIB;
-        if required_bytes > claimed {
-            return Err(NodeError::NotClaimed {
-                volume: volume_id.to_string(),
-                claimed_gib: volume.capacity_gib,
-                asked_bytes: required_bytes,
+        if !path.exists() {
+            return Err(NodeError::PathMissing {
+                path: path.to_path_buf(),
             });
         }
-        let parts = self.locate(&volume.extents)?;
+        let device = self
+            .backend
+            .find(id, &parts)?
+            .ok_or_else(|| NodeError::NotStaged {
+                volume: id.to_string(),
+            })?;
+        if record.block {
+            return Ok(Usage::Block {
+                total_bytes: blockdev::size_bytes(&device)?,
+            });
+        }
+        if !publish::mounted_from(path, &device)? {
+            return Err(NodeError::UnknownPath {
+                volume: id.to_string(),
+                path: path.to_path_buf(),
+            });
+        }
+        Ok(Usage::Filesystem(mounts::stats(path)?))
+    }
+
+    /// Grows the staged volume's device to `extents` (the ledger's, now), then
+    /// its filesystem.
+    fn expand(
+        &self,
+        mut record: StagingRecord,
+        extents: Vec<VolumeExtent>,
+    ) -> Result<(), NodeError> {
+        let parts = self.locate(&extents)?;
         // Intent first: once the device has grown, unstage must know its new
         // extents even if growing the filesystem fails below.
-        if record.extents != volume.extents {
-            record.extents = volume.extents;
+        if record.extents != extents {
+            record.extents = extents;
             self.records.save(&record)?;
         }
-        let backend = self.backend.clone();
-        let staged = record;
-        blocking(move || {
-            let (device, _) = backend.ensure(&staged.volume_id, &parts)?;
-            if let Some(fs_type) = &staged.fs_type {
-                let fs: fs::FsType = fs_type.parse()?;
-                fs::grow(&device, &staged.staging_path, fs)?;
-            }
-            Ok(())
-        })
-        .await?;
-        Ok(claimed)
+        let (device, _) = self.backend.ensure(&record.volume_id, &parts)?;
+        if let Some(fs_type) = &record.fs_type {
+            let fs: fs::FsType = fs_type.parse()?;
+            fs::grow(&device, &record.staging_path, fs)?;
+        }
+        Ok(())
     }
 }
 

@@ -13,8 +13,8 @@ mod status;
 
 pub use crate::ledger::{Pool, PoolSettings, node_allowance_gib};
 pub use status::{
-    Health, HealthReport, PoolHealths, PoolStatus, PoolsStatus, ReserveStatus, pools_health,
-    pools_status,
+    Health, HealthReport, PoolHealths, PoolStatus, PoolsStatus, ReserveStatus, cluster_health,
+    pools_health, pools_status,
 };
 
 /// The label key that puts a node into a pool.

@@ -5,7 +5,7 @@
 use serde::Serialize;
 
 use super::{Pool, PoolSettings};
-use crate::ledger::NodeLedger;
+use crate::ledger::{NodeLedger, Quarantined};
 
 /// One pool in `GET /api/v1/pools/status`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -227,6 +227,27 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
         warnings,
         errors,
     }
+}
+
+/// [`pools_health`], plus an error for every node kept aside because its ledger
+/// cannot be read: it takes no volumes, and its capacity and usage count in no
+/// pool, until it is repaired.
+pub fn cluster_health(
+    nodes: &[NodeLedger],
+    quarantined: &[Quarantined],
+    settings: &PoolSettings,
+) -> HealthReport {
+    let mut report = pools_health(nodes, settings);
+    for bad in quarantined {
+        report.errors.push(format!(
+            "node {} is quarantined: its ledger cannot be read ({}); it takes no new volumes and its capacity and usage count in no pool. Repair its vdrive.io annotations (`kubectl edit node {}`)",
+            bad.node, bad.reason, bad.node
+        ));
+    }
+    if !quarantined.is_empty() {
+        report.status = Health::Critical;
+    }
+    report
 }
 
 /// `used / total` in percent, rounded to two decimals; 0 for an empty pool.

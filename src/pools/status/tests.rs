@@ -732,3 +732,24 @@ fn an_empty_cluster_is_all_zeros_and_healthy() {
         );
     }
 }
+
+#[test]
+fn a_quarantined_node_is_a_health_error_naming_it_and_why() {
+    let nodes = [server("n1", Some(Pool::K8s))];
+    assert_eq!(
+        cluster_health(&nodes, &[], &settings()),
+        pools_health(&nodes, &settings())
+    );
+    let bad = crate::ledger::Quarantined {
+        node: "n2".into(),
+        reason: "vdrive.io/virtual-drive-claims is not a JSON object".into(),
+    };
+    let report = cluster_health(&nodes, &[bad], &settings());
+    assert_eq!(report.status, Health::Critical);
+    assert_eq!(report.pools.k8s_pool, Health::Healthy);
+    assert_eq!(report.errors.len(), 1);
+    let error = &report.errors[0];
+    assert!(error.contains("node n2 is quarantined"), "{error}");
+    assert!(error.contains("not a JSON object"), "{error}");
+    assert!(error.contains("kubectl edit node n2"), "{error}");
+}
