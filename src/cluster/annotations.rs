@@ -31,6 +31,10 @@ pub const POOL_LABEL: &str = "pool";
 /// The extended resource a node advertises: GiB of signed drives.
 pub const CAPACITY_RESOURCE: &str = "vdrive.io/shared-drives-capacity";
 
+/// The most GiB an offset or a size may reach: what a drive's bytes can address
+/// (u64 bytes). Anything past it is a hand edit or corruption, never a drive.
+const MAX_GIB: u64 = u64::MAX >> 30;
+
 const RELEASING: &str = "releasing";
 const FIXED: &str = "fixed";
 
@@ -118,13 +122,22 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
             return Err(format!("field {i} repeats the marker {marker}"));
         }
     }
+    let (size_gib, offset_gib) = (number(2, "GiB")?, number(3, "offset GiB")?);
+    if offset_gib
+        .checked_add(size_gib)
+        .is_none_or(|end| end > MAX_GIB)
+    {
+        return Err(format!(
+            "field 3 (offset GiB) {offset_gib} + field 2 (GiB) {size_gib} ends past the largest drive vdrive can address ({MAX_GIB} GiB)"
+        ));
+    }
     Ok(Claim {
         virtual_uuid,
         owner: text(0, "owner")?,
         physical_uuid: Uuid::parse_str(&text(1, "physical uuid")?)
             .map_err(|e| format!("field 1 (physical uuid): {e}"))?,
-        size_gib: number(2, "GiB")?,
-        offset_gib: number(3, "offset GiB")?,
+        size_gib,
+        offset_gib,
         volume_id: text(4, "volume id")?,
         pool,
         volume_name: text(6, "volume name")?,
@@ -170,6 +183,12 @@ pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
 pub fn decode_drives(text: &str) -> Result<Vec<PhysicalDrive>, String> {
     let listed: Vec<SharedDrive> = serde_json::from_str(text)
         .map_err(|e| format!("{DRIVES_ANNOTATION} is not a list of drives: {e}"))?;
+    if let Some(huge) = listed.iter().find(|d| d.capacity_gib > MAX_GIB) {
+        return Err(format!(
+            "{DRIVES_ANNOTATION}: drive {} has capacityGiB {}, more than vdrive can address ({MAX_GIB} GiB)",
+            huge.uuid, huge.capacity_gib
+        ));
+    }
     Ok(listed
         .into_iter()
         .map(|d| PhysicalDrive {
@@ -272,6 +291,32 @@ mod tests {
         ] {
             assert!(decode_claims(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn offsets_and_sizes_that_overflow_are_refused_not_added() {
+        for (size, offset) in [
+            (1, u64::MAX),
+            (u64::MAX, 1),
+            (u64::MAX, u64::MAX),
+            (1, MAX_GIB),
+        ] {
+            let text = format!(
+                r#"{{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", {size}, {offset}, "v", null, "n", 0]}}"#
+            );
+            let err = decode_claims(&text).unwrap_err();
+            assert!(
+                err.contains(CLAIMS_ANNOTATION) && err.contains("past the largest drive"),
+                "{err}"
+            );
+        }
+        let text = format!(
+            r#"{{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, {}, "v", null, "n", 0]}}"#,
+            MAX_GIB - 1
+        );
+        assert!(decode_claims(&text).is_ok());
+        let huge = r#"[{"uuid":"00000000-0000-0000-0000-000000000007","serial":"S7","type":"qlc","capacityGiB":18446744073709551615}]"#;
+        assert!(decode_drives(huge).unwrap_err().contains("capacityGiB"));
     }
 
     #[test]

@@ -442,6 +442,19 @@ mod tests {
     }
 
     #[test]
+    fn an_annotation_whose_extent_overflows_is_corrupt_and_named() {
+        let claims = r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 2, 18446744073709551615, "v", null, "n", 0]}"#;
+        let record = NodeRecord::from_node(&node("5", None, Some(claims)), None);
+        match record.snapshot("n1") {
+            Err(StoreError::Corrupt { node, reason }) => {
+                assert_eq!(node, "n1");
+                assert!(reason.contains(CLAIMS_ANNOTATION), "{reason}");
+            }
+            other => panic!("expected a corrupt ledger, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_node_without_pool_or_ledger_is_not_vdrives() {
         assert!(!NodeRecord::from_node(&node("5", Some("gpu"), None), None).relevant);
     }

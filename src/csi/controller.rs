@@ -171,8 +171,7 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 capability::FS_TYPES.join(", ")
             )));
         }
-        let fixed_gib = params.fixed.map(|(n, gib)| u64::from(n) * gib);
-        let gib = size_gib(req.capacity_range.as_ref(), fixed_gib)?;
+        let gib = size_gib(req.capacity_range.as_ref(), params.fixed_gib())?;
         let wanted = wanted_nodes(req.accessibility_requirements.as_ref())?;
         let claim = ClaimRequest {
             volume_name: req.name.clone(),
