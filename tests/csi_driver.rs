@@ -1436,3 +1436,197 @@ fn volume_is_block(cap: &VolumeCapability) -> bool {
         Some(volume_capability::AccessType::Block(_))
     )
 }
+
+// ---- input hygiene ----------------------------------------------------------
+
+/// NodeStageVolume of `volume` at `staging`, whatever the string.
+async fn stage_at(
+    driver: &Driver,
+    volume: &Volume,
+    cap: &VolumeCapability,
+    staging: &str,
+) -> Result<(), tonic::Status> {
+    driver
+        .node()
+        .node_stage_volume(NodeStageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.to_string(),
+            volume_capability: Some(cap.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+/// NodePublishVolume of `volume` from `staging` at `target`, whatever the strings.
+async fn publish_at(
+    driver: &Driver,
+    volume: &Volume,
+    cap: &VolumeCapability,
+    staging: &str,
+    target: &str,
+) -> Result<(), tonic::Status> {
+    driver
+        .node()
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.to_string(),
+            target_path: target.to_string(),
+            volume_capability: Some(cap.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_paths_must_be_absolute_and_clean() {
+    let Some(driver) = Driver::start("paths", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("pvc-paths", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let dir = path_str(&driver.dir);
+    let bad = [
+        "staging/rel".to_string(),
+        format!("{dir}/staging/../escape"),
+        format!("{dir}/./escape"),
+        format!("{dir}//escape"),
+        format!("{dir}/escape/"),
+        format!("{dir}/esc\0ape"),
+    ];
+    for path in &bad {
+        let err = assert_code(
+            stage_at(&driver, &volume, &cap, path).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("staging_target_path"),
+            "{path:?}: {}",
+            err.message()
+        );
+        let err = assert_code(
+            driver.unstage(&id, Path::new(path)).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("staging_target_path"),
+            "{}",
+            err.message()
+        );
+        let err = assert_code(
+            driver.unpublish(&id, Path::new(path)).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("target_path"),
+            "{}",
+            err.message()
+        );
+    }
+    assert!(!driver.dir.join("escape").exists(), "nothing was made");
+    assert_eq!(volume_devices(&driver.dir), Vec::<PathBuf>::new());
+
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let staging = path_str(&staging);
+    for path in &bad {
+        let err = assert_code(
+            publish_at(&driver, &volume, &cap, &staging, path).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("target_path"),
+            "{}",
+            err.message()
+        );
+        let err = assert_code(
+            publish_at(&driver, &volume, &cap, path, &format!("{dir}/pods/t")).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("staging_target_path"),
+            "{}",
+            err.message()
+        );
+    }
+    // Stats and expansion name a volume by a path it was staged or published at:
+    // any other path is one where the volume is not (csi-sanity asks "some/path").
+    for path in ["some/path", &format!("{staging}/../x")] {
+        let mut node = driver.node();
+        let stats = node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: path.to_string(),
+                staging_target_path: String::new(),
+            })
+            .await;
+        assert_code(stats, Code::NotFound);
+        let expand = node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: id.clone(),
+                volume_path: path.to_string(),
+                ..Default::default()
+            })
+            .await;
+        assert_code(expand, Code::NotFound);
+    }
+    driver.unstage(&id, Path::new(&staging)).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubelet_dir_keeps_node_paths_inside_it() {
+    let Some(mut driver) = Driver::start("kubeletdir", SMALL_DRIVES).await else {
+        return;
+    };
+    let kubelet = driver.dir.join("kubelet");
+    driver
+        .extra_args
+        .push(format!("--kubelet-dir={}", path_str(&kubelet)));
+    driver.restart().await;
+    let cap = ext4();
+    let volume = driver.create("pvc-kubelet", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    // The fixture's usual paths are outside the kubelet directory.
+    let err = assert_code(driver.stage(&volume, &cap).await, Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains(&format!("is not inside {}", path_str(&kubelet))),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("--kubelet-dir"), "{}", err.message());
+    let sibling = format!("{}2/staging", path_str(&kubelet));
+    assert_code(
+        stage_at(&driver, &volume, &cap, &sibling).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        stage_at(&driver, &volume, &cap, &path_str(&kubelet)).await,
+        Code::InvalidArgument,
+    );
+
+    let staging = path_str(&kubelet.join("plugins/csi/globalmount"));
+    stage_at(&driver, &volume, &cap, &staging).await.unwrap();
+    let outside = path_str(&driver.target_path(&id));
+    let err = assert_code(
+        publish_at(&driver, &volume, &cap, &staging, &outside).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        err.message().starts_with("target_path"),
+        "{}",
+        err.message()
+    );
+    let target = kubelet.join("pods/p1/volumes/mount");
+    publish_at(&driver, &volume, &cap, &staging, &path_str(&target))
+        .await
+        .unwrap();
+    assert_eq!(mounts_at(&target).len(), 1);
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, Path::new(&staging)).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}

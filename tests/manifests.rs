@@ -475,6 +475,8 @@ fn node_plugin_serves_the_driver_socket_kubelet_expects() {
         "the node plugin mounts the host's /dev"
     );
     assert_eq!(flags(vdrive).get("device-backend").copied(), Some("auto"));
+    // Staging and target paths are kept inside the directory kubelet uses.
+    assert_eq!(flags(vdrive).get("kubelet-dir").copied(), Some(KUBELET_DIR));
     let kubelet_mount = list(vdrive, &["volumeMounts"])
         .iter()
         .find(|m| text(m, &["mountPath"]) == KUBELET_DIR)

@@ -16,6 +16,7 @@ use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::inflight::InFlight;
+use crate::csi::input;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
@@ -59,6 +60,10 @@ pub struct NodeArgs {
     /// as loop devices, which their tenant can remap onto other tenants' data.
     #[arg(long)]
     pub unsafe_loop_block_volumes: bool,
+    /// kubelet's root directory (its --root-dir): every staging and target path
+    /// must lie inside it; `/` allows any absolute path.
+    #[arg(long, default_value = "/var/lib/kubelet", value_name = "DIR")]
+    pub kubelet_dir: PathBuf,
     /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
     #[arg(long, value_name = "ADDRESS")]
     pub metrics_address: Option<std::net::SocketAddr>,
@@ -66,6 +71,7 @@ pub struct NodeArgs {
 
 pub async fn run(args: NodeArgs) -> Result<(), String> {
     let node_id = node_name(args.node_id.clone())?;
+    let kubelet_dir = input::kubelet_dir(&args.kubelet_dir)?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let device_backend = choose_backend(&args.device_backend)?;
     if args.unsafe_loop_block_volumes && device_backend.kind() == Backend::Loop {
@@ -119,7 +125,8 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         )
         .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
     );
-    let node = NodeService::new(volumes.clone(), args.max_volumes, InFlight::default());
+    let node = NodeService::new(volumes.clone(), args.max_volumes, InFlight::default())
+        .with_kubelet_dir(Some(kubelet_dir));
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let reclaimer = tokio::spawn(reclaim::erase_released(
         ledger.clone(),

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use super::input::InputError;
 use super::params::ParamError;
 use crate::allocator::AllocError;
 use crate::ledger::{LedgerError, StoreError};
@@ -171,5 +172,15 @@ fn node_code(err: &NodeError) -> Code {
 impl From<ParamError> for Status {
     fn from(err: ParamError) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+impl From<InputError> for Status {
+    fn from(err: InputError) -> Self {
+        match err {
+            InputError::BadPath { .. } | InputError::OutsideKubeletDir { .. } => {
+                Status::invalid_argument(err.to_string())
+            }
+        }
     }
 }
