@@ -1338,14 +1338,14 @@ async fn a_failed_stage_leaves_no_device_and_the_volume_can_be_deleted() {
     let Some(driver) = Driver::start("failstage", SMALL_DRIVES).await else {
         return;
     };
-    let mut cap = ext4();
-    if let Some(volume_capability::AccessType::Mount(mount)) = &mut cap.access_type {
-        mount.mount_flags = vec!["bogus_mount_option".into()];
-    }
+    let cap = ext4();
     let volume = driver.create("flagged", 1, ext4()).await.unwrap();
+    // A file where the staging directory's parent should be: the device is
+    // built, then the staging directory cannot be made.
+    fs::write(driver.dir.join("staging"), b"in the way").unwrap();
     assert!(
         driver.stage(&volume, &cap).await.is_err(),
-        "an unknown mount option fails the mount"
+        "a staging directory that cannot be made fails the stage"
     );
     assert_eq!(
         volume_devices(&driver.dir),
@@ -1628,5 +1628,71 @@ async fn a_kubelet_dir_keeps_node_paths_inside_it() {
     assert_eq!(mounts_at(&target).len(), 1);
     driver.unpublish(&id, &target).await.unwrap();
     driver.unstage(&id, Path::new(&staging)).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+fn with_flags(mut cap: VolumeCapability, flags: &[&str]) -> VolumeCapability {
+    if let Some(volume_capability::AccessType::Mount(mount)) = &mut cap.access_type {
+        mount.mount_flags = flags.iter().map(ToString::to_string).collect();
+    }
+    cap
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mount_flags_come_from_an_allow_list() {
+    let Some(driver) = Driver::start("flags", SMALL_DRIVES).await else {
+        return;
+    };
+    // A class (or PV) whose mount options are not on the list fails at creation.
+    for (cap, flag) in [
+        (with_flags(ext4(), &["noatime", "ro,exec"]), "ro,exec"),
+        (with_flags(ext4(), &["dev"]), "dev"),
+        (with_flags(ext4(), &["-o"]), "-o"),
+        (with_flags(xfs(), &["data=ordered"]), "data=ordered"),
+        (with_flags(ext4(), &["errors=panic"]), "errors=panic"),
+    ] {
+        let err = assert_code(
+            driver.create("pvc-flags", 1, cap).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().contains(&format!("{flag:?}")),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("vdrive allows: ro, rw, noatime"),
+            "{}",
+            err.message()
+        );
+    }
+    // The same flags at staging and publishing (a volume made with other ones).
+    let volume = driver.create("pvc-flags", 1, ext4()).await.unwrap();
+    let id = volume.volume_id.clone();
+    for flags in [&["nosuid", "exec"][..], &["--bind"], &["noatime,dev"]] {
+        let cap = with_flags(ext4(), flags);
+        assert_code(driver.stage(&volume, &cap).await, Code::InvalidArgument);
+    }
+    assert_eq!(volume_devices(&driver.dir), Vec::<PathBuf>::new());
+    // Allowed ones reach the mount.
+    let cap = with_flags(ext4(), &["noatime", "nodev", "data=journal"]);
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let options = String::from_utf8_lossy(&run(
+        "findmnt",
+        &["-n", "-o", "OPTIONS", "--mountpoint", &path_str(&staging)],
+    ))
+    .into_owned();
+    assert!(
+        options.contains("noatime") && options.contains("nodev"),
+        "{options}"
+    );
+    let err = assert_code(
+        driver
+            .publish(&volume, &with_flags(ext4(), &["suid"]))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(err.message().contains("\"suid\""), "{}", err.message());
+    driver.unstage(&id, &staging).await.unwrap();
     driver.delete(&id).await.unwrap();
 }

@@ -9,6 +9,7 @@ use tracing::{info, instrument};
 use super::capability;
 use super::context;
 use super::inflight::InFlight;
+use super::input;
 use super::params::{ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
@@ -170,6 +171,10 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 "filesystem {fs_type:?} is not supported: use one of {}",
                 capability::FS_TYPES.join(", ")
             )));
+        }
+        // A class whose mount options can never mount fails here, not at staging.
+        for cap in &req.volume_capabilities {
+            input::mount_flags(capability::mount_flags(cap), Some(&fs_type))?;
         }
         let gib = size_gib(req.capacity_range.as_ref(), params.fixed_gib())?;
         let wanted = wanted_nodes(req.accessibility_requirements.as_ref())?;

@@ -1,6 +1,6 @@
 //! Hygiene for what a request hands to the kernel and to tools: the staging and
-//! target paths of the Node calls. Checked before anything is touched; every
-//! refusal names the field and says what would be accepted.
+//! target paths of the Node calls, and mount flags. Checked before anything is
+//! touched; every refusal names the field or flag and says what is accepted.
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +29,194 @@ pub enum InputError {
         path: String,
         dir: PathBuf,
     },
+
+    #[error(
+        "mount flag {flag:?}{} {reason}. vdrive allows: {allowed}",
+        fs.as_ref().map_or(String::new(), |fs| format!(" (on {fs})"))
+    )]
+    MountFlag {
+        flag: String,
+        fs: Option<String>,
+        reason: &'static str,
+        allowed: String,
+    },
+}
+
+/// What a mount flag may carry after `=`.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    /// A bare flag.
+    Bare,
+    /// One of these words.
+    OneOf(&'static [&'static str]),
+    /// A whole number in this range.
+    Number(u64, u64),
+    /// A size with a k, m or g suffix: a power of two in this byte range.
+    PowerOfTwo(u64, u64),
+}
+
+/// A mount flag vdrive passes to mount(8): its name, the filesystem it is for
+/// (None: any), and its value. Only options that change how the tenant's own
+/// filesystem behaves, never what it may reach (no `dev`, `suid`, `exec`) and
+/// nothing that can stop the node (`errors=panic`).
+const MOUNT_FLAGS: &[(&str, Option<&str>, Value)] = &[
+    ("ro", None, Value::Bare),
+    ("rw", None, Value::Bare),
+    ("noatime", None, Value::Bare),
+    ("relatime", None, Value::Bare),
+    ("strictatime", None, Value::Bare),
+    ("nodiratime", None, Value::Bare),
+    ("lazytime", None, Value::Bare),
+    ("nolazytime", None, Value::Bare),
+    ("nodev", None, Value::Bare),
+    ("nosuid", None, Value::Bare),
+    ("noexec", None, Value::Bare),
+    ("sync", None, Value::Bare),
+    ("dirsync", None, Value::Bare),
+    ("discard", None, Value::Bare),
+    ("nodiscard", None, Value::Bare),
+    (
+        "data",
+        Some("ext4"),
+        Value::OneOf(&["ordered", "writeback", "journal"]),
+    ),
+    ("commit", Some("ext4"), Value::Number(1, 300)),
+    (
+        "errors",
+        Some("ext4"),
+        Value::OneOf(&["remount-ro", "continue"]),
+    ),
+    ("barrier", Some("ext4"), Value::Bare),
+    ("auto_da_alloc", Some("ext4"), Value::Bare),
+    ("noauto_da_alloc", Some("ext4"), Value::Bare),
+    ("delalloc", Some("ext4"), Value::Bare),
+    ("nodelalloc", Some("ext4"), Value::Bare),
+    ("dioread_nolock", Some("ext4"), Value::Bare),
+    ("journal_checksum", Some("ext4"), Value::Bare),
+    ("acl", Some("ext4"), Value::Bare),
+    ("user_xattr", Some("ext4"), Value::Bare),
+    ("inode64", Some("xfs"), Value::Bare),
+    ("inode32", Some("xfs"), Value::Bare),
+    ("largeio", Some("xfs"), Value::Bare),
+    ("nolargeio", Some("xfs"), Value::Bare),
+    ("wsync", Some("xfs"), Value::Bare),
+    ("swalloc", Some("xfs"), Value::Bare),
+    ("filestreams", Some("xfs"), Value::Bare),
+    ("grpid", Some("xfs"), Value::Bare),
+    ("nogrpid", Some("xfs"), Value::Bare),
+    ("noquota", Some("xfs"), Value::Bare),
+    (
+        "allocsize",
+        Some("xfs"),
+        Value::PowerOfTwo(4 << 10, 1 << 30),
+    ),
+    ("logbufs", Some("xfs"), Value::Number(2, 8)),
+    (
+        "logbsize",
+        Some("xfs"),
+        Value::PowerOfTwo(16 << 10, 256 << 10),
+    ),
+];
+
+/// The allowed flags as a person reads them: `commit=<1-300> (ext4)`.
+fn allowed_flags() -> String {
+    let human = |bytes: u64| match bytes {
+        b if b >= 1 << 30 => format!("{}g", b >> 30),
+        b if b >= 1 << 20 => format!("{}m", b >> 20),
+        b => format!("{}k", b >> 10),
+    };
+    MOUNT_FLAGS
+        .iter()
+        .map(|(name, fs, value)| {
+            let value = match value {
+                Value::Bare => String::new(),
+                Value::OneOf(words) => format!("={}", words.join("|")),
+                Value::Number(lo, hi) => format!("=<{lo}-{hi}>"),
+                Value::PowerOfTwo(lo, hi) => {
+                    format!("=<{}-{}, a power of two>", human(*lo), human(*hi))
+                }
+            };
+            let fs = fs.map_or(String::new(), |fs| format!(" ({fs})"));
+            format!("{name}{value}{fs}")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why `value` is not what `allowed` takes, if it is not.
+fn bad_value(allowed: Value, value: Option<&str>) -> Option<&'static str> {
+    let size = |text: &str| {
+        let (digits, shift) = match text.as_bytes().last() {
+            Some(b'k') => (&text[..text.len() - 1], 10),
+            Some(b'm') => (&text[..text.len() - 1], 20),
+            Some(b'g') => (&text[..text.len() - 1], 30),
+            _ => (text, 0),
+        };
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|n| n.checked_mul(1 << shift))
+    };
+    match (allowed, value) {
+        (Value::Bare, None) => None,
+        (Value::Bare, Some(_)) => Some("takes no value"),
+        (_, None) => Some("needs a value"),
+        (Value::OneOf(words), Some(v)) => {
+            (!words.contains(&v)).then_some("has a value not allowed")
+        }
+        (Value::Number(lo, hi), Some(v)) => v
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (lo..=hi).contains(n) && !v.starts_with('+'))
+            .is_none()
+            .then_some("has a value out of range"),
+        (Value::PowerOfTwo(lo, hi), Some(v)) => size(v)
+            .filter(|n| (lo..=hi).contains(n) && n.is_power_of_two() && !v.starts_with('+'))
+            .is_none()
+            .then_some("has a value out of range"),
+    }
+}
+
+/// Checks the mount flags of a capability for a volume of filesystem `fs`
+/// (None: not known yet, so any supported filesystem's flags pass). Each flag
+/// is one option: a comma, whitespace or a leading `-` is refused, so nothing
+/// can be smuggled into mount(8)'s option string or arguments. Empty flags
+/// add nothing and are ignored.
+pub fn mount_flags(flags: &[String], fs: Option<&str>) -> Result<(), InputError> {
+    for flag in flags.iter().filter(|f| !f.is_empty()) {
+        let refuse = |reason: &'static str| InputError::MountFlag {
+            flag: flag.clone(),
+            fs: fs.map(str::to_string),
+            reason,
+            allowed: allowed_flags(),
+        };
+        if flag.contains(',') {
+            return Err(refuse(
+                "holds a comma: give each option as a flag of its own",
+            ));
+        }
+        if flag.starts_with('-') || flag.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(refuse(
+                "starts with `-` or holds whitespace or control characters",
+            ));
+        }
+        let (name, value) = match flag.split_once('=') {
+            Some((name, value)) => (name, Some(value)),
+            None => (flag.as_str(), None),
+        };
+        let Some(&(_, for_fs, allowed)) = MOUNT_FLAGS.iter().find(|(n, _, _)| *n == name) else {
+            return Err(refuse("is not on vdrive's list"));
+        };
+        if let (Some(for_fs), Some(fs)) = (for_fs, fs)
+            && for_fs != fs
+        {
+            return Err(refuse("is for another filesystem"));
+        }
+        if let Some(reason) = bad_value(allowed, value) {
+            return Err(refuse(reason));
+        }
+    }
+    Ok(())
 }
 
 /// Why `path` is not an absolute, clean path, if it is not. `/` itself is clean
@@ -146,6 +334,65 @@ mod tests {
             assert!(err.to_string().contains("/var/lib/kubelet,"), "{err}");
         }
         assert!(node_path("target_path", "/anything", Some(Path::new("/"))).is_ok());
+    }
+
+    fn flags(list: &[&str], fs: Option<&str>) -> Result<(), InputError> {
+        mount_flags(&list.iter().map(|f| f.to_string()).collect::<Vec<_>>(), fs)
+    }
+
+    #[test]
+    fn mount_flags_come_from_the_list() {
+        let common = [
+            "ro", "noatime", "nodev", "nosuid", "noexec", "discard", "lazytime", "",
+        ];
+        for fs in [None, Some("ext4"), Some("xfs")] {
+            assert_eq!(flags(&common, fs), Ok(()), "{fs:?}");
+        }
+        assert_eq!(
+            flags(
+                &["data=ordered", "commit=30", "errors=remount-ro"],
+                Some("ext4")
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            flags(
+                &["allocsize=64k", "logbufs=8", "logbsize=256k", "inode64"],
+                Some("xfs")
+            ),
+            Ok(())
+        );
+        assert_eq!(flags(&["data=ordered", "allocsize=1m"], None), Ok(()));
+        for (bad, fs, reason) in [
+            ("noatime,exec", None, "holds a comma"),
+            ("ro,dev", Some("ext4"), "holds a comma"),
+            ("-o", None, "starts with `-`"),
+            ("--bind", None, "starts with `-`"),
+            ("ro ", None, "whitespace"),
+            ("dev", None, "is not on vdrive's list"),
+            ("suid", None, "is not on vdrive's list"),
+            ("errors=panic", Some("ext4"), "has a value not allowed"),
+            ("data=ordered", Some("xfs"), "is for another filesystem"),
+            ("inode64", Some("ext4"), "is for another filesystem"),
+            ("commit=0", Some("ext4"), "out of range"),
+            ("commit=+5", Some("ext4"), "out of range"),
+            ("commit=99999999999999999999", Some("ext4"), "out of range"),
+            ("allocsize=3k", Some("xfs"), "out of range"),
+            (
+                "allocsize=18446744073709551615g",
+                Some("xfs"),
+                "out of range",
+            ),
+            ("commit", Some("ext4"), "needs a value"),
+            ("noatime=1", None, "takes no value"),
+        ] {
+            let err = flags(&["noatime", bad], fs).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&format!("{bad:?}")), "{text}");
+            assert!(text.contains(reason), "{bad}: {text}");
+            assert!(text.contains("vdrive allows: ro, rw, noatime"), "{text}");
+            assert!(text.contains("commit=<1-300> (ext4)"), "{text}");
+        }
     }
 
     #[test]

@@ -116,6 +116,10 @@ impl<S: LedgerStore> Node for NodeService<S> {
             Some(name) if !block => Some(name.parse::<fs::FsType>().map_err(Status::from)?),
             _ => None,
         };
+        input::mount_flags(
+            capability::mount_flags(cap),
+            fs_type.map(fs::FsType::as_str),
+        )?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
         let stage = StageRequest {
             volume_id: req.volume_id.clone(),

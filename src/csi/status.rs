@@ -178,9 +178,9 @@ impl From<ParamError> for Status {
 impl From<InputError> for Status {
     fn from(err: InputError) -> Self {
         match err {
-            InputError::BadPath { .. } | InputError::OutsideKubeletDir { .. } => {
-                Status::invalid_argument(err.to_string())
-            }
+            InputError::BadPath { .. }
+            | InputError::OutsideKubeletDir { .. }
+            | InputError::MountFlag { .. } => Status::invalid_argument(err.to_string()),
         }
     }
 }
