@@ -549,3 +549,25 @@ fn controller_starts_with_the_code_defaults() {
     }
     assert_eq!(provisioner.get("immediate-topology"), Some(&"false"));
 }
+
+#[test]
+fn metrics_listen_on_the_pod_ip_only() {
+    for kind in ["Deployment", "DaemonSet"] {
+        let workload = one_of(kind);
+        let vdrive = container(&workload, "vdrive");
+        assert_eq!(
+            flags(vdrive).get("metrics-address").copied(),
+            Some("$(POD_IP):9810"),
+            "{kind}"
+        );
+        let pod_ip = list(vdrive, &["env"])
+            .iter()
+            .find(|e| text(e, &["name"]) == "POD_IP")
+            .unwrap_or_else(|| panic!("{kind}: vdrive has no POD_IP env"));
+        assert_eq!(
+            text(pod_ip, &["valueFrom", "fieldRef", "fieldPath"]),
+            "status.podIP",
+            "{kind}"
+        );
+    }
+}

@@ -64,8 +64,9 @@ pub struct NodeArgs {
     /// must lie inside it; `/` allows any absolute path.
     #[arg(long, default_value = "/var/lib/kubelet", value_name = "DIR")]
     pub kubelet_dir: PathBuf,
-    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
-    #[arg(long, value_name = "ADDRESS")]
+    /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
 }
 
