@@ -36,7 +36,8 @@ use vdrive::csi::proto::{
     GetCapacityRequest, GetCapacityResponse, GetPluginInfoRequest, ListVolumesRequest,
     NodeExpandVolumeRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
     NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
-    NodeUnstageVolumeRequest, ProbeRequest, Volume, VolumeCapability, volume_usage,
+    NodeUnstageVolumeRequest, ProbeRequest, Topology, TopologyRequirement, Volume,
+    VolumeCapability, volume_usage,
 };
 
 const GIB: i64 = 1 << 30;
@@ -1695,4 +1696,81 @@ async fn mount_flags_come_from_an_allow_list() {
     assert!(err.message().contains("\"suid\""), "{}", err.message());
     driver.unstage(&id, &staging).await.unwrap();
     driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_volume_by_name_compares_parameters_access_and_topology() {
+    let Some(driver) = Driver::start("same-name", SMALL_DRIVES).await else {
+        return;
+    };
+    let volume = driver.create("pvc-same", 1, ext4()).await.unwrap();
+    let again = driver.create("pvc-same", 1, ext4()).await.unwrap();
+    assert_eq!(
+        again.volume_id, volume.volume_id,
+        "the same request is the same volume"
+    );
+    let conflict = |status: tonic::Status, words: &str| {
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+        assert!(status.message().contains(words), "{}", status.message());
+    };
+    conflict(
+        driver.create("pvc-same", 1, xfs()).await.unwrap_err(),
+        "it is an ext4 filesystem volume, not an xfs filesystem volume",
+    );
+    conflict(
+        driver.create("pvc-same", 1, raw_block()).await.unwrap_err(),
+        "not a raw block volume",
+    );
+    let mut params = k8s_params();
+    params.insert("minDriveGiB".into(), "2".into());
+    conflict(
+        driver
+            .create_with("pvc-same", 1, ext4(), params)
+            .await
+            .unwrap_err(),
+        "minDriveGiB 1, not 2",
+    );
+    let mut params = k8s_params();
+    params.insert("tlc".into(), "0".into());
+    params.insert("qlc".into(), "1".into());
+    conflict(
+        driver
+            .create_with("pvc-same", 1, ext4(), params)
+            .await
+            .unwrap_err(),
+        "tlc:qlc 1:0, not tlc:qlc 0:1",
+    );
+    let on = |node: &str| {
+        let mut controller = driver.controller();
+        let request = CreateVolumeRequest {
+            name: "pvc-same".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: GIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![ext4()],
+            parameters: k8s_params(),
+            accessibility_requirements: Some(TopologyRequirement {
+                requisite: vec![Topology {
+                    segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]),
+                }],
+                preferred: vec![],
+            }),
+            ..Default::default()
+        };
+        async move { controller.create_volume(request).await }
+    };
+    conflict(
+        on("another-node").await.unwrap_err(),
+        "accessibility requirements (another-node) do not allow",
+    );
+    let here = on(&driver.node_id)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(here.volume_id, volume.volume_id);
+    assert_eq!(driver.list().await.len(), 1);
+    driver.delete(&volume.volume_id).await.unwrap();
 }

@@ -11,6 +11,12 @@
 //!   markers is exactly the eight-element form older versions wrote, and a
 //!   releasing extent of a volume that is not fixed is their nine-element form,
 //!   so those still read both ways; only a fixed volume's entries are new.
+//!   A volume's first virtual drive (part 0) ends with one object more, what
+//!   the volume was asked for (its class's layout under the StorageClass keys'
+//!   names, and `access`: `block` or the filesystem), e.g. `{"tlc":1,"qlc":0,
+//!   "driveCores":1,"minDriveGiB":1,"maxVirtualDrivesPerCore":8,
+//!   "enforceMinDrivesPerTypePerCore":true,"access":"ext4"}`; entries written
+//!   before it was kept have none and still read.
 //! - `vdrive.io/shared-drives`: the node's signed drives, `[{"uuid", "serial",
 //!   "type", "capacityGiB", "backend", "missing"?}]`; `backend` is how the node
 //!   builds volumes on the drive (`loop` or `dm`, absent: `loop`), which bounds how
@@ -58,6 +64,9 @@ pub fn encode_claims(claims: &[Claim]) -> String {
             if c.fixed {
                 entry.push(json!(FIXED));
             }
+            if let Some(spec) = &c.spec {
+                entry.push(json!(spec));
+            }
             (c.virtual_uuid.to_string(), Value::Array(entry))
         })
         .collect();
@@ -82,9 +91,9 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
     let Value::Array(fields) = value else {
         return Err("not an array".into());
     };
-    if !(8..=10).contains(&fields.len()) {
+    if !(8..=11).contains(&fields.len()) {
         return Err(format!(
-            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"{RELEASING}\" and \"{FIXED}\"",
+            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"{RELEASING}\", \"{FIXED}\" and the volume's spec",
             fields.len()
         ));
     }
@@ -108,7 +117,18 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
         _ => return Err("field 5 (pool) is neither a string nor null".into()),
     };
     let (mut releasing, mut fixed) = (false, false);
+    let mut spec = None;
     for (i, marker) in fields.iter().enumerate().skip(8) {
+        if marker.is_object() {
+            if spec.is_some() {
+                return Err(format!("field {i} repeats the volume's spec"));
+            }
+            spec = Some(
+                serde_json::from_value(marker.clone())
+                    .map_err(|e| format!("field {i} (the volume's spec): {e}"))?,
+            );
+            continue;
+        }
         let seen = match marker.as_str() {
             Some(RELEASING) => &mut releasing,
             Some(FIXED) => &mut fixed,
@@ -145,6 +165,7 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
             .map_err(|_| "field 7 (part) is too large".to_string())?,
         fixed,
         releasing,
+        spec,
     })
 }
 
@@ -224,6 +245,7 @@ mod tests {
             part,
             fixed: false,
             releasing,
+            spec: None,
         }
     }
 
@@ -275,6 +297,34 @@ mod tests {
         let swapped = r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, "fixed", "releasing"]}"#;
         let read = decode_claims(swapped).unwrap();
         assert!(read[0].fixed && read[0].releasing);
+    }
+
+    #[test]
+    fn a_volumes_spec_rides_on_its_first_part_after_the_markers() {
+        use crate::allocator::{Ratio, Request};
+        use crate::ledger::VolumeSpec;
+        let spec = VolumeSpec::new(
+            &Request::with_ratio(10, Ratio { tlc: 1, qlc: 0 }, 1),
+            Some("ext4".into()),
+        );
+        let mut first = claim(0, true);
+        first.fixed = true;
+        first.spec = Some(spec.clone());
+        let text = encode_claims(&[first.clone(), claim(1, false)]);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let entry = parsed[first.virtual_uuid.to_string()].as_array().unwrap();
+        assert_eq!(entry[8..10], [json!("releasing"), json!("fixed")]);
+        assert_eq!(entry[10]["driveCores"], 1);
+        assert_eq!(entry[10]["access"], "ext4");
+        assert_eq!(
+            decode_claims(&text).unwrap(),
+            vec![first.clone(), claim(1, false)]
+        );
+        // Two specs, or one that is not a spec, are refused.
+        let twice = text.replacen("\"ext4\"}]", "\"ext4\"},{}]", 1);
+        assert!(decode_claims(&twice).is_err(), "{twice}");
+        let bad = r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, {"tlc": "x"}]}"#;
+        assert!(decode_claims(bad).unwrap_err().contains("spec"));
     }
 
     #[test]

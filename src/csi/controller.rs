@@ -184,6 +184,13 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             pool: params.pool,
             layout: params.request(gib),
             accepts: accepted_sizes(req.capacity_range.as_ref()),
+            access: Some(
+                if req.volume_capabilities.iter().all(capability::is_block) {
+                    "block".to_string()
+                } else {
+                    fs_type.clone()
+                },
+            ),
         };
         let _flight = self.in_flight.begin(&req.name)?;
         let volume = self.ledger.create(&claim, &wanted).await?;

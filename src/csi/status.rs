@@ -64,7 +64,7 @@ fn ledger_code(err: &LedgerError) -> Code {
     match err {
         LedgerError::Allocation(inner) => alloc_code(inner),
         LedgerError::Store(inner) => store_code(inner),
-        LedgerError::NameConflict { .. } => Code::AlreadyExists,
+        LedgerError::NameConflict { .. } | LedgerError::Incompatible { .. } => Code::AlreadyExists,
         LedgerError::NotInPool { .. }
         | LedgerError::PoolShareExhausted { .. }
         | LedgerError::NoNodeWithDrives { .. }
