@@ -47,6 +47,7 @@ fn store_code(err: &StoreError) -> Code {
         StoreError::NodeNotFound(_) => Code::NotFound,
         StoreError::Corrupt { .. } => Code::DataLoss,
         StoreError::Unavailable { .. } | StoreError::Api { .. } => Code::Unavailable,
+        StoreError::AnnotationsFull { .. } => Code::ResourceExhausted,
     }
 }
 

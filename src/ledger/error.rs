@@ -182,7 +182,8 @@ impl LedgerError {
                 AllocError::InsufficientDriveCapacity { .. }
                     | AllocError::InsufficientDrives { .. }
                     | AllocError::NoLayoutFits(_)
-            ) | LedgerError::NotInPool { .. }
+            ) | LedgerError::Store(StoreError::AnnotationsFull { .. })
+                | LedgerError::NotInPool { .. }
                 | LedgerError::PoolShareExhausted { .. }
                 | LedgerError::TooManyParts { .. }
         )
