@@ -41,6 +41,7 @@ fn claim_and_release(c: &mut Criterion) {
             pool: None,
             layout,
             accepts: SizeRange::exactly(10),
+            access: None,
         };
         group.bench_function(label, |b| {
             b.iter_custom(|iterations| {

@@ -68,9 +68,10 @@ impl Extent {
         }
     }
 
-    /// One past the last GiB of the extent.
+    /// One past the last GiB of the extent (saturating: an extent read from
+    /// outside that ends past u64 is out of every drive's bounds, never a wrap).
     pub fn end_gib(&self) -> u64 {
-        self.offset_gib + self.size_gib
+        self.offset_gib.saturating_add(self.size_gib)
     }
 
     pub fn overlaps(&self, other: &Extent) -> bool {

@@ -103,6 +103,23 @@ pub fn spawn(
     })
 }
 
+/// A `--metrics-address`: `IP:PORT`, `[IPv6]:PORT`, or an IPv6 address and its
+/// port joined by a last colon, as `$(POD_IP):9810` expands to on an IPv6 pod.
+/// Only an address, never a name to resolve: metrics bind exactly where told.
+pub fn parse_address(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    text.rsplit_once(':')
+        .and_then(|(ip, port)| {
+            let ip = ip.parse::<std::net::Ipv6Addr>().ok()?;
+            Some(SocketAddr::from((ip, port.parse::<u16>().ok()?)))
+        })
+        .ok_or_else(|| {
+            format!("{text:?} is not IP:PORT (e.g. 10.1.2.3:9810, [fd00::3]:9810, fd00::3:9810)")
+        })
+}
+
 /// Serves `/metrics` on `address` until the process ends.
 pub async fn serve(
     address: SocketAddr,
@@ -137,6 +154,24 @@ pub async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_addresses_are_addresses_with_a_port() {
+        let parsed = |t: &str| parse_address(t).map(|a| a.to_string());
+        assert_eq!(parsed("10.1.2.3:9810").unwrap(), "10.1.2.3:9810");
+        assert_eq!(parsed("[fd00::3]:9810").unwrap(), "[fd00::3]:9810");
+        // $(POD_IP):9810 on an IPv6 pod.
+        assert_eq!(parsed("fd00::3:9810").unwrap(), "[fd00::3]:9810");
+        for bad in [
+            "localhost:9810",
+            "10.1.2.3",
+            ":9810",
+            "$(POD_IP):9810",
+            "fd00::3",
+        ] {
+            assert!(parse_address(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn gauges_render_in_the_text_format() {

@@ -36,7 +36,8 @@ use vdrive::csi::proto::{
     GetCapacityRequest, GetCapacityResponse, GetPluginInfoRequest, ListVolumesRequest,
     NodeExpandVolumeRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
     NodePublishVolumeRequest, NodeStageVolumeRequest, NodeUnpublishVolumeRequest,
-    NodeUnstageVolumeRequest, ProbeRequest, Volume, VolumeCapability, volume_usage,
+    NodeUnstageVolumeRequest, ProbeRequest, Topology, TopologyRequirement, Volume,
+    VolumeCapability, volume_usage,
 };
 
 const GIB: i64 = 1 << 30;
@@ -1452,14 +1453,14 @@ async fn a_failed_stage_leaves_no_device_and_the_volume_can_be_deleted() {
     let Some(driver) = Driver::start("failstage", SMALL_DRIVES).await else {
         return;
     };
-    let mut cap = ext4();
-    if let Some(volume_capability::AccessType::Mount(mount)) = &mut cap.access_type {
-        mount.mount_flags = vec!["bogus_mount_option".into()];
-    }
+    let cap = ext4();
     let volume = driver.create("flagged", 1, ext4()).await.unwrap();
+    // A file where the staging directory's parent should be: the device is
+    // built, then the staging directory cannot be made.
+    fs::write(driver.dir.join("staging"), b"in the way").unwrap();
     assert!(
         driver.stage(&volume, &cap).await.is_err(),
-        "an unknown mount option fails the mount"
+        "a staging directory that cannot be made fails the stage"
     );
     assert_eq!(
         volume_devices(&driver.dir),
@@ -1777,4 +1778,341 @@ fn volume_is_block(cap: &VolumeCapability) -> bool {
         cap.access_type,
         Some(volume_capability::AccessType::Block(_))
     )
+}
+
+// ---- input hygiene ----------------------------------------------------------
+
+/// NodeStageVolume of `volume` at `staging`, whatever the string.
+async fn stage_at(
+    driver: &Driver,
+    volume: &Volume,
+    cap: &VolumeCapability,
+    staging: &str,
+) -> Result<(), tonic::Status> {
+    driver
+        .node()
+        .node_stage_volume(NodeStageVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.to_string(),
+            volume_capability: Some(cap.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+/// NodePublishVolume of `volume` from `staging` at `target`, whatever the strings.
+async fn publish_at(
+    driver: &Driver,
+    volume: &Volume,
+    cap: &VolumeCapability,
+    staging: &str,
+    target: &str,
+) -> Result<(), tonic::Status> {
+    driver
+        .node()
+        .node_publish_volume(NodePublishVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            staging_target_path: staging.to_string(),
+            target_path: target.to_string(),
+            volume_capability: Some(cap.clone()),
+            volume_context: volume.volume_context.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn node_paths_must_be_absolute_and_clean() {
+    let Some(driver) = Driver::start("paths", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("pvc-paths", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let dir = path_str(&driver.dir);
+    let bad = [
+        "staging/rel".to_string(),
+        format!("{dir}/staging/../escape"),
+        format!("{dir}/./escape"),
+        format!("{dir}//escape"),
+        format!("{dir}/escape/"),
+        format!("{dir}/esc\0ape"),
+    ];
+    for path in &bad {
+        let err = assert_code(
+            stage_at(&driver, &volume, &cap, path).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("staging_target_path"),
+            "{path:?}: {}",
+            err.message()
+        );
+        let err = assert_code(
+            driver.unstage(&id, Path::new(path)).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("staging_target_path"),
+            "{}",
+            err.message()
+        );
+        let err = assert_code(
+            driver.unpublish(&id, Path::new(path)).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("target_path"),
+            "{}",
+            err.message()
+        );
+    }
+    assert!(!driver.dir.join("escape").exists(), "nothing was made");
+    assert_eq!(volume_devices(&driver.dir), Vec::<PathBuf>::new());
+
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let staging = path_str(&staging);
+    for path in &bad {
+        let err = assert_code(
+            publish_at(&driver, &volume, &cap, &staging, path).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("target_path"),
+            "{}",
+            err.message()
+        );
+        let err = assert_code(
+            publish_at(&driver, &volume, &cap, path, &format!("{dir}/pods/t")).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().starts_with("staging_target_path"),
+            "{}",
+            err.message()
+        );
+    }
+    // Stats and expansion name a volume by a path it was staged or published at:
+    // any other path is one where the volume is not (csi-sanity asks "some/path").
+    for path in ["some/path", &format!("{staging}/../x")] {
+        let mut node = driver.node();
+        let stats = node
+            .node_get_volume_stats(NodeGetVolumeStatsRequest {
+                volume_id: id.clone(),
+                volume_path: path.to_string(),
+                staging_target_path: String::new(),
+            })
+            .await;
+        assert_code(stats, Code::NotFound);
+        let expand = node
+            .node_expand_volume(NodeExpandVolumeRequest {
+                volume_id: id.clone(),
+                volume_path: path.to_string(),
+                ..Default::default()
+            })
+            .await;
+        assert_code(expand, Code::NotFound);
+    }
+    driver.unstage(&id, Path::new(&staging)).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kubelet_dir_keeps_node_paths_inside_it() {
+    let Some(mut driver) = Driver::start("kubeletdir", SMALL_DRIVES).await else {
+        return;
+    };
+    let kubelet = driver.dir.join("kubelet");
+    driver
+        .extra_args
+        .push(format!("--kubelet-dir={}", path_str(&kubelet)));
+    driver.restart().await;
+    let cap = ext4();
+    let volume = driver.create("pvc-kubelet", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    // The fixture's usual paths are outside the kubelet directory.
+    let err = assert_code(driver.stage(&volume, &cap).await, Code::InvalidArgument);
+    assert!(
+        err.message()
+            .contains(&format!("is not inside {}", path_str(&kubelet))),
+        "{}",
+        err.message()
+    );
+    assert!(err.message().contains("--kubelet-dir"), "{}", err.message());
+    let sibling = format!("{}2/staging", path_str(&kubelet));
+    assert_code(
+        stage_at(&driver, &volume, &cap, &sibling).await,
+        Code::InvalidArgument,
+    );
+    assert_code(
+        stage_at(&driver, &volume, &cap, &path_str(&kubelet)).await,
+        Code::InvalidArgument,
+    );
+
+    let staging = path_str(&kubelet.join("plugins/csi/globalmount"));
+    stage_at(&driver, &volume, &cap, &staging).await.unwrap();
+    let outside = path_str(&driver.target_path(&id));
+    let err = assert_code(
+        publish_at(&driver, &volume, &cap, &staging, &outside).await,
+        Code::InvalidArgument,
+    );
+    assert!(
+        err.message().starts_with("target_path"),
+        "{}",
+        err.message()
+    );
+    let target = kubelet.join("pods/p1/volumes/mount");
+    publish_at(&driver, &volume, &cap, &staging, &path_str(&target))
+        .await
+        .unwrap();
+    assert_eq!(mounts_at(&target).len(), 1);
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, Path::new(&staging)).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+fn with_flags(mut cap: VolumeCapability, flags: &[&str]) -> VolumeCapability {
+    if let Some(volume_capability::AccessType::Mount(mount)) = &mut cap.access_type {
+        mount.mount_flags = flags.iter().map(ToString::to_string).collect();
+    }
+    cap
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mount_flags_come_from_an_allow_list() {
+    let Some(driver) = Driver::start("flags", SMALL_DRIVES).await else {
+        return;
+    };
+    // A class (or PV) whose mount options are not on the list fails at creation.
+    for (cap, flag) in [
+        (with_flags(ext4(), &["noatime", "ro,exec"]), "ro,exec"),
+        (with_flags(ext4(), &["dev"]), "dev"),
+        (with_flags(ext4(), &["-o"]), "-o"),
+        (with_flags(xfs(), &["data=ordered"]), "data=ordered"),
+        (with_flags(ext4(), &["errors=panic"]), "errors=panic"),
+    ] {
+        let err = assert_code(
+            driver.create("pvc-flags", 1, cap).await,
+            Code::InvalidArgument,
+        );
+        assert!(
+            err.message().contains(&format!("{flag:?}")),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("vdrive allows: ro, rw, noatime"),
+            "{}",
+            err.message()
+        );
+    }
+    // The same flags at staging and publishing (a volume made with other ones).
+    let volume = driver.create("pvc-flags", 1, ext4()).await.unwrap();
+    let id = volume.volume_id.clone();
+    for flags in [&["nosuid", "exec"][..], &["--bind"], &["noatime,dev"]] {
+        let cap = with_flags(ext4(), flags);
+        assert_code(driver.stage(&volume, &cap).await, Code::InvalidArgument);
+    }
+    assert_eq!(volume_devices(&driver.dir), Vec::<PathBuf>::new());
+    // Allowed ones reach the mount.
+    let cap = with_flags(ext4(), &["noatime", "nodev", "data=journal"]);
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let options = String::from_utf8_lossy(&run(
+        "findmnt",
+        &["-n", "-o", "OPTIONS", "--mountpoint", &path_str(&staging)],
+    ))
+    .into_owned();
+    assert!(
+        options.contains("noatime") && options.contains("nodev"),
+        "{options}"
+    );
+    let err = assert_code(
+        driver
+            .publish(&volume, &with_flags(ext4(), &["suid"]))
+            .await,
+        Code::InvalidArgument,
+    );
+    assert!(err.message().contains("\"suid\""), "{}", err.message());
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn create_volume_by_name_compares_parameters_access_and_topology() {
+    let Some(driver) = Driver::start("same-name", SMALL_DRIVES).await else {
+        return;
+    };
+    let volume = driver.create("pvc-same", 1, ext4()).await.unwrap();
+    let again = driver.create("pvc-same", 1, ext4()).await.unwrap();
+    assert_eq!(
+        again.volume_id, volume.volume_id,
+        "the same request is the same volume"
+    );
+    let conflict = |status: tonic::Status, words: &str| {
+        assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+        assert!(status.message().contains(words), "{}", status.message());
+    };
+    conflict(
+        driver.create("pvc-same", 1, xfs()).await.unwrap_err(),
+        "it is an ext4 filesystem volume, not an xfs filesystem volume",
+    );
+    conflict(
+        driver.create("pvc-same", 1, raw_block()).await.unwrap_err(),
+        "not a raw block volume",
+    );
+    let mut params = k8s_params();
+    params.insert("minDriveGiB".into(), "2".into());
+    conflict(
+        driver
+            .create_with("pvc-same", 1, ext4(), params)
+            .await
+            .unwrap_err(),
+        "minDriveGiB 1, not 2",
+    );
+    let mut params = k8s_params();
+    params.insert("tlc".into(), "0".into());
+    params.insert("qlc".into(), "1".into());
+    conflict(
+        driver
+            .create_with("pvc-same", 1, ext4(), params)
+            .await
+            .unwrap_err(),
+        "tlc:qlc 1:0, not tlc:qlc 0:1",
+    );
+    let on = |node: &str| {
+        let mut controller = driver.controller();
+        let request = CreateVolumeRequest {
+            name: "pvc-same".into(),
+            capacity_range: Some(CapacityRange {
+                required_bytes: GIB,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![ext4()],
+            parameters: k8s_params(),
+            accessibility_requirements: Some(TopologyRequirement {
+                requisite: vec![Topology {
+                    segments: HashMap::from([(TOPOLOGY_KEY.to_string(), node.to_string())]),
+                }],
+                preferred: vec![],
+            }),
+            ..Default::default()
+        };
+        async move { controller.create_volume(request).await }
+    };
+    conflict(
+        on("another-node").await.unwrap_err(),
+        "accessibility requirements (another-node) do not allow",
+    );
+    let here = on(&driver.node_id)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    assert_eq!(here.volume_id, volume.volume_id);
+    assert_eq!(driver.list().await.len(), 1);
+    driver.delete(&volume.volume_id).await.unwrap();
 }

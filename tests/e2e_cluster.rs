@@ -117,6 +117,8 @@ fn start_node(cluster: &Cluster, vdrive: &Path, name: &str, extra_args: &[String
         .arg(format!("--node-id={name}"))
         .arg(format!("--state-dir={}/{name}", cluster.dir().display()))
         .arg(format!("--simulate-drives={DRIVES}"))
+        // The test plays kubelet, with its paths under the cluster's directory.
+        .arg(format!("--kubelet-dir={}", cluster.dir().display()))
         .arg(format!(
             "--kubeconfig={}",
             cluster.kubeconfig_path().display()

@@ -542,6 +542,8 @@ fn node_plugin_serves_the_driver_socket_kubelet_expects() {
         "the node plugin mounts the host's /dev"
     );
     assert_eq!(flags(vdrive).get("device-backend").copied(), Some("auto"));
+    // Staging and target paths are kept inside the directory kubelet uses.
+    assert_eq!(flags(vdrive).get("kubelet-dir").copied(), Some(KUBELET_DIR));
     let kubelet_mount = list(vdrive, &["volumeMounts"])
         .iter()
         .find(|m| text(m, &["mountPath"]) == KUBELET_DIR)
@@ -739,5 +741,27 @@ fn node_plugin_may_write_only_its_own_node() {
     assert!(policy_text.contains(&format!("k.startsWith('{prefix}')")));
     for key in [CLAIMS_ANNOTATION, DRIVES_ANNOTATION, CAPACITY_RESOURCE] {
         assert!(key.starts_with(prefix), "{key} is not under {prefix}");
+    }
+}
+
+#[test]
+fn metrics_listen_on_the_pod_ip_only() {
+    for kind in ["Deployment", "DaemonSet"] {
+        let workload = one_of(kind);
+        let vdrive = container(&workload, "vdrive");
+        assert_eq!(
+            flags(vdrive).get("metrics-address").copied(),
+            Some("$(POD_IP):9810"),
+            "{kind}"
+        );
+        let pod_ip = list(vdrive, &["env"])
+            .iter()
+            .find(|e| text(e, &["name"]) == "POD_IP")
+            .unwrap_or_else(|| panic!("{kind}: vdrive has no POD_IP env"));
+        assert_eq!(
+            text(pod_ip, &["valueFrom", "fieldRef", "fieldPath"]),
+            "status.podIP",
+            "{kind}"
+        );
     }
 }

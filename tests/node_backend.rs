@@ -258,6 +258,7 @@ fn signing_zeroes_the_data_area_and_never_resigns_a_drive_with_claims() {
         part: 0,
         fixed: false,
         releasing: false,
+        spec: None,
     };
     let mut record = claim_record::ClaimRecord {
         owner: "node-a".into(),

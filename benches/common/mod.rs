@@ -49,6 +49,7 @@ pub fn busy_node() -> NodeLedger {
                 part: 0,
                 fixed: false,
                 releasing: false,
+                spec: None,
             });
             made += 1;
         }

@@ -10,6 +10,7 @@ use clap::Args;
 use super::settings::SettingsArgs;
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::input;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
@@ -54,6 +55,10 @@ pub struct AllInOneArgs {
     /// as loop devices, which their tenant can remap onto other tenants' data.
     #[arg(long)]
     pub unsafe_loop_block_volumes: bool,
+    /// Keep every staging and target path inside this directory (kubelet's
+    /// root directory, when kubelet is the caller); unset: any absolute path.
+    #[arg(long, value_name = "DIR")]
+    pub kubelet_dir: Option<PathBuf>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -94,6 +99,11 @@ pub fn parse_pool(value: &str) -> Result<Option<Pool>, String> {
 pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     let node_id = node_name(args.node_id.clone())?;
     let pool = parse_pool(&args.pool)?;
+    let kubelet_dir = args
+        .kubelet_dir
+        .as_deref()
+        .map(input::kubelet_dir)
+        .transpose()?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let device_backend = choose_backend(&args.device_backend)?;
     if args.unsafe_loop_block_volumes && device_backend.kind() == Backend::Loop {
@@ -159,7 +169,8 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         )
         .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
     );
-    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone());
+    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone())
+        .with_kubelet_dir(kubelet_dir);
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let controller = ControllerService::new(
         ledger.clone(),

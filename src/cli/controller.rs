@@ -34,8 +34,9 @@ pub struct ControllerArgs {
     /// release; 0 turns them off.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub orphan_check_interval: u64,
-    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
-    #[arg(long, value_name = "ADDRESS")]
+    /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// This replica's name in Events (in a pod: POD_NAME from metadata.name).
     #[arg(long, env = "POD_NAME", default_value = "vdrive-controller")]

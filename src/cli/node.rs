@@ -15,6 +15,7 @@ use super::all_in_one::{
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
 use crate::csi::identity::{IdentityService, Readiness};
+use crate::csi::input;
 use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
@@ -59,13 +60,19 @@ pub struct NodeArgs {
     /// as loop devices, which their tenant can remap onto other tenants' data.
     #[arg(long)]
     pub unsafe_loop_block_volumes: bool,
-    /// Serve Prometheus metrics on this address (e.g. 0.0.0.0:9810); off by default.
-    #[arg(long, value_name = "ADDRESS")]
+    /// kubelet's root directory (its --root-dir): every staging and target path
+    /// must lie inside it; `/` allows any absolute path.
+    #[arg(long, default_value = "/var/lib/kubelet", value_name = "DIR")]
+    pub kubelet_dir: PathBuf,
+    /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
 }
 
 pub async fn run(args: NodeArgs) -> Result<(), String> {
     let node_id = node_name(args.node_id.clone())?;
+    let kubelet_dir = input::kubelet_dir(&args.kubelet_dir)?;
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let device_backend = choose_backend(&args.device_backend)?;
     if args.unsafe_loop_block_volumes && device_backend.kind() == Backend::Loop {
@@ -119,7 +126,8 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     // The reclaimer takes the CSI calls' in-flight keys: a volume is never
     // staged and erased at once.
     let in_flight = InFlight::default();
-    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone());
+    let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone())
+        .with_kubelet_dir(Some(kubelet_dir));
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();
     let reclaimer = tokio::spawn(reclaim::erase_released(
         ledger.clone(),

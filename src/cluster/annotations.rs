@@ -11,6 +11,12 @@
 //!   markers is exactly the eight-element form older versions wrote, and a
 //!   releasing extent of a volume that is not fixed is their nine-element form,
 //!   so those still read both ways; only a fixed volume's entries are new.
+//!   A volume's first virtual drive (part 0) ends with one object more, what
+//!   the volume was asked for (its class's layout under the StorageClass keys'
+//!   names, and `access`: `block` or the filesystem), e.g. `{"tlc":1,"qlc":0,
+//!   "driveCores":1,"minDriveGiB":1,"maxVirtualDrivesPerCore":8,
+//!   "enforceMinDrivesPerTypePerCore":true,"access":"ext4"}`; entries written
+//!   before it was kept have none and still read.
 //! - `vdrive.io/shared-drives`: the node's signed drives, `[{"uuid", "serial",
 //!   "type", "capacityGiB", "backend", "missing"?, "quarantined"?}]`; `backend` is
 //!   how the node builds volumes on the drive (`loop` or `dm`, absent: `loop`),
@@ -32,6 +38,10 @@ pub const DRIVES_ANNOTATION: &str = "vdrive.io/shared-drives";
 pub const POOL_LABEL: &str = "pool";
 /// The extended resource a node advertises: GiB of signed drives.
 pub const CAPACITY_RESOURCE: &str = "vdrive.io/shared-drives-capacity";
+
+/// The most GiB an offset or a size may reach: what a drive's bytes can address
+/// (u64 bytes). Anything past it is a hand edit or corruption, never a drive.
+const MAX_GIB: u64 = u64::MAX >> 30;
 
 const RELEASING: &str = "releasing";
 const FIXED: &str = "fixed";
@@ -55,6 +65,9 @@ pub fn encode_claims(claims: &[Claim]) -> String {
             }
             if c.fixed {
                 entry.push(json!(FIXED));
+            }
+            if let Some(spec) = &c.spec {
+                entry.push(json!(spec));
             }
             (c.virtual_uuid.to_string(), Value::Array(entry))
         })
@@ -80,9 +93,9 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
     let Value::Array(fields) = value else {
         return Err("not an array".into());
     };
-    if !(8..=10).contains(&fields.len()) {
+    if !(8..=11).contains(&fields.len()) {
         return Err(format!(
-            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"{RELEASING}\" and \"{FIXED}\"",
+            "has {} fields; expected [owner, physical uuid, GiB, offset GiB, volume id, pool, volume name, part] and optionally \"{RELEASING}\", \"{FIXED}\" and the volume's spec",
             fields.len()
         ));
     }
@@ -106,7 +119,18 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
         _ => return Err("field 5 (pool) is neither a string nor null".into()),
     };
     let (mut releasing, mut fixed) = (false, false);
+    let mut spec = None;
     for (i, marker) in fields.iter().enumerate().skip(8) {
+        if marker.is_object() {
+            if spec.is_some() {
+                return Err(format!("field {i} repeats the volume's spec"));
+            }
+            spec = Some(
+                serde_json::from_value(marker.clone())
+                    .map_err(|e| format!("field {i} (the volume's spec): {e}"))?,
+            );
+            continue;
+        }
         let seen = match marker.as_str() {
             Some(RELEASING) => &mut releasing,
             Some(FIXED) => &mut fixed,
@@ -120,13 +144,22 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
             return Err(format!("field {i} repeats the marker {marker}"));
         }
     }
+    let (size_gib, offset_gib) = (number(2, "GiB")?, number(3, "offset GiB")?);
+    if offset_gib
+        .checked_add(size_gib)
+        .is_none_or(|end| end > MAX_GIB)
+    {
+        return Err(format!(
+            "field 3 (offset GiB) {offset_gib} + field 2 (GiB) {size_gib} ends past the largest drive vdrive can address ({MAX_GIB} GiB)"
+        ));
+    }
     Ok(Claim {
         virtual_uuid,
         owner: text(0, "owner")?,
         physical_uuid: Uuid::parse_str(&text(1, "physical uuid")?)
             .map_err(|e| format!("field 1 (physical uuid): {e}"))?,
-        size_gib: number(2, "GiB")?,
-        offset_gib: number(3, "offset GiB")?,
+        size_gib,
+        offset_gib,
         volume_id: text(4, "volume id")?,
         pool,
         volume_name: text(6, "volume name")?,
@@ -134,6 +167,7 @@ fn decode_claim(key: &str, value: Value) -> Result<Claim, String> {
             .map_err(|_| "field 7 (part) is too large".to_string())?,
         fixed,
         releasing,
+        spec,
     })
 }
 
@@ -177,6 +211,12 @@ pub fn encode_drives(drives: &[PhysicalDrive]) -> String {
 pub fn decode_drives(text: &str) -> Result<Vec<PhysicalDrive>, String> {
     let listed: Vec<SharedDrive> = serde_json::from_str(text)
         .map_err(|e| format!("{DRIVES_ANNOTATION} is not a list of drives: {e}"))?;
+    if let Some(huge) = listed.iter().find(|d| d.capacity_gib > MAX_GIB) {
+        return Err(format!(
+            "{DRIVES_ANNOTATION}: drive {} has capacityGiB {}, more than vdrive can address ({MAX_GIB} GiB)",
+            huge.uuid, huge.capacity_gib
+        ));
+    }
     Ok(listed
         .into_iter()
         .map(|d| PhysicalDrive {
@@ -213,6 +253,7 @@ mod tests {
             part,
             fixed: false,
             releasing,
+            spec: None,
         }
     }
 
@@ -267,6 +308,34 @@ mod tests {
     }
 
     #[test]
+    fn a_volumes_spec_rides_on_its_first_part_after_the_markers() {
+        use crate::allocator::{Ratio, Request};
+        use crate::ledger::VolumeSpec;
+        let spec = VolumeSpec::new(
+            &Request::with_ratio(10, Ratio { tlc: 1, qlc: 0 }, 1),
+            Some("ext4".into()),
+        );
+        let mut first = claim(0, true);
+        first.fixed = true;
+        first.spec = Some(spec.clone());
+        let text = encode_claims(&[first.clone(), claim(1, false)]);
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        let entry = parsed[first.virtual_uuid.to_string()].as_array().unwrap();
+        assert_eq!(entry[8..10], [json!("releasing"), json!("fixed")]);
+        assert_eq!(entry[10]["driveCores"], 1);
+        assert_eq!(entry[10]["access"], "ext4");
+        assert_eq!(
+            decode_claims(&text).unwrap(),
+            vec![first.clone(), claim(1, false)]
+        );
+        // Two specs, or one that is not a spec, are refused.
+        let twice = text.replacen("\"ext4\"}]", "\"ext4\"},{}]", 1);
+        assert!(decode_claims(&twice).is_err(), "{twice}");
+        let bad = r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, 0, "v", null, "n", 0, {"tlc": "x"}]}"#;
+        assert!(decode_claims(bad).unwrap_err().contains("spec"));
+    }
+
+    #[test]
     fn malformed_claims_are_refused_whole() {
         for bad in [
             "[]",
@@ -280,6 +349,32 @@ mod tests {
         ] {
             assert!(decode_claims(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn offsets_and_sizes_that_overflow_are_refused_not_added() {
+        for (size, offset) in [
+            (1, u64::MAX),
+            (u64::MAX, 1),
+            (u64::MAX, u64::MAX),
+            (1, MAX_GIB),
+        ] {
+            let text = format!(
+                r#"{{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", {size}, {offset}, "v", null, "n", 0]}}"#
+            );
+            let err = decode_claims(&text).unwrap_err();
+            assert!(
+                err.contains(CLAIMS_ANNOTATION) && err.contains("past the largest drive"),
+                "{err}"
+            );
+        }
+        let text = format!(
+            r#"{{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 1, {}, "v", null, "n", 0]}}"#,
+            MAX_GIB - 1
+        );
+        assert!(decode_claims(&text).is_ok());
+        let huge = r#"[{"uuid":"00000000-0000-0000-0000-000000000007","serial":"S7","type":"qlc","capacityGiB":18446744073709551615}]"#;
+        assert!(decode_drives(huge).unwrap_err().contains("capacityGiB"));
     }
 
     #[test]

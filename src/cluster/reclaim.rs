@@ -149,6 +149,7 @@ mod tests {
             pool: None,
             layout,
             accepts: SizeRange::exactly(1),
+            access: None,
         };
         let volume = ledger.claim(NODE, &request).await.unwrap();
         ledger.retire_on(NODE, &volume.id).await.unwrap();

@@ -42,6 +42,47 @@ pub enum Scope {
     OneNode(String),
 }
 
+/// Kubernetes' limit on the total size of one object's annotations (keys and
+/// values), which the API server enforces on every write.
+pub const ANNOTATIONS_LIMIT_BYTES: usize = 256 * 1024;
+
+/// Whether a Node whose other annotations take `other_bytes` can hold vdrive's
+/// two annotations for `ledger`. A write that adds claims is measured as if
+/// every claim were marked releasing, the largest the same claims can grow, so
+/// that deleting any of the node's volumes later always fits.
+fn annotations_fit(
+    ledger: &NodeLedger,
+    other_bytes: usize,
+    adds_claims: bool,
+) -> Result<(), StoreError> {
+    let claims = if adds_claims {
+        let mut worst = ledger.claims.clone();
+        worst.iter_mut().for_each(|c| c.releasing = true);
+        encode_claims(&worst)
+    } else {
+        encode_claims(&ledger.claims)
+    };
+    let bytes = other_bytes
+        + CLAIMS_ANNOTATION.len()
+        + claims.len()
+        + DRIVES_ANNOTATION.len()
+        + encode_drives(&ledger.drives).len();
+    if bytes <= ANNOTATIONS_LIMIT_BYTES {
+        return Ok(());
+    }
+    let mut volumes: Vec<&str> = ledger.claims.iter().map(|c| c.volume_id.as_str()).collect();
+    volumes.sort_unstable();
+    volumes.dedup();
+    Err(StoreError::AnnotationsFull {
+        node: ledger.node.clone(),
+        key: CLAIMS_ANNOTATION,
+        volumes: volumes.len(),
+        claims: ledger.claims.len(),
+        bytes,
+        limit: ANNOTATIONS_LIMIT_BYTES,
+    })
+}
+
 /// What the store keeps of one Node: its revision, and its ledger decoded once.
 #[derive(Debug)]
 struct NodeRecord {
@@ -53,6 +94,8 @@ struct NodeRecord {
     ledger: Result<Arc<NodeLedger>, String>,
     /// Whether vdrive has anything to do with this node (a ledger or a pool).
     relevant: bool,
+    /// Bytes of the Node's annotations other than vdrive's two.
+    other_annotations_bytes: usize,
 }
 
 impl NodeRecord {
@@ -64,6 +107,12 @@ impl NodeRecord {
         let pool = pool_from_label(node.labels().get(POOL_LABEL).map(String::as_str));
         let revision = node.resource_version().unwrap_or_default();
         let relevant = claims_text.is_some() || drives_text.is_some() || pool.is_some();
+        let other_annotations_bytes = node
+            .annotations()
+            .iter()
+            .filter(|(k, _)| *k != CLAIMS_ANNOTATION && *k != DRIVES_ANNOTATION)
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
         // Most Node updates are status heartbeats: reuse the decoded ledger when
         // the annotations and the label are what they were.
         if let Some(previous) = previous
@@ -78,6 +127,7 @@ impl NodeRecord {
                 drives_text,
                 ledger: previous.ledger.clone(),
                 relevant,
+                other_annotations_bytes,
             };
         }
         let ledger = decode(&name, pool, claims_text.as_deref(), drives_text.as_deref());
@@ -88,6 +138,7 @@ impl NodeRecord {
             drives_text,
             ledger,
             relevant,
+            other_annotations_bytes,
         }
     }
 
@@ -279,6 +330,16 @@ impl LedgerStore for Arc<KubeStore> {
     ) -> Result<bool, StoreError> {
         let name = ledger.node.clone();
         let current = self.record(&name);
+        // Refused here, with a reason, rather than by the API server.
+        let before = current
+            .as_ref()
+            .and_then(|r| r.ledger.as_ref().ok())
+            .map_or(0, |l| l.claims.len());
+        annotations_fit(
+            &ledger,
+            current.as_ref().map_or(0, |r| r.other_annotations_bytes),
+            ledger.claims.len() > before,
+        )?;
         let claims = encode_claims(&ledger.claims);
         let drives = encode_drives(&ledger.drives);
         // Write only the annotations that change, so a claim never rewrites the
@@ -442,8 +503,119 @@ mod tests {
     }
 
     #[test]
+    fn an_annotation_whose_extent_overflows_is_corrupt_and_named() {
+        let claims = r#"{"00000000-0000-0000-0000-000000000002": ["a:b", "00000000-0000-0000-0000-000000000001", 2, 18446744073709551615, "v", null, "n", 0]}"#;
+        let record = NodeRecord::from_node(&node("5", None, Some(claims)), None);
+        match record.snapshot("n1") {
+            Err(StoreError::Corrupt { node, reason }) => {
+                assert_eq!(node, "n1");
+                assert!(reason.contains(CLAIMS_ANNOTATION), "{reason}");
+            }
+            other => panic!("expected a corrupt ledger, got {other:?}"),
+        }
+    }
+
+    #[test]
     fn a_node_without_pool_or_ledger_is_not_vdrives() {
         assert!(!NodeRecord::from_node(&node("5", Some("gpu"), None), None).relevant);
+    }
+
+    /// A node with `volumes` one-part volumes as the provisioner names them.
+    fn typical_ledger(volumes: usize) -> NodeLedger {
+        use crate::allocator::{Ratio, Request};
+        use crate::drive::{Backend, DriveType};
+        use crate::ledger::{Claim, PhysicalDrive, VolumeSpec};
+        use uuid::Uuid;
+        let mut ledger = NodeLedger::new("worker-17");
+        ledger.drives = (0..8)
+            .map(|n| PhysicalDrive {
+                uuid: Uuid::from_u128(0x9e1c_0000_0000_0000_0000_0000_0000_0000 + n),
+                serial: format!("S6EWNX0T{n:06}"),
+                drive_type: DriveType::Tlc,
+                capacity_gib: 3576,
+                backend: Backend::Dm,
+                missing: false,
+                quarantined: None,
+            })
+            .collect();
+        let spec = VolumeSpec::new(
+            &Request::with_ratio(10, Ratio { tlc: 1, qlc: 0 }, 1),
+            Some("ext4".into()),
+        );
+        ledger.claims = (0..volumes)
+            .map(|n| Claim {
+                virtual_uuid: Uuid::from_u128(
+                    0x31de_939a_0000_0000_0000_0000_0000_0000 + n as u128,
+                ),
+                volume_id: Uuid::from_u128(0x5f1c_0000_0000_0000_0000_0000_0000_0000 + n as u128)
+                    .to_string(),
+                volume_name: format!(
+                    "pvc-{}",
+                    Uuid::from_u128(0x7a00_0000_0000_0000_0000_0000_0000_0000 + n as u128)
+                ),
+                owner: format!("payments:data-postgres-{n}"),
+                pool: Some(Pool::K8s),
+                physical_uuid: ledger.drives[n % 8].uuid,
+                offset_gib: 10 * (n / 8) as u64,
+                size_gib: 10,
+                part: 0,
+                fixed: false,
+                releasing: false,
+                spec: Some(spec.clone()),
+            })
+            .collect();
+        ledger
+    }
+
+    /// Other annotations of a typical Node (kubeadm's, the CSI node's, a CNI's).
+    const TYPICAL_OTHER_BYTES: usize = 1024;
+
+    /// How many volumes of one virtual drive a typical node holds under
+    /// Kubernetes' annotation limit; the README states this figure.
+    const TYPICAL_VOLUMES_PER_NODE: usize = 741;
+
+    #[test]
+    fn a_node_holds_the_readmes_number_of_typical_volumes() {
+        let fits = |n| annotations_fit(&typical_ledger(n), TYPICAL_OTHER_BYTES, true).is_ok();
+        let (mut lo, mut hi) = (1, 5000);
+        while lo + 1 < hi {
+            let mid = (lo + hi) / 2;
+            if fits(mid) { lo = mid } else { hi = mid }
+        }
+        let most = lo;
+        assert_eq!(most, TYPICAL_VOLUMES_PER_NODE);
+        let full = typical_ledger(most + 1);
+        match annotations_fit(&full, TYPICAL_OTHER_BYTES, true) {
+            Err(err @ StoreError::AnnotationsFull { .. }) => {
+                let text = err.to_string();
+                assert!(
+                    text.contains(&format!("with {} volumes", most + 1)),
+                    "{text}"
+                );
+                assert!(text.contains("262144 bytes"), "{text}");
+                assert!(text.contains("Place new volumes on other nodes"), "{text}");
+            }
+            other => panic!("expected a full node, got {other:?}"),
+        }
+        // Deleting (marking releasing) never needs more room than was checked.
+        let mut retired = typical_ledger(most);
+        retired.claims.iter_mut().for_each(|c| c.releasing = true);
+        assert!(annotations_fit(&retired, TYPICAL_OTHER_BYTES, false).is_ok());
+    }
+
+    #[test]
+    fn other_annotations_count_against_the_limit() {
+        let mut big = node("5", None, Some("{}"));
+        big.metadata.annotations.as_mut().unwrap().insert(
+            "example.com/big".into(),
+            "x".repeat(ANNOTATIONS_LIMIT_BYTES),
+        );
+        let record = NodeRecord::from_node(&big, None);
+        assert!(record.other_annotations_bytes > ANNOTATIONS_LIMIT_BYTES);
+        assert!(matches!(
+            annotations_fit(&typical_ledger(1), record.other_annotations_bytes, true),
+            Err(StoreError::AnnotationsFull { .. })
+        ));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use super::input;
 use super::proto::volume_capability::{AccessType, access_mode::Mode};
 use super::proto::{VolumeCapability, volume_capability};
 
@@ -42,7 +43,10 @@ pub fn validate(capability: &VolumeCapability) -> Result<(), Status> {
         Some(AccessType::Block(_)) => Ok(()),
         Some(AccessType::Mount(mount)) => {
             if mount.fs_type.is_empty() || FS_TYPES.contains(&mount.fs_type.as_str()) {
-                Ok(())
+                // The filesystem may still come from elsewhere (the class, the
+                // volume context): callers that know it check its own flags.
+                let fs = Some(mount.fs_type.as_str()).filter(|f| !f.is_empty());
+                Ok(input::mount_flags(&mount.mount_flags, fs)?)
             } else {
                 Err(Status::invalid_argument(format!(
                     "filesystem {:?} is not supported: use one of {}",

@@ -15,6 +15,9 @@ pub const FS_TYPE_KEY: &str = "vdrive.io/fs-type";
 /// JSON list of `{"virtual","drive","type","offset_gib","size_gib"}`, device order.
 pub const EXTENTS_KEY: &str = "vdrive.io/extents";
 
+/// The most GiB an extent may reach: what a drive's bytes (u64) can address.
+const MAX_GIB: u64 = u64::MAX >> 30;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VolumeContext {
     pub node: String,
@@ -80,6 +83,18 @@ pub fn decode(context: &HashMap<String, String>) -> Result<VolumeContext, Status
             "volume context {EXTENTS_KEY} lists no extents"
         )));
     }
+    // Offsets and sizes become byte positions on a drive: checked, not wrapped.
+    if let Some(bad) = entries.iter().find(|e| {
+        e.size_gib == 0
+            || e.offset_gib
+                .checked_add(e.size_gib)
+                .is_none_or(|end| end > MAX_GIB)
+    }) {
+        return Err(Status::invalid_argument(format!(
+            "volume context {EXTENTS_KEY}: virtual drive {} of {} GiB at offset {} GiB is empty or ends past the largest drive vdrive can address ({MAX_GIB} GiB); stage the volume with the context CreateVolume returned",
+            bad.virtual_uuid, bad.size_gib, bad.offset_gib
+        )));
+    }
     Ok(VolumeContext {
         node,
         fs_type: context.get(FS_TYPE_KEY).cloned(),
@@ -94,4 +109,31 @@ pub fn decode(context: &HashMap<String, String>) -> Result<VolumeContext, Status
             })
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context(offset_gib: u64, size_gib: u64) -> HashMap<String, String> {
+        HashMap::from([
+            (NODE_KEY.to_string(), "n1".to_string()),
+            (
+                EXTENTS_KEY.to_string(),
+                format!(
+                    r#"[{{"virtual":"00000000-0000-0000-0000-000000000002","drive":"00000000-0000-0000-0000-000000000001","type":"tlc","offset_gib":{offset_gib},"size_gib":{size_gib}}}]"#
+                ),
+            ),
+        ])
+    }
+
+    #[test]
+    fn extents_that_overflow_or_are_empty_are_invalid_arguments() {
+        assert_eq!(decode(&context(3, 2)).unwrap().extents[0].offset_gib, 3);
+        for (offset, size) in [(u64::MAX, 1), (1, u64::MAX), (MAX_GIB, 1), (5, 0)] {
+            let err = decode(&context(offset, size)).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().contains(EXTENTS_KEY), "{err:?}");
+        }
+    }
 }

@@ -8,6 +8,7 @@ use tracing::{info, instrument};
 
 use super::capability;
 use super::context;
+use super::input;
 use super::params::{ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
@@ -171,8 +172,11 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 capability::FS_TYPES.join(", ")
             )));
         }
-        let fixed_gib = params.fixed.map(|(n, gib)| u64::from(n) * gib);
-        let gib = size_gib(req.capacity_range.as_ref(), fixed_gib)?;
+        // A class whose mount options can never mount fails here, not at staging.
+        for cap in &req.volume_capabilities {
+            input::mount_flags(capability::mount_flags(cap), Some(&fs_type))?;
+        }
+        let gib = size_gib(req.capacity_range.as_ref(), params.fixed_gib())?;
         let wanted = wanted_nodes(req.accessibility_requirements.as_ref())?;
         let claim = ClaimRequest {
             volume_name: req.name.clone(),
@@ -180,6 +184,13 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
             pool: params.pool,
             layout: params.request(gib),
             accepts: accepted_sizes(req.capacity_range.as_ref()),
+            access: Some(
+                if req.volume_capabilities.iter().all(capability::is_block) {
+                    "block".to_string()
+                } else {
+                    fs_type.clone()
+                },
+            ),
         };
         let _flight = self.in_flight.begin(&req.name)?;
         let volume = self.ledger.create(&claim, &wanted).await?;

@@ -5,6 +5,7 @@ pub mod capability;
 pub mod context;
 pub mod controller;
 pub mod identity;
+pub mod input;
 pub mod node;
 pub mod params;
 pub mod proto;

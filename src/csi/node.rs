@@ -11,6 +11,7 @@ use tracing::{info, instrument, warn};
 use super::capability;
 use super::context;
 use super::controller::TOPOLOGY_KEY;
+use super::input;
 use super::proto::node_server::Node;
 use super::proto::*;
 use crate::ledger::LedgerStore;
@@ -22,6 +23,8 @@ pub struct NodeService<S> {
     volumes: Arc<NodeVolumes<S>>,
     max_volumes: i64,
     in_flight: InFlight,
+    /// Staging and target paths must lie inside it, when set (`--kubelet-dir`).
+    kubelet_dir: Option<PathBuf>,
 }
 
 impl<S: LedgerStore> NodeService<S> {
@@ -32,7 +35,41 @@ impl<S: LedgerStore> NodeService<S> {
             volumes,
             max_volumes,
             in_flight,
+            kubelet_dir: None,
         }
+    }
+
+    /// Keeps every staging and target path inside `dir` (None: anywhere).
+    pub fn with_kubelet_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.kubelet_dir = dir;
+        self
+    }
+
+    /// A staging or target path of a request: present, absolute, clean, and
+    /// inside the kubelet directory when one is set.
+    fn path(&self, value: &str, field: &'static str) -> Result<PathBuf, Status> {
+        require(value, field)?;
+        Ok(input::node_path(field, value, self.kubelet_dir.as_deref())?)
+    }
+
+    /// The path NodeGetVolumeStats or NodeExpandVolume names the volume by.
+    /// Stage and publish only take absolute clean paths (inside the kubelet
+    /// directory), so any other is none of the volume's: NotFound, as the CSI
+    /// spec has it for a volume that is not at the path (csi-sanity asks with
+    /// "some/path").
+    fn volume_path(
+        &self,
+        volume_id: &str,
+        value: &str,
+        field: &'static str,
+    ) -> Result<PathBuf, Status> {
+        require(value, field)?;
+        input::node_path(field, value, self.kubelet_dir.as_deref()).map_err(|_| {
+            Status::from(NodeError::UnknownPath {
+                volume: volume_id.to_string(),
+                path: PathBuf::from(value),
+            })
+        })
     }
 }
 
@@ -71,7 +108,7 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodeStageVolumeResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.staging_target_path, "staging_target_path")?;
+        let staging_path = self.path(&req.staging_target_path, "staging_target_path")?;
         let cap = capability_of(req.volume_capability.as_ref())?;
         let ctx = context::decode(&req.volume_context)?;
         let block = capability::is_block(cap);
@@ -79,12 +116,16 @@ impl<S: LedgerStore> Node for NodeService<S> {
             Some(name) if !block => Some(name.parse::<fs::FsType>().map_err(Status::from)?),
             _ => None,
         };
+        input::mount_flags(
+            capability::mount_flags(cap),
+            fs_type.map(fs::FsType::as_str),
+        )?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
         let stage = StageRequest {
             volume_id: req.volume_id.clone(),
             context_node: ctx.node,
             context_extents: ctx.extents,
-            staging_path: PathBuf::from(&req.staging_target_path),
+            staging_path,
             block,
             fs_type,
             mount_flags: capability::mount_flags(cap).to_vec(),
@@ -105,10 +146,10 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodeUnstageVolumeResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.staging_target_path, "staging_target_path")?;
+        let staging_path = self.path(&req.staging_target_path, "staging_target_path")?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
         self.volumes
-            .unstage(&req.volume_id, &PathBuf::from(&req.staging_target_path))
+            .unstage(&req.volume_id, &staging_path)
             .await
             .map_err(failed("NodeUnstageVolume", &req.volume_id))?;
         info!("volume unstaged");
@@ -122,13 +163,13 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodePublishVolumeResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.target_path, "target_path")?;
+        let target_path = self.path(&req.target_path, "target_path")?;
         let cap = capability_of(req.volume_capability.as_ref())?;
-        require(&req.staging_target_path, "staging_target_path")?;
+        let staging_path = self.path(&req.staging_target_path, "staging_target_path")?;
         let publish = PublishRequest {
             volume_id: req.volume_id.clone(),
-            staging_path: PathBuf::from(&req.staging_target_path),
-            target_path: PathBuf::from(&req.target_path),
+            staging_path,
+            target_path,
             block: capability::is_block(cap),
             read_only: req.readonly || capability::is_read_only_mode(cap),
             single_writer: capability::is_single_writer(cap),
@@ -149,10 +190,10 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodeUnpublishVolumeResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.target_path, "target_path")?;
+        let target_path = self.path(&req.target_path, "target_path")?;
         let _flight = self.in_flight.begin(&req.volume_id)?;
         self.volumes
-            .unpublish(&req.volume_id, &PathBuf::from(&req.target_path))
+            .unpublish(&req.volume_id, &target_path)
             .await
             .map_err(failed("NodeUnpublishVolume", &req.volume_id))?;
         info!("volume unpublished");
@@ -165,11 +206,8 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodeGetVolumeStatsResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.volume_path, "volume_path")?;
-        let usage = self
-            .volumes
-            .stats(&req.volume_id, &PathBuf::from(&req.volume_path))
-            .await?;
+        let volume_path = self.volume_path(&req.volume_id, &req.volume_path, "volume_path")?;
+        let usage = self.volumes.stats(&req.volume_id, &volume_path).await?;
         let signed = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         let usage = match usage {
             Usage::Block { total_bytes } => vec![VolumeUsage {
@@ -205,7 +243,14 @@ impl<S: LedgerStore> Node for NodeService<S> {
     ) -> Result<Response<NodeExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         require(&req.volume_id, "volume_id")?;
-        require(&req.volume_path, "volume_path")?;
+        self.volume_path(&req.volume_id, &req.volume_path, "volume_path")?;
+        if !req.staging_target_path.is_empty() {
+            self.volume_path(
+                &req.volume_id,
+                &req.staging_target_path,
+                "staging_target_path",
+            )?;
+        }
         let required = req.capacity_range.as_ref().map_or(0, |r| r.required_bytes);
         let required = u64::try_from(required).map_err(|_| {
             Status::invalid_argument("capacity_range required_bytes must not be negative")

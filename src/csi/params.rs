@@ -144,7 +144,23 @@ impl ClassParams {
         };
         let (tlc, qlc) = (small("tlc")?, small("qlc")?);
         let fixed = match (small("numDrives")?, number("driveCapacity")?) {
-            (Some(n), Some(gib)) => Some((n, gib)),
+            (Some(n), Some(gib)) => {
+                // Checked: the product is a volume size, and sizes are bounded.
+                if u64::from(n)
+                    .checked_mul(gib)
+                    .is_none_or(|total| total > allocator::MAX_CAPACITY_GIB)
+                {
+                    return Err(ParamError::BadValue {
+                        key: "driveCapacity".into(),
+                        value: gib.to_string(),
+                        reason: format!(
+                            "numDrives × driveCapacity ({n} × {gib}) is more than the largest volume, {} GiB",
+                            allocator::MAX_CAPACITY_GIB
+                        ),
+                    });
+                }
+                Some((n, gib))
+            }
             (None, None) => None,
             _ => {
                 return Err(ParamError::Conflict(
@@ -183,10 +199,16 @@ impl ClassParams {
         };
         // Settings no size can satisfy are reported now, naming the parameter.
         params
-            .request(params.fixed.map_or(1, |(n, gib)| u64::from(n) * gib))
+            .request(params.fixed_gib().unwrap_or(1))
             .validate()
             .map_err(|e| ParamError::Conflict(e.to_string()))?;
         Ok(params)
+    }
+
+    /// The size of every volume of a fixed-size class (`numDrives` ×
+    /// `driveCapacity`, which [`ClassParams::parse`] bounds).
+    pub fn fixed_gib(&self) -> Option<u64> {
+        self.fixed.map(|(n, gib)| u64::from(n).saturating_mul(gib))
     }
 
     /// The class as the ledger's placement sees it.
@@ -382,6 +404,61 @@ mod tests {
         );
         assert!(parse(&[("numDrives", "6")]).is_err());
         assert!(parse(&[("numDrives", "6"), ("driveCapacity", "1000"), ("tlc", "1")]).is_err());
+    }
+
+    #[test]
+    fn numbers_at_the_edge_of_their_type_are_refused_or_planned_without_overflow() {
+        use crate::allocator::FreeDrive;
+        use crate::drive::DriveType;
+        let edges = [
+            "0",
+            "1",
+            "4294967295",
+            "4294967296",
+            "9223372036854775807",
+            "18446744073709551615",
+            "18446744073709551616",
+        ];
+        let keys = [
+            "tlc",
+            "qlc",
+            "driveCores",
+            "numDrives",
+            "driveCapacity",
+            "minDriveGiB",
+            "maxVirtualDrivesPerCore",
+        ];
+        let drives = [
+            FreeDrive::whole(DriveType::Tlc, u64::MAX / 4),
+            FreeDrive::whole(DriveType::Qlc, u64::MAX / 4),
+        ];
+        for key in keys {
+            for value in edges {
+                let mut pairs = vec![(key, value)];
+                if key == "numDrives" {
+                    pairs.push(("driveCapacity", "1"));
+                }
+                if key == "driveCapacity" {
+                    pairs.push(("numDrives", "4294967295"));
+                }
+                // Refused with a message, or a request the allocator plans: never a panic.
+                if let Ok(p) = parse(&pairs) {
+                    for gib in [1, allocator::MAX_CAPACITY_GIB, u64::MAX] {
+                        let _ = allocator::plan(&p.request(gib), Some(&drives));
+                    }
+                }
+            }
+        }
+        let err = parse(&[
+            ("numDrives", "4294967295"),
+            ("driveCapacity", "18446744073709551615"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("numDrives × driveCapacity (4294967295 × 18446744073709551615)"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use tonic::{Code, Status};
 
+use super::input::InputError;
 use super::params::ParamError;
 use crate::allocator::AllocError;
 use crate::ledger::{LedgerError, StoreError};
@@ -46,6 +47,7 @@ fn store_code(err: &StoreError) -> Code {
         StoreError::NodeNotFound(_) => Code::NotFound,
         StoreError::Corrupt { .. } => Code::DataLoss,
         StoreError::Unavailable { .. } | StoreError::Api { .. } => Code::Unavailable,
+        StoreError::AnnotationsFull { .. } => Code::ResourceExhausted,
     }
 }
 
@@ -65,7 +67,7 @@ fn ledger_code(err: &LedgerError) -> Code {
             alloc_code(inner)
         }
         LedgerError::Store(inner) => store_code(inner),
-        LedgerError::NameConflict { .. } => Code::AlreadyExists,
+        LedgerError::NameConflict { .. } | LedgerError::Incompatible { .. } => Code::AlreadyExists,
         LedgerError::NotInPool { .. }
         | LedgerError::PoolShareExhausted { .. }
         | LedgerError::NoNodeWithDrives { .. }
@@ -181,5 +183,15 @@ fn node_code(err: &NodeError) -> Code {
 impl From<ParamError> for Status {
     fn from(err: ParamError) -> Self {
         Status::invalid_argument(err.to_string())
+    }
+}
+
+impl From<InputError> for Status {
+    fn from(err: InputError) -> Self {
+        match err {
+            InputError::BadPath { .. }
+            | InputError::OutsideKubeletDir { .. }
+            | InputError::MountFlag { .. } => Status::invalid_argument(err.to_string()),
+        }
     }
 }

@@ -50,6 +50,18 @@ pub enum LedgerError {
         requested_pool: PoolLabel,
     },
 
+    /// A claim request reused a volume name with another layout, access or
+    /// topology than the existing volume's.
+    #[error(
+        "volume {name:?} already exists on node {node}, but differs from this request: {}. Use another name, or delete the existing volume first",
+        .differences.join("; ")
+    )]
+    Incompatible {
+        name: String,
+        node: String,
+        differences: Vec<String>,
+    },
+
     /// A pool volume was asked for on a node that is not in that pool.
     #[error(
         "node {node} is not in the {pool} pool (its pool label is {label}). Label it with `kubectl label node {node} pool={pool}`, or place the volume on a node of that pool"
@@ -192,6 +204,7 @@ impl LedgerError {
                     | AllocError::InsufficientDrives { .. }
                     | AllocError::NoLayoutFits(_)
             ) | LedgerError::Quarantined { .. }
+                | LedgerError::Store(StoreError::AnnotationsFull { .. })
                 | LedgerError::NotInPool { .. }
                 | LedgerError::PoolShareExhausted { .. }
                 | LedgerError::TooManyParts { .. }

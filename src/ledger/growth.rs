@@ -139,6 +139,8 @@ pub(super) fn apply(
                     size_gib: placement.size_gib,
                     part: template.part + 1 + n as u32,
                     releasing: false,
+                    // The volume's spec stays on its first part only.
+                    spec: None,
                     ..template.clone()
                 };
                 ledger.claims.push(claim);

@@ -33,6 +33,7 @@ pub use embedded::EmbeddedStore;
 pub use error::{LargestExtent, LedgerError, PoolLabel};
 pub use model::{
     Claim, DriveHeader, NodeLedger, PhysicalDrive, ReportedDrive, SizeRange, Volume, VolumeExtent,
+    VolumeSpec,
 };
 pub use placement::{
     Capacity, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib, room_gib,
@@ -63,6 +64,9 @@ pub struct ClaimRequest {
     /// The sizes an existing volume of the same name may have to be this one
     /// (see [`Volume::satisfies`]).
     pub accepts: SizeRange,
+    /// How the volume is used: `block`, or the filesystem of a mount volume
+    /// (None: not known). Kept with the volume in its [`VolumeSpec`].
+    pub access: Option<String>,
 }
 
 impl ClaimRequest {
@@ -409,13 +413,15 @@ impl<S: LedgerStore> Ledger<S> {
     ) -> Result<Volume, LedgerError> {
         request.layout.validate()?;
         if let Some(existing) = self.volume_by_name(&request.volume_name).await? {
-            return same_volume(existing, request);
+            return same_volume(existing, request).and_then(|v| on_wanted_node(v, wanted));
         }
         let nodes = self.nodes().await?;
         let mut failures = Vec::new();
         for node in candidate_nodes(&nodes, &request.class(), wanted, &self.pools)? {
             match self.claim(&node.node, request).await {
-                Ok(volume) => return Ok(volume),
+                // A volume of that name made meanwhile by another request may be
+                // on any node.
+                Ok(volume) => return on_wanted_node(volume, wanted),
                 Err(err) if err.another_node_may_fit() => failures.push(err),
                 Err(err) => return Err(err),
             }
@@ -492,6 +498,8 @@ impl<S: LedgerStore> Ledger<S> {
                     part: part as u32,
                     fixed: request.layout.fixed_gib().is_some(),
                     releasing: false,
+                    spec: (part == 0)
+                        .then(|| VolumeSpec::new(&request.layout, request.access.clone())),
                 };
                 ledger.claims.push(claim);
             }
@@ -717,18 +725,50 @@ impl<S: LedgerStore> Ledger<S> {
 }
 
 /// Idempotency: the existing volume of the request's name is the one asked for
-/// when it satisfies the request ([`Volume::satisfies`]); otherwise the name is taken.
+/// when it satisfies the request ([`Volume::satisfies`]) and was made with the
+/// same layout and access ([`VolumeSpec`], where the ledger has it); otherwise
+/// the name is taken.
 fn same_volume(existing: Volume, request: &ClaimRequest) -> Result<Volume, LedgerError> {
-    if existing.satisfies(&request.accepts, request.pool) {
-        Ok(existing)
-    } else {
-        Err(LedgerError::NameConflict {
+    if !existing.satisfies(&request.accepts, request.pool) {
+        return Err(LedgerError::NameConflict {
             name: existing.name,
             existing_gib: existing.capacity_gib,
             requested: request.accepts,
             existing_pool: PoolLabel(existing.pool),
             requested_pool: PoolLabel(request.pool),
+        });
+    }
+    let requested = VolumeSpec::new(&request.layout, request.access.clone());
+    let differences = existing
+        .spec
+        .as_ref()
+        .map(|spec| spec.differences(&requested))
+        .unwrap_or_default();
+    if differences.is_empty() {
+        Ok(existing)
+    } else {
+        Err(LedgerError::Incompatible {
+            name: existing.name,
+            node: existing.node,
+            differences,
         })
+    }
+}
+
+/// Idempotency: an existing volume is the one asked for only on a node the
+/// request's accessibility requirements allow.
+fn on_wanted_node(volume: Volume, wanted: &Wanted) -> Result<Volume, LedgerError> {
+    match wanted {
+        Wanted::Only(names) if !names.contains(&volume.node) => Err(LedgerError::Incompatible {
+            differences: vec![format!(
+                "it is on node {}, which the request's accessibility requirements ({}) do not allow",
+                volume.node,
+                names.join(", ")
+            )],
+            name: volume.name,
+            node: volume.node,
+        }),
+        _ => Ok(volume),
     }
 }
 

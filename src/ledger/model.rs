@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::pool_share::Pool;
-use crate::allocator::FreeDrive;
+use crate::allocator::{FreeDrive, Request, Shape};
 use crate::drive::{Backend, DriveType, Extent};
 
 /// A physical drive signed for shared use.
@@ -127,6 +127,128 @@ pub struct Claim {
     /// extent stays claimed (never handed out unerased) but belongs to no volume.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub releasing: bool,
+    /// What the volume was asked for, kept on its first virtual drive (part 0)
+    /// only; None on the others and on claims recorded before it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<VolumeSpec>,
+}
+
+/// What a volume was asked for beyond its size and pool: the layout its class's
+/// parameters resolved to, and how it is used. Kept with the volume so that a
+/// CreateVolume repeated under its name is compared with all of it. The names
+/// are the StorageClass keys'.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tlc: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qlc: Option<u32>,
+    #[serde(rename = "numDrives", default, skip_serializing_if = "Option::is_none")]
+    pub num_drives: Option<u32>,
+    #[serde(
+        rename = "driveCapacity",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub drive_capacity_gib: Option<u64>,
+    #[serde(rename = "driveCores")]
+    pub drive_cores: u32,
+    #[serde(rename = "minDriveGiB")]
+    pub min_drive_gib: u64,
+    #[serde(rename = "maxVirtualDrivesPerCore")]
+    pub max_virtual_drives_per_core: u32,
+    #[serde(rename = "enforceMinDrivesPerTypePerCore")]
+    pub enforce_min_drives_per_type_per_core: bool,
+    /// `block`, or the filesystem of a mount volume; None when not known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<String>,
+}
+
+impl VolumeSpec {
+    /// The spec of a volume made with `layout` (its size aside) for `access`.
+    pub fn new(layout: &Request, access: Option<String>) -> Self {
+        let (ratio, fixed) = match layout.shape {
+            Shape::Ratio { ratio, .. } => (Some(ratio), None),
+            Shape::Fixed {
+                num_drives,
+                drive_capacity_gib,
+            } => (None, Some((num_drives, drive_capacity_gib))),
+        };
+        VolumeSpec {
+            tlc: ratio.map(|r| r.tlc),
+            qlc: ratio.map(|r| r.qlc),
+            num_drives: fixed.map(|f| f.0),
+            drive_capacity_gib: fixed.map(|f| f.1),
+            drive_cores: layout.drive_cores,
+            min_drive_gib: layout.min_drive_gib,
+            max_virtual_drives_per_core: layout.max_virtual_drives_per_core,
+            enforce_min_drives_per_type_per_core: layout.enforce_min_drives_per_type_per_core,
+            access,
+        }
+    }
+
+    fn layout(&self) -> String {
+        match (self.num_drives, self.drive_capacity_gib) {
+            (Some(n), Some(gib)) => format!("numDrives × driveCapacity {n} × {gib} GiB"),
+            _ => format!(
+                "tlc:qlc {}:{}",
+                self.tlc.unwrap_or(0),
+                self.qlc.unwrap_or(0)
+            ),
+        }
+    }
+
+    /// How `requested` differs from this (the existing volume's) spec, for
+    /// people: "driveCores 1, not 2". Access is compared only where both know it.
+    pub fn differences(&self, requested: &VolumeSpec) -> Vec<String> {
+        let mut differ = Vec::new();
+        if self.layout() != requested.layout() {
+            differ.push(format!(
+                "it was made with {}, not {}",
+                self.layout(),
+                requested.layout()
+            ));
+        }
+        let mut compare = |what: &str, mine: String, theirs: String| {
+            if mine != theirs {
+                differ.push(format!("{what} {mine}, not {theirs}"));
+            }
+        };
+        compare(
+            "driveCores",
+            self.drive_cores.to_string(),
+            requested.drive_cores.to_string(),
+        );
+        compare(
+            "minDriveGiB",
+            self.min_drive_gib.to_string(),
+            requested.min_drive_gib.to_string(),
+        );
+        compare(
+            "maxVirtualDrivesPerCore",
+            self.max_virtual_drives_per_core.to_string(),
+            requested.max_virtual_drives_per_core.to_string(),
+        );
+        compare(
+            "enforceMinDrivesPerTypePerCore",
+            self.enforce_min_drives_per_type_per_core.to_string(),
+            requested.enforce_min_drives_per_type_per_core.to_string(),
+        );
+        let describe = |access: &str| match access {
+            "block" => "a raw block volume".to_string(),
+            fs => format!("an {fs} filesystem volume"),
+        };
+        if let (Some(mine), Some(theirs)) = (&self.access, &requested.access)
+            && mine != theirs
+        {
+            differ.push(format!(
+                "it is {}, not {}",
+                describe(mine),
+                describe(theirs)
+            ));
+        }
+        differ
+    }
 }
 
 impl Claim {
@@ -173,6 +295,10 @@ pub struct Volume {
     /// Deleted, waiting for its node to erase the extents (see [`Claim::releasing`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub releasing: bool,
+    /// What it was asked for (see [`Claim::spec`]); None for volumes recorded
+    /// before that was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<VolumeSpec>,
 }
 
 /// The sizes a request accepts, in whole GiB: CSI's `required_bytes` rounded up
@@ -385,6 +511,7 @@ impl NodeLedger {
             capacity_gib: claims.iter().map(|c| c.size_gib).sum(),
             releasing: claims.iter().any(|c| c.releasing),
             fixed: claims.iter().any(|c| c.fixed),
+            spec: claims.iter().find_map(|c| c.spec.clone()),
             extents: claims
                 .iter()
                 .map(|c| VolumeExtent {

@@ -141,6 +141,7 @@ mod tests {
             part: 0,
             fixed: false,
             releasing: false,
+            spec: None,
         });
         assert_eq!(node.check_invariants(), Ok(()));
     }

@@ -32,6 +32,18 @@ pub enum StoreError {
     Corrupt { node: String, reason: String },
     #[error("the ledger store at {path} cannot be used: {reason}")]
     Unavailable { path: String, reason: String },
+    /// The write would take the Node's annotations past Kubernetes' limit.
+    #[error(
+        "node {node:?} holds too many volumes to record this change: with {volumes} volumes ({claims} virtual drives) in its {key} annotation its annotations would take {bytes} bytes, over Kubernetes' limit of {limit} bytes per object. Place new volumes on other nodes, delete volumes on this one, or use fewer, larger volumes"
+    )]
+    AnnotationsFull {
+        node: String,
+        key: &'static str,
+        volumes: usize,
+        claims: usize,
+        bytes: usize,
+        limit: usize,
+    },
     /// The Kubernetes API did not answer as it should (not a lost swap).
     #[error("the Kubernetes API: {reason}")]
     Api { reason: String },

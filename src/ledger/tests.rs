@@ -5,7 +5,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::*;
-use crate::allocator::{AllocError, Ratio};
+use crate::allocator::{AllocError, Ratio, Shape};
 use crate::drive::Backend;
 use crate::drive::DriveType::{self, Qlc, Tlc};
 
@@ -52,6 +52,7 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         pool: None,
         layout,
         accepts: SizeRange::exactly(gib),
+        access: None,
     }
 }
 
@@ -1303,4 +1304,97 @@ fn with_every_node_readable_an_unknown_volume_is_simply_gone() {
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn the_same_name_with_another_layout_access_or_node_conflicts() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840), drive(2, Qlc, 3840)]);
+    let mut request = tlc_request("pvc-1", 100);
+    request.access = Some("ext4".into());
+    let first = rt
+        .block_on(f.ledger.create(&request, &Wanted::Anywhere))
+        .unwrap();
+    assert_eq!(
+        rt.block_on(f.ledger.create(&request, &Wanted::Only(vec![NODE.into()])))
+            .unwrap(),
+        first,
+        "the same request, on an allowed node, is the same volume"
+    );
+    let conflict = |request: &ClaimRequest, wanted: &Wanted| match rt
+        .block_on(f.ledger.create(request, wanted))
+    {
+        Err(err @ LedgerError::Incompatible { .. }) => err.to_string(),
+        other => panic!("expected a conflict, got {other:?}"),
+    };
+    let mut qlc = request.clone();
+    qlc.layout = Request {
+        shape: Shape::Ratio {
+            capacity_gib: 100,
+            ratio: Ratio { tlc: 0, qlc: 1 },
+        },
+        ..request.layout
+    };
+    assert!(
+        conflict(&qlc, &Wanted::Anywhere).contains("it was made with tlc:qlc 1:0, not tlc:qlc 0:1"),
+        "{}",
+        conflict(&qlc, &Wanted::Anywhere)
+    );
+    let mut cores = request.clone();
+    cores.layout.drive_cores = 2;
+    assert!(conflict(&cores, &Wanted::Anywhere).contains("driveCores 1, not 2"));
+    let mut block = request.clone();
+    block.access = Some("block".into());
+    let text = conflict(&block, &Wanted::Anywhere);
+    assert!(
+        text.contains("it is an ext4 filesystem volume, not a raw block volume"),
+        "{text}"
+    );
+    assert!(
+        text.starts_with("volume \"pvc-1\" already exists on node"),
+        "{text}"
+    );
+    let text = conflict(&request, &Wanted::Only(vec!["elsewhere".into()]));
+    assert!(
+        text.contains("accessibility requirements (elsewhere) do not allow"),
+        "{text}"
+    );
+    // Preferences are not requirements: the volume is where it is.
+    assert_eq!(
+        rt.block_on(
+            f.ledger
+                .create(&request, &Wanted::Preferred(vec!["elsewhere".into()]))
+        )
+        .unwrap(),
+        first
+    );
+    // A request that does not say how the volume is used is compared without it.
+    let mut unknown = request.clone();
+    unknown.access = None;
+    assert_eq!(
+        rt.block_on(f.ledger.create(&unknown, &Wanted::Anywhere))
+            .unwrap(),
+        first
+    );
+    assert_eq!(rt.block_on(f.ledger.volumes()).unwrap().len(), 1);
+}
+
+#[test]
+fn volumes_recorded_without_a_spec_compare_by_size_and_pool() {
+    // A claim as older versions stored it: no spec.
+    let old = r#"{"virtual_uuid":"00000000-0000-0000-0000-000000000002","volume_id":"v","volume_name":"pvc-old","owner":"a:b","pool":null,"physical_uuid":"00000000-0000-0000-0000-000000000001","offset_gib":0,"size_gib":10,"part":0}"#;
+    let claim: Claim = serde_json::from_str(old).unwrap();
+    assert_eq!(claim.spec, None);
+    let mut ledger = NodeLedger::new(NODE);
+    ledger.drives.push(drive(1, Tlc, 100));
+    ledger.claims.push(claim);
+    let volume = ledger.volume("v").unwrap();
+    let mut request = tlc_request("pvc-old", 10);
+    request.layout.drive_cores = 3;
+    request.access = Some("block".into());
+    assert_eq!(same_volume(volume.clone(), &request).unwrap(), volume);
+    request.accepts = SizeRange::exactly(11);
+    assert!(matches!(
+        same_volume(volume, &request),
+        Err(LedgerError::NameConflict { .. })
+    ));
 }

@@ -260,6 +260,7 @@ mod tests {
             part: 0,
             fixed: false,
             releasing: false,
+            spec: None,
         }
     }
 

@@ -181,7 +181,12 @@ pub fn sign(path: &Path, drive_type: DriveType, force: bool) -> Result<SignedDri
         // tool mistakes the drive for what it was.
         cmd::run(
             "wipefs",
-            &["--all".as_ref(), "--quiet".as_ref(), path.as_os_str()],
+            &[
+                "--all".as_ref(),
+                "--quiet".as_ref(),
+                "--".as_ref(),
+                path.as_os_str(),
+            ],
         )?;
     } else {
         let mut found = existing_signatures(path)?;
@@ -268,7 +273,12 @@ fn refuse_in_use(path: &Path, reasons: &[Skip]) -> Result<(), NodeError> {
 
 /// Partition-table and filesystem signatures wipefs finds on the device itself.
 fn existing_signatures(path: &Path) -> Result<Vec<String>, NodeError> {
-    let args = ["--no-act".as_ref(), "--json".as_ref(), path.as_os_str()];
+    let args = [
+        "--no-act".as_ref(),
+        "--json".as_ref(),
+        "--".as_ref(),
+        path.as_os_str(),
+    ];
     let out = cmd::run("wipefs", &args)?;
     // Older wipefs prints nothing at all when there is nothing.
     if out.trim().is_empty() {

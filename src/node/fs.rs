@@ -1,5 +1,6 @@
 //! Filesystems on a volume's device: detecting, creating and growing them.
 
+use std::ffi::OsString;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -50,6 +51,7 @@ fn probe(device: &Path) -> Result<Option<Vec<(String, String)>>, NodeError> {
         "-p".as_ref(),
         "-o".as_ref(),
         "export".as_ref(),
+        "--".as_ref(),
         device.as_os_str(),
     ];
     let out = cmd::output("blkid", &args)?;
@@ -118,7 +120,14 @@ pub fn uuid(device: &Path) -> Result<Option<Uuid>, NodeError> {
 /// tables and the journal are initialised lazily so a large volume formats in
 /// seconds.
 pub fn format(device: &Path, fs: FsType, uuid: Option<Uuid>) -> Result<(), NodeError> {
-    let mut args: Vec<String> = match fs {
+    let (program, args) = format_command(device, fs, uuid);
+    cmd::run(program, &args).map(drop)
+}
+
+/// The mkfs command line for [`format`]; every tool vdrive runs gets `--` before
+/// its paths, so no path is ever read as an option.
+fn format_command(device: &Path, fs: FsType, uuid: Option<Uuid>) -> (&'static str, Vec<OsString>) {
+    let mut args: Vec<OsString> = match fs {
         // -m 0: a volume belongs to one workload, no blocks reserved for root.
         FsType::Ext4 => [
             "-F",
@@ -128,22 +137,22 @@ pub fn format(device: &Path, fs: FsType, uuid: Option<Uuid>) -> Result<(), NodeE
             "-E",
             "lazy_itable_init=1,lazy_journal_init=1",
         ]
-        .map(String::from)
+        .map(OsString::from)
         .to_vec(),
         FsType::Xfs => vec!["-f".into(), "-q".into()],
     };
     if let Some(uuid) = uuid {
         match fs {
-            FsType::Ext4 => args.extend(["-U".into(), uuid.to_string()]),
-            FsType::Xfs => args.extend(["-m".into(), format!("uuid={uuid}")]),
+            FsType::Ext4 => args.extend(["-U".into(), uuid.to_string().into()]),
+            FsType::Xfs => args.extend(["-m".into(), format!("uuid={uuid}").into()]),
         }
     }
-    args.push(device.to_string_lossy().into_owned());
+    args.extend(["--".into(), device.into()]);
     let program = match fs {
         FsType::Ext4 => "mkfs.ext4",
         FsType::Xfs => "mkfs.xfs",
     };
-    cmd::run(program, &args).map(drop)
+    (program, args)
 }
 
 /// The size of the ext4 filesystem on `device`, from its superblock (block count
@@ -181,14 +190,20 @@ pub fn grow(device: &Path, mount_path: &Path, fs: FsType) -> Result<(), NodeErro
         FsType::Ext4 => {
             if !mounted {
                 // -p repairs only what is safe without a person; it fails otherwise.
-                let args = ["-f".as_ref(), "-p".as_ref(), device.as_os_str()];
+                let args = [
+                    "-f".as_ref(),
+                    "-p".as_ref(),
+                    "--".as_ref(),
+                    device.as_os_str(),
+                ];
                 let out = cmd::output("e2fsck", &args)?;
                 // Exit 0: clean, 1: errors corrected.
                 if !matches!(out.status.code(), Some(0 | 1)) {
                     return Err(cmd::failed("e2fsck", &args, &out));
                 }
             }
-            let out = cmd::output("resize2fs", &[device])?;
+            let args = ["--".as_ref(), device.as_os_str()];
+            let out = cmd::output("resize2fs", &args)?;
             if out.status.success() {
                 return Ok(());
             }
@@ -198,9 +213,11 @@ pub fn grow(device: &Path, mount_path: &Path, fs: FsType) -> Result<(), NodeErro
                     device: device.to_path_buf(),
                 });
             }
-            Err(cmd::failed("resize2fs", &[device], &out))
+            Err(cmd::failed("resize2fs", &args, &out))
         }
-        FsType::Xfs if mounted => cmd::run("xfs_growfs", &[mount_path]).map(drop),
+        FsType::Xfs if mounted => {
+            cmd::run("xfs_growfs", &["--".as_ref(), mount_path.as_os_str()]).map(drop)
+        }
         FsType::Xfs => Err(NodeError::NotMounted {
             device: device.to_path_buf(),
             path: mount_path.to_path_buf(),
@@ -219,6 +236,16 @@ mod tests {
         let err = "btrfs".parse::<FsType>().unwrap_err();
         assert!(err.to_string().contains("\"btrfs\""), "{err}");
         assert!(err.to_string().contains("ext4 or xfs"), "{err}");
+    }
+
+    #[test]
+    fn mkfs_is_told_where_its_options_end() {
+        let device = Path::new("/dev/loop7");
+        for fs in [FsType::Ext4, FsType::Xfs] {
+            let (_, args) = format_command(device, fs, Some(Uuid::nil()));
+            let tail: [OsString; 2] = ["--".into(), device.into()];
+            assert_eq!(args[args.len() - 2..], tail, "{fs}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! The kernel's view (sysfs `loop/` attributes) is the source of truth for what is
 //! bound; losetup(8) does the binding.
 
+use std::ffi::OsString;
 use std::fs::{self, File};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -98,6 +99,32 @@ pub fn covering(
         .map(|l| l.device))
 }
 
+/// losetup's arguments to bind `backing`: options, then `--` before the path.
+fn attach_args(backing: &Path, offset_bytes: u64, size_bytes: u64, dio: bool) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--find".into(),
+        "--show".into(),
+        "--offset".into(),
+        offset_bytes.to_string().into(),
+        "--sizelimit".into(),
+        size_bytes.to_string().into(),
+    ];
+    if dio {
+        args.push("--direct-io=on".into());
+    }
+    args.extend(["--".into(), backing.into()]);
+    args
+}
+
+/// losetup's argument to detach `device`. losetup takes --detach's device as the
+/// option's own argument (`--detach -- X` would detach a device named "--"):
+/// joined to it with `=`, the path is never read as an option.
+fn detach_arg(device: &Path) -> OsString {
+    let mut arg = OsString::from("--detach=");
+    arg.push(device.as_os_str());
+    arg
+}
+
 /// Binds a new loop device to `size_bytes` of `backing` (a file or block device,
 /// itself possibly a loop device) starting at `offset_bytes`, with direct I/O so
 /// data is not cached twice. Direct I/O needs the offset aligned to the backing's
@@ -107,21 +134,7 @@ pub fn covering(
 /// end of its drive is refused, not silently cut short).
 pub fn attach(backing: &Path, offset_bytes: u64, size_bytes: u64) -> Result<PathBuf, NodeError> {
     let backing = canonical(backing)?;
-    let args = |dio: bool| {
-        let mut args = vec![
-            "--find".to_string(),
-            "--show".into(),
-            "--offset".into(),
-            offset_bytes.to_string(),
-            "--sizelimit".into(),
-            size_bytes.to_string(),
-        ];
-        if dio {
-            args.push("--direct-io=on".into());
-        }
-        args.push(backing.to_string_lossy().into_owned());
-        args
-    };
+    let args = |dio: bool| attach_args(&backing, offset_bytes, size_bytes, dio);
     let before = list()?;
     let device = match cmd::run("losetup", &args(true)) {
         Ok(out) => out,
@@ -199,7 +212,7 @@ pub fn detach(device: &Path) -> Result<(), NodeError> {
             mount_point: m.mount_point,
         });
     }
-    let result = cmd::run("losetup", &["--detach".as_ref(), device.as_os_str()]);
+    let result = cmd::run("losetup", &[detach_arg(device)]);
     let start = Instant::now();
     while info(device)?.is_some() {
         if start.elapsed() >= DETACH_WAIT {
@@ -305,6 +318,18 @@ pub fn set_size(device: &Path, size_bytes: u64) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_never_read_as_options() {
+        let backing = Path::new("/-drive.img");
+        let args = attach_args(backing, 1 << 20, 1 << 30, true);
+        let tail: [OsString; 2] = ["--".into(), backing.into()];
+        assert_eq!(args[args.len() - 2..], tail);
+        assert_eq!(
+            detach_arg(Path::new("/dev/loop7")),
+            OsString::from("--detach=/dev/loop7")
+        );
+    }
 
     #[test]
     fn loop_info64_has_the_kernel_layout() {

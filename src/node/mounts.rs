@@ -161,6 +161,19 @@ pub fn mount(
     options: &[String],
     read_only: bool,
 ) -> Result<(), NodeError> {
+    let args = mount_args(source, target, fstype, options, read_only);
+    cmd::run("mount", &args).map(drop)
+}
+
+/// mount(8)'s arguments for [`mount`]: options first, then `--`, so that no path
+/// is ever read as an option.
+fn mount_args(
+    source: &Path,
+    target: &Path,
+    fstype: Option<&str>,
+    options: &[String],
+    read_only: bool,
+) -> Vec<OsString> {
     let mut opts: Vec<&str> = options
         .iter()
         .map(String::as_str)
@@ -176,8 +189,8 @@ pub fn mount(
     if !opts.is_empty() {
         args.extend(["-o".into(), opts.join(",").into()]);
     }
-    args.extend([source.into(), target.into()]);
-    cmd::run("mount", &args).map(drop)
+    args.extend(["--".into(), source.into(), target.into()]);
+    args
 }
 
 /// Bind-mounts `source` (a directory or a device node) on `target`. A read-only
@@ -186,7 +199,12 @@ pub fn mount(
 pub fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<(), NodeError> {
     cmd::run(
         "mount",
-        &["--bind".as_ref(), source.as_os_str(), target.as_os_str()],
+        &[
+            "--bind".as_ref(),
+            "--".as_ref(),
+            source.as_os_str(),
+            target.as_os_str(),
+        ],
     )?;
     if read_only
         && let Err(err) = cmd::run(
@@ -194,6 +212,7 @@ pub fn bind_mount(source: &Path, target: &Path, read_only: bool) -> Result<(), N
             &[
                 "-o".as_ref(),
                 "remount,bind,ro".as_ref(),
+                "--".as_ref(),
                 target.as_os_str(),
             ],
         )
@@ -270,6 +289,30 @@ mod tests {
 91 27 0:6 /loop4 /var/lib/kubelet/plugins/dev rw - devtmpfs devtmpfs rw
 garbage line
 ";
+
+    #[test]
+    fn mount_is_told_where_its_options_end() {
+        let args = mount_args(
+            Path::new("/dev/loop3"),
+            Path::new("/var/lib/kubelet/x"),
+            Some("ext4"),
+            &["noatime".into()],
+            true,
+        );
+        let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "-t",
+                "ext4",
+                "-o",
+                "noatime,ro",
+                "--",
+                "/dev/loop3",
+                "/var/lib/kubelet/x"
+            ]
+        );
+    }
 
     #[test]
     fn parses_fields_and_optional_tags() {

@@ -332,7 +332,8 @@ impl<S: LedgerStore> NodeVolumes<S> {
         let volume = self
             .ledger_volume(volume_id, |v| v.capacity_gib >= min_gib)
             .await?;
-        let claimed = volume.capacity_gib * GIB;
+        // Saturating: no byte count above u64 can be asked for anyway.
+        let claimed = volume.capacity_gib.saturating_mul(GIB);
         if required_bytes > claimed {
             return Err(NodeError::NotClaimed {
                 volume: volume_id.to_string(),

@@ -44,6 +44,7 @@ fn with_claim(node: Arc<NodeLedger>, pool: Option<Pool>, size_gib: u64) -> Arc<N
         part: 0,
         fixed: false,
         releasing: false,
+        spec: None,
     });
     assert_eq!(node.check_invariants(), Ok(()));
     Arc::new(node)

@@ -66,6 +66,7 @@ fn claim_on(node: &mut NodeLedger, drive_index: usize, pool: Option<Pool>, size_
         part: 0,
         fixed: false,
         releasing: false,
+        spec: None,
     });
     assert_eq!(
         node.check_invariants(),
