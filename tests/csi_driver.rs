@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{self, OpenOptions};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -660,6 +660,122 @@ async fn ext4_volume_lives_through_its_whole_lifecycle() {
         driver.capacity().await.available_capacity,
         initial.available_capacity
     );
+}
+
+/// What a raw-block tenant can do to a loop device it holds open read-write (no
+/// capability needed): move its window to `offset` over the whole backing drive.
+fn remap_loop_device(device: &Path, offset: u64) {
+    const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+    const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .unwrap();
+    // struct loop_info64: lo_offset at byte 24, lo_sizelimit at byte 32.
+    let mut info = [0u8; 232];
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    assert_eq!(
+        unsafe { libc::ioctl(fd, LOOP_GET_STATUS64, info.as_mut_ptr()) },
+        0
+    );
+    info[24..32].copy_from_slice(&offset.to_ne_bytes());
+    info[32..40].copy_from_slice(&0u64.to_ne_bytes());
+    assert_eq!(
+        unsafe { libc::ioctl(fd, LOOP_SET_STATUS64, info.as_ptr()) },
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_loop_device_moved_under_its_volume_is_detached_and_reported() {
+    let Some(driver) = Driver::start_with(
+        "remapped",
+        SMALL_DRIVES,
+        &["--unsafe-loop-block-volumes", "--rescan-interval", "1"],
+    )
+    .await
+    else {
+        return;
+    };
+    let cap = raw_block();
+    let volume = driver.create("pvc-remapped", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    let target = driver.publish(&volume, &cap).await.unwrap();
+    let devices = volume_devices(&driver.dir);
+    assert_eq!(devices.len(), 1, "{devices:?}");
+    // A neighbour on a filesystem volume, which the sweep must leave alone.
+    let fs_cap = ext4();
+    let neighbour = driver
+        .create("pvc-neighbour", 1, fs_cap.clone())
+        .await
+        .unwrap();
+    let neighbour_staging = driver.stage(&neighbour, &fs_cap).await.unwrap();
+    // Scans run every second: devices that match their volumes are not strays.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(
+        !driver.log().contains("which no staged volume owns"),
+        "{}",
+        driver.log()
+    );
+
+    // The tenant moves its device onto the drive's first byte: it now reads the
+    // vdrive signature, and would read every other tenant's extent.
+    remap_loop_device(&target, 0);
+    let mut magic = [0u8; 8];
+    fs::File::open(&target)
+        .unwrap()
+        .read_exact(&mut magic)
+        .unwrap();
+    assert_eq!(&magic, b"VDRIVE\0\x01", "the remap took effect");
+
+    // The next scan finds it, names the volume, and detaches it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !driver.log().contains("which no staged volume owns") {
+        assert!(
+            Instant::now() < deadline,
+            "the remapped device was not reported; log:\n{}",
+            driver.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = driver.log();
+    assert!(
+        log.contains(&format!("most likely volume {id}'s device")),
+        "{log}"
+    );
+    assert!(log.contains("it was detached"), "{log}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while volume_devices(&driver.dir).contains(&devices[0]) {
+        assert!(
+            Instant::now() < deadline,
+            "the remapped device is still bound"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(
+        mounts_at(&neighbour_staging).len(),
+        1,
+        "the neighbour stays staged"
+    );
+    assert_eq!(
+        volume_devices(&driver.dir).len(),
+        1,
+        "only the neighbour's device is left"
+    );
+    driver
+        .unstage(&neighbour.volume_id, &neighbour_staging)
+        .await
+        .unwrap();
+    driver.delete(&neighbour.volume_id).await.unwrap();
+
+    // The volume still unpublishes, unstages and deletes.
+    driver.unpublish(&id, &target).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+    assert!(volume_devices(&driver.dir).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

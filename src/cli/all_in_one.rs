@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::settings::SettingsArgs;
+use crate::cluster::inventory;
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::input;
@@ -19,9 +20,6 @@ use crate::node::drives::{self, SignedDrive};
 use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, ownership};
 use crate::pools::Pool;
-
-/// How often the node looks for drives signed, attached or gone since it started.
-const RESCAN_EVERY: Duration = Duration::from_secs(30);
 
 /// The drives `--simulate-drives` suggests when a machine has none signed.
 pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
@@ -59,6 +57,10 @@ pub struct AllInOneArgs {
     /// root directory, when kubelet is the caller); unset: any absolute path.
     #[arg(long, value_name = "DIR")]
     pub kubelet_dir: Option<PathBuf>,
+    /// Seconds between looks for drives signed, attached or gone (and for loop
+    /// devices no staged volume accounts for).
+    #[arg(long, default_value_t = 30, value_name = "SECONDS")]
+    pub rescan_interval: u64,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -142,13 +144,29 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
 
     let in_flight = InFlight::default();
+    let volumes = Arc::new(
+        NodeVolumes::new(
+            node_id.clone(),
+            ledger.clone(),
+            registry.clone(),
+            &args.state_dir.join("node"),
+            device_backend.clone(),
+        )
+        .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
+    );
     // Newly signed drives become usable; vanished ones holding volumes are kept
-    // and reported.
+    // and reported; loop devices no staged volume accounts for are detached.
     let rescans = tokio::spawn({
-        let (ledger, node_id) = (ledger.clone(), node_id.clone());
+        let (ledger, node_id, volumes) = (ledger.clone(), node_id.clone(), volumes.clone());
         let registry = registry.clone();
-        rescan_drives(RESCAN_EVERY, registry.clone(), move |found| {
-            let (ledger, node_id, registry) = (ledger.clone(), node_id.clone(), registry.clone());
+        let every = Duration::from_secs(args.rescan_interval.max(1));
+        rescan_drives(every, registry.clone(), move |found| {
+            let (ledger, node_id, registry, volumes) = (
+                ledger.clone(),
+                node_id.clone(),
+                registry.clone(),
+                volumes.clone(),
+            );
             async move {
                 match ownership::report_drives(&ledger, &registry, &node_id, found, backend).await {
                     Ok(sync) => log_drive_sync(&sync),
@@ -156,19 +174,17 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
                         tracing::warn!(%err, "could not record this node's drives in the ledger")
                     }
                 }
+                match volumes.sweep_stray_devices().await {
+                    Ok(strays) => {
+                        for stray in strays {
+                            tracing::warn!("{}", inventory::stray_message(&stray));
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "could not look for stray loop devices"),
+                }
             }
         })
     });
-    let volumes = Arc::new(
-        NodeVolumes::new(
-            node_id.clone(),
-            ledger.clone(),
-            registry,
-            &args.state_dir.join("node"),
-            device_backend.clone(),
-        )
-        .allow_unsafe_loop_block_volumes(args.unsafe_loop_block_volumes),
-    );
     let node = NodeService::new(volumes.clone(), args.max_volumes, in_flight.clone())
         .with_kubelet_dir(kubelet_dir);
     let eraser: Arc<dyn ExtentEraser> = volumes.clone();

@@ -139,13 +139,15 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let rescans = tokio::spawn({
         let (ledger, node_id) = (ledger.clone(), node_id.clone());
         let every = Duration::from_secs(args.rescan_interval.max(1));
+        let volumes = volumes.clone();
         rescan_drives(every, registry.clone(), move |found| {
-            let (ledger, notifier, gauges, node_id, registry) = (
+            let (ledger, notifier, gauges, node_id, registry, volumes) = (
                 ledger.clone(),
                 notifier.clone(),
                 gauges.clone(),
                 node_id.clone(),
                 registry.clone(),
+                volumes.clone(),
             );
             async move {
                 let reported =
@@ -160,6 +162,13 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
                 };
                 if let Err(err) = published {
                     tracing::warn!(%err, "could not publish this node's drives");
+                }
+                match volumes.sweep_stray_devices().await {
+                    Ok(strays) => {
+                        inventory::report_strays(&ledger, &notifier, &gauges, &node_id, &strays)
+                            .await
+                    }
+                    Err(err) => tracing::warn!(%err, "could not look for stray loop devices"),
                 }
             }
         })

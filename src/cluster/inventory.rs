@@ -15,6 +15,7 @@ use super::events::{Notifier, node_reference};
 use super::store::{FIELD_MANAGER, KubeStore};
 use crate::ledger::{DriveSync, Ledger};
 use crate::metrics::Gauges;
+use crate::node::StrayDevice;
 
 /// Publishes what follows from the drives the node just reported (`sync`): the
 /// extended resource, gauges, and an Event for every drive missing with claims
@@ -92,6 +93,72 @@ pub async fn publish(
             .await;
     }
     Ok(())
+}
+
+/// Reports loop devices over this node's drives that no staged volume accounts
+/// for (see [`NodeVolumes::sweep_stray_devices`](crate::node::NodeVolumes::sweep_stray_devices)):
+/// a gauge, and a Warning Event on the Node for each.
+pub async fn report_strays(
+    ledger: &Ledger<Arc<KubeStore>>,
+    notifier: &Notifier,
+    gauges: &Gauges,
+    node: &str,
+    strays: &[StrayDevice],
+) {
+    gauges.set(
+        "vdrive_node_stray_loop_devices",
+        "Loop devices over this node's drives that matched no staged volume at the last scan (a mapping changed under vdrive, or a crash left them); each was detached once free.",
+        &[],
+        strays.len() as f64,
+    );
+    if strays.is_empty() {
+        return;
+    }
+    let uid = ledger
+        .store()
+        .client_api()
+        .get_opt(node)
+        .await
+        .ok()
+        .flatten()
+        .and_then(|n| n.uid());
+    let node_ref = node_reference(node, uid);
+    for stray in strays {
+        tracing::warn!(device = %stray.device.display(), drive = %stray.drive.display(), offset = stray.offset_bytes, sizelimit = stray.sizelimit_bytes, volume = ?stray.volume, detached = stray.detached, "a loop device over a shared drive matches no staged volume");
+        notifier
+            .warn(
+                &node_ref,
+                "VolumeDeviceRemapped",
+                "ScanDrives",
+                stray_message(stray),
+            )
+            .await;
+    }
+}
+
+/// What an Event says about a stray loop device.
+pub fn stray_message(stray: &StrayDevice) -> String {
+    let range = match stray.sizelimit_bytes {
+        0 => format!("from byte {} to the end", stray.offset_bytes),
+        n => format!(
+            "bytes {}..{}",
+            stray.offset_bytes,
+            stray.offset_bytes.saturating_add(n)
+        ),
+    };
+    let whose = stray.volume.as_ref().map_or(String::new(), |v| {
+        format!(" (most likely volume {v}'s device, moved by whoever holds it open)")
+    });
+    let done = if stray.detached {
+        "it was detached; the kernel lets go once its last user closes it"
+    } else {
+        "it is mounted, so it was left in place: unmount it"
+    };
+    format!(
+        "loop device {} over shared drive {} maps {range}, which no staged volume owns{whose}; {done}",
+        stray.device.display(),
+        stray.drive.display()
+    )
 }
 
 /// Sets the node's extended resource to `gib`, the documented way: a patch of

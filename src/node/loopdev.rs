@@ -195,6 +195,13 @@ fn check_attached(
     Ok(())
 }
 
+/// Asks the kernel to unbind `device` once nobody holds it open (at once when
+/// nobody does), without waiting: for a device whose holder vdrive does not
+/// control.
+pub fn detach_when_free(device: &Path) -> Result<(), NodeError> {
+    cmd::run("losetup", &[detach_arg(device)]).map(|_| ())
+}
+
 /// Unbinds a loop device and waits until the kernel has let go of it. A device
 /// that is already gone or unbound is fine; a mounted one is refused (the kernel
 /// would only defer the detach until the unmount).

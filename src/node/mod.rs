@@ -43,6 +43,6 @@ pub mod volume;
 
 pub use error::NodeError;
 pub use registry::DriveRegistry;
-pub use volume::{Erasure, ExtentEraser, NodeVolumes};
+pub use volume::{Erasure, ExtentEraser, NodeVolumes, StrayDevice};
 
 pub const GIB: u64 = 1 << 30;

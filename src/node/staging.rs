@@ -134,6 +134,31 @@ impl StagingRecords {
         }
     }
 
+    /// Every staging record on this node.
+    pub fn all(&self) -> Result<Vec<StagingRecord>, NodeError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(NodeError::io("list", &self.dir)(e)),
+        };
+        let mut records = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(NodeError::io("list", &self.dir))?.path();
+            let Some(volume_id) = path
+                .extension()
+                .filter(|x| *x == "json")
+                .and_then(|_| path.file_stem())
+                .and_then(|stem| stem.to_str())
+            else {
+                continue;
+            };
+            if let Some(record) = self.load(volume_id)? {
+                records.push(record);
+            }
+        }
+        Ok(records)
+    }
+
     /// Whether any volume is staged on this node (their devices sit on the drives).
     pub fn any(&self) -> bool {
         std::fs::read_dir(&self.dir)

@@ -18,7 +18,7 @@ use super::backend::{DeviceBackend, Segment};
 use super::publish::{self, MountSpec};
 use super::registry::DriveRegistry;
 use super::staging::{StagingRecord, StagingRecords};
-use super::{GIB, NodeError, blockdev, drives, fs, mounts, ownership};
+use super::{GIB, NodeError, blockdev, drives, fs, loopdev, mounts, ownership};
 use crate::drive::Backend;
 use crate::ledger::{Claim, Ledger, LedgerStore, Volume, VolumeExtent};
 
@@ -149,6 +149,17 @@ impl<S: LedgerStore> NodeVolumes<S> {
 
     fn locate(&self, extents: &[VolumeExtent]) -> Result<Vec<Segment>, NodeError> {
         self.drives.locate_all(&self.node_id, extents)
+    }
+
+    /// Looks for loop devices over this node's drives that no staged volume
+    /// accounts for, and detaches each (see [`OnNode::stray_loop_devices`]).
+    /// Only a loop node makes loop devices over its drives.
+    pub async fn sweep_stray_devices(&self) -> Result<Vec<StrayDevice>, NodeError> {
+        if self.backend.kind() != Backend::Loop {
+            return Ok(Vec::new());
+        }
+        let node = self.on_node();
+        blocking(move || node.sweep_stray_loop_devices()).await
     }
 
     fn on_node(&self) -> OnNode {
@@ -347,7 +358,97 @@ impl<S: LedgerStore> NodeVolumes<S> {
     }
 }
 
+/// A loop device over one of this node's drives that no staged volume accounts
+/// for: its mapping was changed under it (whoever holds a loop device open
+/// read-write can move it), or a crash left it behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayDevice {
+    pub device: PathBuf,
+    pub drive: PathBuf,
+    pub offset_bytes: u64,
+    /// 0: to the end of the drive.
+    pub sizelimit_bytes: u64,
+    /// The staged volume whose device this most likely was (the one of that size
+    /// whose own device is missing), if any.
+    pub volume: Option<String>,
+    /// Whether the kernel was asked to detach it (a mounted one is left mounted).
+    pub detached: bool,
+}
+
 impl OnNode {
+    /// Loop devices over this node's drives whose offset and size match no part
+    /// of a staged volume, each asked to detach once free. The devices are
+    /// listed before the records are read: staging writes its record before it
+    /// builds, and unstage takes the device down before the record, so a device
+    /// in the middle of either is never taken for a stray.
+    fn sweep_stray_loop_devices(&self) -> Result<Vec<StrayDevice>, NodeError> {
+        let drives: Vec<PathBuf> = self
+            .drives
+            .all()
+            .iter()
+            .filter_map(|d| std::fs::canonicalize(&d.path).ok())
+            .collect();
+        let loops: Vec<loopdev::LoopInfo> = loopdev::list()?
+            .into_iter()
+            .filter(|l| drives.contains(&l.backing))
+            .collect();
+        if loops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut staged: Vec<(String, Segment)> = Vec::new();
+        for record in self.records.all()? {
+            for part in self.locate(&record.extents).unwrap_or_default() {
+                staged.push((record.volume_id.clone(), part));
+            }
+        }
+        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let accounts = |l: &loopdev::LoopInfo, part: &Segment| {
+            canonical(&part.drive) == l.backing
+                && part.offset_bytes == l.offset_bytes
+                && l.sizelimit_bytes != 0
+                && l.sizelimit_bytes <= part.size_bytes
+        };
+        let mut strays = Vec::new();
+        for l in &loops {
+            if staged.iter().any(|(_, part)| accounts(l, part)) {
+                continue;
+            }
+            // The staged parts on this drive left without a device: the one of
+            // this size, or the only one.
+            let orphaned: Vec<&(String, Segment)> = staged
+                .iter()
+                .filter(|(_, part)| {
+                    canonical(&part.drive) == l.backing
+                        && !loops.iter().any(|other| accounts(other, part))
+                })
+                .collect();
+            let volume = orphaned
+                .iter()
+                .find(|(_, part)| part.size_bytes == l.sizelimit_bytes)
+                .or(match orphaned.as_slice() {
+                    [only] => Some(only),
+                    _ => None,
+                })
+                .map(|(id, _)| id.clone());
+            let mounted = match blockdev::dev_number(&l.device)? {
+                Some((major, minor)) => mounts::mountinfo()?
+                    .iter()
+                    .any(|m| (m.major, m.minor) == (major, minor)),
+                None => false,
+            };
+            let detached = !mounted && loopdev::detach_when_free(&l.device).is_ok();
+            strays.push(StrayDevice {
+                device: l.device.clone(),
+                drive: l.backing.clone(),
+                offset_bytes: l.offset_bytes,
+                sizelimit_bytes: l.sizelimit_bytes,
+                volume,
+                detached,
+            });
+        }
+        Ok(strays)
+    }
+
     /// Writes a volume's claims into its drives' headers before the volume is
     /// used (see [`ownership::record_claims`]).
     fn record_on_drives(
