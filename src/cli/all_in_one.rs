@@ -126,11 +126,10 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
              vdrive: simulated drives: vdrive all-in-one --simulate-drives {SUGGESTED_SIMULATION}"
         );
     }
-    let registry = Arc::new(if args.simulate_drives.is_some() {
-        DriveRegistry::only(found.clone())
-    } else {
-        DriveRegistry::new(found.clone())
-    });
+    let registry = Arc::new(DriveRegistry::at_start(
+        found.clone(),
+        args.simulate_drives.is_some(),
+    ));
     // Every drive carries the node's backend: the ledger derives from it how many
     // virtual drives one volume may have here (loop: one; dm: any number).
     let backend = device_backend.kind();

@@ -102,11 +102,10 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
              (`vdrive sign --all-not-root --type tlc`, or the chart's sign-drives Job; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
         );
     }
-    let registry = Arc::new(if args.simulate_drives.is_some() {
-        DriveRegistry::only(found.clone())
-    } else {
-        DriveRegistry::new(found.clone())
-    });
+    let registry = Arc::new(DriveRegistry::at_start(
+        found.clone(),
+        args.simulate_drives.is_some(),
+    ));
     let backend = device_backend.kind();
     let sync = ownership::report_drives(&ledger, &registry, &node_id, found.clone(), backend)
         .await

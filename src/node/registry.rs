@@ -36,6 +36,16 @@ impl DriveRegistry {
         }
     }
 
+    /// The registry of a node's drives found at start: [`Self::only`] those when
+    /// they are simulated, else [`Self::new`] (the machine's, rescanned).
+    pub fn at_start(found: Vec<SignedDrive>, simulated: bool) -> Self {
+        if simulated {
+            DriveRegistry::only(found)
+        } else {
+            DriveRegistry::new(found)
+        }
+    }
+
     /// A registry that only ever looks at these drives' devices (simulated drives).
     pub fn only(initial: Vec<SignedDrive>) -> Self {
         DriveRegistry {
