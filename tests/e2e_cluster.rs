@@ -1969,3 +1969,159 @@ fn a_malformed_annotation_quarantines_only_its_node() {
         drop(node);
     });
 }
+
+// ---- a Node deleted and re-created ------------------------------------------------
+
+#[test]
+#[ignore = "needs Kubernetes binaries: run e2e/run"]
+fn a_re_created_node_quarantines_its_drives_until_adopted() {
+    let bin = bin_dir_from_env();
+    runtime().block_on(async move {
+        let cluster = Cluster::start(&bin);
+        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let client = cluster.client().await;
+        let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
+        let labels = [("pool", "k8s"), (TOPOLOGY_KEY, "phoenix")];
+        cluster.add_node("phoenix", &labels, "8", "32Gi").await;
+        let mut node = start_node(
+            &cluster,
+            &vdrive,
+            "phoenix",
+            &["--rescan-interval=1".to_string()],
+        );
+        wait_for_socket(&cluster.dir().join("phoenix.sock"), &mut node).await;
+        let mut controller = cluster.spawn(
+            "vdrive-controller",
+            controller_command(&cluster, &vdrive, "controller", &[]),
+        );
+        wait_for_socket(&cluster.dir().join("controller.sock"), &mut controller).await;
+        let endpoint = format!("unix://{}/controller.sock", cluster.dir().display());
+        let create = |name: &str| {
+            Command::new(&vdrive)
+                .args(["csi", "--endpoint", &endpoint, "create-volume", name])
+                .args(["--size", "10Gi", "--class", K8S_CLASS])
+                .output()
+                .expect("run vdrive csi create-volume")
+        };
+        for i in 0..3 {
+            let out = create(&format!("kept-{i}"));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let before = node_ledger(&client, "phoenix").await;
+        assert_eq!(before.claims.len(), 3);
+        // The node writes the claims into the TLC drive's header at its next scan.
+        let image = cluster.dir().join("phoenix/simulated-drives/sim-tlc-0.img");
+        let image = &image;
+        eventually("the claims in the drive's header", WAIT, || async move {
+            let record = vdrive::node::claim_record::read(image).map_err(|e| e.to_string())?;
+            match record {
+                Some(stored) if stored.record.claims.len() == 3 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+
+        // kubeadm reset and join: the Node object goes, and comes back bare.
+        let nodes: Api<Node> = Api::all(client.clone());
+        nodes
+            .delete("phoenix", &Default::default())
+            .await
+            .expect("delete Node phoenix");
+        let nodes = &nodes;
+        eventually("Node phoenix gone", WAIT, || async move {
+            match nodes.get_opt("phoenix").await {
+                Ok(None) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+        cluster.add_node("phoenix", &labels, "8", "32Gi").await;
+        let tlc = before.claims[0].physical_uuid;
+        let reason = eventually("the TLC drive quarantined", WAIT, || async move {
+            let ledger = node_ledger_opt(nodes, "phoenix").await?;
+            ledger
+                .drive(&tlc)
+                .and_then(|d| d.quarantined.clone())
+                .ok_or_else(|| format!("drives {:?}", ledger.drives))
+        })
+        .await;
+        assert!(
+            reason.contains("ledger was lost or forked")
+                && reason.contains(&before.claims[0].volume_id),
+            "{reason}"
+        );
+        // Nothing is carved over the three volumes: the class's TLC is refused.
+        let out = create("new-after-rejoin");
+        let refusal = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(
+            !out.status.success(),
+            "a volume was carved on a quarantined drive"
+        );
+        assert!(refusal.contains("quarantined"), "{refusal}");
+        assert!(node_ledger(&client, "phoenix").await.claims.is_empty());
+
+        // The operator brings the claims back from the drive.
+        let adopted = Command::new(&vdrive)
+            .args(["drives", "adopt", "--node-id", "phoenix", "--kubeconfig"])
+            .arg(cluster.kubeconfig_path())
+            .arg("--device")
+            .arg(image)
+            .output()
+            .expect("run vdrive drives adopt");
+        let said = String::from_utf8_lossy(&adopted.stdout).to_string()
+            + &String::from_utf8_lossy(&adopted.stderr);
+        assert!(adopted.status.success(), "{said}");
+        assert!(said.contains("3 claim(s) brought back"), "{said}");
+        eventually("the quarantine lifted", WAIT, || async move {
+            let ledger = node_ledger_opt(nodes, "phoenix").await?;
+            match ledger.drive(&tlc) {
+                Some(d) if d.quarantined.is_none() && ledger.claims.len() == 3 => Ok(()),
+                other => Err(format!("{other:?}, {} claims", ledger.claims.len())),
+            }
+        })
+        .await;
+        let after = node_ledger(&client, "phoenix").await;
+        let ids = |l: &vdrive::ledger::NodeLedger| {
+            let mut ids: Vec<String> = l.claims.iter().map(|c| c.volume_id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        assert_eq!(ids(&after), ids(&before), "the same volumes are back");
+        let out = create("new-after-adopt");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let last = node_ledger(&client, "phoenix").await;
+        assert_eq!(last.claims.len(), 4);
+        last.check_invariants().expect("no extent booked twice");
+        drop(controller);
+        drop(node);
+    });
+}
+
+/// The node's ledger as its annotations say, or why not (yet).
+async fn node_ledger_opt(
+    nodes: &Api<Node>,
+    name: &str,
+) -> Result<vdrive::ledger::NodeLedger, String> {
+    let node = nodes
+        .get_opt(name)
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no Node {name}"))?;
+    let annotations = node.annotations();
+    let mut ledger = vdrive::ledger::NodeLedger::new(name);
+    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
+        ledger.claims = decode_claims(text)?;
+    }
+    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
+        ledger.drives = decode_drives(text)?;
+    }
+    Ok(ledger)
+}
