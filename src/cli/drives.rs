@@ -67,6 +67,12 @@ pub async fn run(args: DrivesArgs) -> Result<String, String> {
     match &args.state_dir {
         Some(dir) => {
             let path = dir.join("ledger.redb");
+            if !path.exists() {
+                return Err(format!(
+                    "there is no ledger at {}: pass the --state-dir vdrive all-in-one runs with (default /var/lib/vdrive)",
+                    path.display()
+                ));
+            }
             let store = EmbeddedStore::open(&path).map_err(|e| {
                 format!("cannot open the ledger at {}: {e} (stop vdrive all-in-one first: it holds the ledger while it runs)", path.display())
             })?;
@@ -105,10 +111,17 @@ async fn run_on<S: LedgerStore>(
             drive,
             i_know_its_data_is_not_erased,
         } => {
-            if !i_know_its_data_is_not_erased {
+            confirm_forget(drive, i_know_its_data_is_not_erased)?;
+            let known = ledger.node(node).await.map_err(|e| e.to_string())?;
+            if known.drive(&drive).is_none() {
                 return Err(format!(
-                    "forgetting drive {drive} drops its claims without erasing them; if the drive is never coming back, \
-                     run again with --i-know-its-data-is-not-erased (if it does come back, it is quarantined until adopted)"
+                    "node {node}'s ledger has no drive {drive} (its drives: {}); check --node-id",
+                    known
+                        .drives
+                        .iter()
+                        .map(|d| d.uuid.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
             let gone = ledger
@@ -125,6 +138,17 @@ async fn run_on<S: LedgerStore>(
             ))
         }
     }
+}
+
+/// Forgetting a drive drops claims unerased: only when the operator says so.
+fn confirm_forget(drive: Uuid, confirmed: bool) -> Result<(), String> {
+    if confirmed {
+        return Ok(());
+    }
+    Err(format!(
+        "forgetting drive {drive} drops its claims without erasing them; if the drive is never coming back, \
+         run again with --i-know-its-data-is-not-erased (if it does come back, it is quarantined until adopted)"
+    ))
 }
 
 async fn adopt<S: LedgerStore>(
@@ -248,6 +272,13 @@ mod tests {
 
     #[test]
     fn forget_needs_its_loud_flag() {
+        let err = confirm_forget(Uuid::from_u128(1), false).unwrap_err();
+        assert!(err.contains("--i-know-its-data-is-not-erased"), "{err}");
+        confirm_forget(Uuid::from_u128(1), true).unwrap();
+    }
+
+    #[test]
+    fn forget_names_a_drive_the_node_does_not_have() {
         let dir = tempfile::tempdir().unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -263,10 +294,10 @@ mod tests {
                 "n",
                 DrivesCommand::Forget {
                     drive: Uuid::from_u128(1),
-                    i_know_its_data_is_not_erased: false,
+                    i_know_its_data_is_not_erased: true,
                 },
             ))
             .unwrap_err();
-        assert!(err.contains("--i-know-its-data-is-not-erased"), "{err}");
+        assert!(err.contains("has no drive"), "{err}");
     }
 }
