@@ -64,6 +64,14 @@ pub enum DrivesCommand {
 
 pub async fn run(args: DrivesArgs) -> Result<String, String> {
     let node = node_name(args.node_id.clone())?;
+    if let DrivesCommand::Forget {
+        drive,
+        i_know_its_data_is_not_erased,
+    } = &args.command
+    {
+        // Refused before any ledger is opened.
+        confirm_forget(*drive, *i_know_its_data_is_not_erased)?;
+    }
     match &args.state_dir {
         Some(dir) => {
             let path = dir.join("ledger.redb");
