@@ -170,6 +170,15 @@ impl Driver {
         }
     }
 
+    /// SIGKILL, then wait: a crash at whatever point the driver was. Its mounts,
+    /// devices and files stay as they were. None if it was not running.
+    pub fn kill(&mut self) -> Option<ExitStatus> {
+        self.channel = None;
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
     /// SIGTERM, then wait (SIGKILL after 30 s). None if it was not running.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         self.channel = None;
