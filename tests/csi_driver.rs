@@ -498,6 +498,46 @@ async fn ext4_volume_expanded_by_the_controller_grows_when_staged_again() {
     driver.delete(&id).await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_grown_after_staging_keeps_its_drive_usable_and_leaves_no_claim_behind() {
+    // One drive, so the next volume lands where the deleted one was.
+    let Some(mut driver) = Driver::start("grown-deleted", "tlc:8x1").await else {
+        return;
+    };
+    let cap = ext4();
+    let grown = driver.create("pvc-grown", 1, cap.clone()).await.unwrap();
+    let id = grown.volume_id.clone();
+    // Staging puts the 1 GiB claim in the drive's header.
+    let staging = driver.stage(&grown, &cap).await.unwrap();
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.expand(&id, 2 * GIB, &cap).await.unwrap();
+    // The header's claim is the smaller one the ledger grew: no lost ledger.
+    driver.restart().await;
+    assert_eq!(
+        driver.capacity().await.available_capacity,
+        6 * GIB,
+        "a drive holding a grown volume is not quarantined"
+    );
+    driver.delete(&id).await.unwrap();
+
+    let next = driver.create("pvc-next", 1, cap.clone()).await.unwrap();
+    let place = |v: &Volume| {
+        extents(v)
+            .into_iter()
+            .map(|e| (e.offset_gib, e.size_gib))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(place(&next), [(0, 1)], "over the deleted volume's space");
+    let staging = driver.stage(&next, &cap).await.unwrap();
+    driver.unstage(&next.volume_id, &staging).await.unwrap();
+    // The header must not count the deleted volume's first claim live: the
+    // drive is not quarantined and the new volume deletes.
+    driver.restart().await;
+    assert_eq!(driver.capacity().await.available_capacity, 7 * GIB);
+    driver.delete(&next.volume_id).await.unwrap();
+    assert_eq!(driver.capacity().await.available_capacity, 8 * GIB);
+}
+
 /// Whether this process holds CAP_SYS_RESOURCE (bit 24 of CapEff).
 fn has_cap_sys_resource() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
