@@ -43,7 +43,7 @@ use vdrive::csi::proto::{
 use vdrive::node::signature::{self, HEADER_BYTES};
 
 const DEFAULT_SEED: u64 = 20_240_917;
-const DEFAULT_OPS: usize = 200;
+const DEFAULT_OPS: usize = 300;
 /// Three 32 GiB drives: room for every volume the run keeps at once.
 const DRIVES: &str = "tlc:32x2,qlc:32x1";
 /// Most volumes alive at once.
