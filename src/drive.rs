@@ -77,6 +77,11 @@ impl Extent {
     pub fn overlaps(&self, other: &Extent) -> bool {
         self.offset_gib < other.end_gib() && other.offset_gib < self.end_gib()
     }
+
+    /// Whether every GiB of `other` is in this extent.
+    pub fn contains(&self, other: &Extent) -> bool {
+        self.offset_gib <= other.offset_gib && other.end_gib() <= self.end_gib()
+    }
 }
 
 /// How a node builds a volume's block device from its extents. It decides how

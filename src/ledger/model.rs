@@ -60,7 +60,9 @@ impl DriveHeader {
     /// Why `drive` on `node` must take no new claims, given `ledger`'s claims:
     /// None when the header and the ledger agree. They agree when the drive is
     /// unowned or the node's own, and every claim live in the header is in the
-    /// ledger; the ledger may hold more (claims not written to the drive yet).
+    /// ledger; the ledger may hold more (claims not written to the drive yet),
+    /// and bigger ones: a claim the ledger grew in place since the header listed
+    /// it is the same volume's, within what the ledger holds.
     pub fn disagreement(&self, node: &str, drive: uuid::Uuid, ledger: &[Claim]) -> Option<String> {
         let adopt = format!(
             "if the ledger is what was lost, or the drive moved here, bring its claims back with `vdrive drives adopt --drive {drive}` on this node"
@@ -81,8 +83,7 @@ impl DriveHeader {
                         !ledger.iter().any(|l| {
                             l.physical_uuid == drive
                                 && l.volume_id == c.volume_id
-                                && l.offset_gib == c.offset_gib
-                                && l.size_gib == c.size_gib
+                                && l.extent().contains(&c.extent())
                         })
                     })
                     .map(|c| {

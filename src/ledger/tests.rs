@@ -1046,16 +1046,31 @@ fn a_header_that_agrees_with_the_ledger_or_lags_it_is_trusted() {
         assert!(sync.quarantined.is_empty(), "{:?}", sync.quarantined);
         assert!(sync.ledger.drives[0].takes_claims());
     }
-    // The same volume id at another offset is not the ledger's claim.
-    let mut moved = claims.clone();
-    moved[0].offset_gib += 1;
+    // The header listed the volume before the ledger grew it in place.
+    let mut before_growth = claims.clone();
+    before_growth[0].size_gib -= 40;
     let sync = rt
         .block_on(f.ledger.sync_drives(
             NODE,
-            with_header(drive(1, Tlc, 1000), owned_by(NODE, moved)),
+            with_header(drive(1, Tlc, 1000), owned_by(NODE, before_growth)),
         ))
         .unwrap();
-    assert_eq!(sync.quarantined.len(), 1);
+    assert!(sync.quarantined.is_empty(), "{:?}", sync.quarantined);
+    // The same volume id at another offset, or bigger than the ledger's claim,
+    // is not the ledger's claim.
+    let mut moved = claims.clone();
+    moved[0].offset_gib += 1;
+    let mut bigger = claims.clone();
+    bigger[0].size_gib += 1;
+    for header in [moved, bigger] {
+        let sync = rt
+            .block_on(f.ledger.sync_drives(
+                NODE,
+                with_header(drive(1, Tlc, 1000), owned_by(NODE, header)),
+            ))
+            .unwrap();
+        assert_eq!(sync.quarantined.len(), 1);
+    }
 }
 
 #[test]

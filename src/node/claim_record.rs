@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::NodeError;
 use super::signature::{HEADER_BYTES, crc32};
+use crate::drive::Extent;
 use crate::ledger::Claim;
 
 pub const MAGIC: [u8; 8] = *b"VDRVREC1";
@@ -70,10 +71,12 @@ impl ErasedExtent {
         }
     }
 
+    /// Whether this erased extent covers `claim`: the same volume's, and within
+    /// it. A volume grown after its header listed it leaves that smaller claim
+    /// in the header beside the grown extent that is erased.
     pub fn is(&self, claim: &Claim) -> bool {
         self.volume_id == claim.volume_id
-            && self.offset_gib == claim.offset_gib
-            && self.size_gib == claim.size_gib
+            && Extent::new(self.offset_gib, self.size_gib).contains(&claim.extent())
     }
 }
 
@@ -324,6 +327,21 @@ mod tests {
         r.erased.push(ErasedExtent::of(&r.claims[0]));
         let live: Vec<&str> = r.live_claims().map(|c| c.volume_id.as_str()).collect();
         assert_eq!(live, ["b"]);
+    }
+
+    #[test]
+    fn an_erased_grown_extent_covers_the_claim_listed_before_it_grew() {
+        // Staged at 2 GiB, grown to 5 GiB in place, staged again, deleted.
+        let mut r = record(vec![claim("a", 0, 2), claim("a", 0, 5), claim("b", 5, 1)]);
+        r.erased.push(ErasedExtent::of(&r.claims[1]));
+        let live: Vec<&str> = r.live_claims().map(|c| c.volume_id.as_str()).collect();
+        assert_eq!(live, ["b"]);
+        // Another volume's claim in the same place is not erased by it.
+        let r = ClaimRecord {
+            erased: vec![ErasedExtent::of(&claim("a", 0, 5))],
+            ..record(vec![claim("c", 1, 2)])
+        };
+        assert_eq!(r.live_claims().count(), 1);
     }
 
     #[test]
