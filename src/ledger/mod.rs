@@ -296,6 +296,21 @@ impl<S: LedgerStore> Ledger<S> {
         drive: PhysicalDrive,
         claims: Vec<Claim>,
     ) -> Result<Vec<Claim>, LedgerError> {
+        // A header may list a claim beside its grown self until the node next
+        // rewrites it: only the largest of a volume's nested claims counts.
+        let claims: Vec<&Claim> = claims
+            .iter()
+            .enumerate()
+            .filter(|(i, c)| {
+                !claims.iter().enumerate().any(|(j, other)| {
+                    j != *i
+                        && other.volume_id == c.volume_id
+                        && other.extent().contains(&c.extent())
+                        && (other.extent() != c.extent() || j < *i)
+                })
+            })
+            .map(|(_, c)| c)
+            .collect();
         self.update(node, |ledger| {
             let mut added = Vec::new();
             if ledger.drive(&drive.uuid).is_none() {
@@ -308,7 +323,7 @@ impl<S: LedgerStore> Ledger<S> {
             for claim in &claims {
                 let claim = Claim {
                     physical_uuid: drive.uuid,
-                    ..claim.clone()
+                    ..(*claim).clone()
                 };
                 let same = |c: &Claim| {
                     c.physical_uuid == claim.physical_uuid

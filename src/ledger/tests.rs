@@ -1413,3 +1413,28 @@ fn volumes_recorded_without_a_spec_compare_by_size_and_pool() {
         Err(LedgerError::NameConflict { .. })
     ));
 }
+
+#[test]
+fn adopting_a_header_that_lists_a_volume_beside_its_grown_self_takes_the_grown_claim() {
+    let (rt, old) = fixture(vec![drive(1, Tlc, 1000)]);
+    rt.block_on(old.ledger.claim(NODE, &tlc_request("a", 2)))
+        .unwrap();
+    let small = rt.block_on(old.ledger.node(NODE)).unwrap().claims[0].clone();
+    let grown = Claim {
+        size_gib: 5,
+        ..small.clone()
+    };
+    let (rt, lost) = fixture(vec![]);
+    let added = rt
+        .block_on(
+            lost.ledger
+                .adopt(NODE, drive(1, Tlc, 1000), vec![small, grown.clone()]),
+        )
+        .unwrap();
+    assert_eq!(added, vec![grown]);
+    let volume = rt
+        .block_on(lost.ledger.volume(&added[0].volume_id))
+        .unwrap()
+        .unwrap();
+    assert_eq!(volume.capacity_gib, 5);
+}

@@ -213,14 +213,65 @@ pub fn record_claims(node: &str, path: &Path, claims: &[&Claim]) -> Result<(), N
             ..ClaimRecord::default()
         },
     };
-    let before = record.claims.len();
+    let before = record.claims.clone();
     for claim in claims {
-        if !record.claims.contains(claim) {
-            record.claims.push((*claim).clone());
+        if record.claims.contains(claim) {
+            continue;
         }
+        // A claim grown in place replaces what the record listed of it.
+        record.claims.retain(|c| {
+            !(c.volume_id == claim.volume_id
+                && c.physical_uuid == claim.physical_uuid
+                && claim.extent().contains(&c.extent()))
+        });
+        record.claims.push((*claim).clone());
     }
-    if record.claims.len() == before {
+    if record.claims == before {
         return Ok(());
     }
     claim_record::write(path, stored.as_ref(), &record).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{GIB, signature::HEADER_BYTES};
+
+    fn claim(volume: &str, offset_gib: u64, size_gib: u64) -> Claim {
+        Claim {
+            virtual_uuid: Uuid::from_u128(9),
+            volume_id: volume.into(),
+            volume_name: format!("pvc-{volume}"),
+            owner: "default:data".into(),
+            pool: None,
+            physical_uuid: Uuid::from_u128(7),
+            offset_gib,
+            size_gib,
+            part: 0,
+            fixed: false,
+            releasing: false,
+            spec: None,
+        }
+    }
+
+    #[test]
+    fn staging_a_grown_volume_replaces_its_smaller_claim_in_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drive.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(HEADER_BYTES + 8 * GIB)
+            .unwrap();
+        record_claims("n", &path, &[&claim("a", 0, 2), &claim("b", 4, 1)]).unwrap();
+        record_claims("n", &path, &[&claim("a", 0, 3)]).unwrap();
+        let record = claim_record::read(&path).unwrap().unwrap().record;
+        let listed: Vec<(String, u64)> = record
+            .claims
+            .iter()
+            .map(|c| (c.volume_id.clone(), c.size_gib))
+            .collect();
+        assert_eq!(listed, [("b".to_string(), 1), ("a".to_string(), 3)]);
+        let err = record_claims("m", &path, &[&claim("c", 6, 1)]).unwrap_err();
+        assert!(matches!(err, NodeError::NotOurDrive { .. }), "{err}");
+    }
 }
