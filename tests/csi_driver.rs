@@ -12,7 +12,6 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use tonic::Code;
@@ -1195,27 +1194,7 @@ impl DriveFs {
 impl Drop for DriveFs {
     fn drop(&mut self) {
         drop(Frozen(self.mount_point.clone()));
-        // The volumes' loop devices over the drives, then the drives' own.
-        for _ in 0..10 {
-            let loops = loop_devices();
-            let drives: Vec<&PathBuf> = loops
-                .iter()
-                .filter(|(_, backing)| backing.starts_with(&self.mount_point))
-                .map(|(device, _)| device)
-                .collect();
-            let volumes: Vec<&PathBuf> = loops
-                .iter()
-                .filter(|(_, backing)| drives.contains(&backing))
-                .map(|(device, _)| device)
-                .collect();
-            if drives.is_empty() {
-                break;
-            }
-            for device in volumes.into_iter().chain(drives) {
-                let _ = Command::new("losetup").arg("--detach").arg(device).status();
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
+        support::devices::detach_loops_under(&self.mount_point);
         let unmounted = Command::new("umount")
             .arg(&self.mount_point)
             .status()

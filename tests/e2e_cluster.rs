@@ -1779,27 +1779,7 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
             }
         })
         .await;
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-        let events = &events;
-        let note = eventually(
-            "a SharedDriveMissing Event on Node solo",
-            WAIT,
-            || async move {
-                let list = events
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                list.items
-                    .into_iter()
-                    .find(|e| {
-                        e.reason.as_deref() == Some("SharedDriveMissing")
-                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("solo")
-                    })
-                    .and_then(|e| e.note)
-                    .ok_or_else(|| "no such Event yet".to_string())
-            },
-        )
-        .await;
+        let note = wait_for_node_event(&client, "solo", "SharedDriveMissing").await;
         assert!(note.contains("16 virtual drive(s)"), "{note}");
         let scrape = http_get(metrics_port, "/metrics");
         assert!(
@@ -1929,27 +1909,7 @@ fn a_malformed_annotation_quarantines_only_its_node() {
             report.contains("node bad is quarantined") && report.contains("not a JSON object"),
             "{report}"
         );
-        let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-        let events = &events;
-        let note = eventually(
-            "a LedgerUnreadable Event on Node bad",
-            WAIT,
-            || async move {
-                let list = events
-                    .list(&ListParams::default())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                list.items
-                    .into_iter()
-                    .find(|e| {
-                        e.reason.as_deref() == Some("LedgerUnreadable")
-                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bad")
-                    })
-                    .and_then(|e| e.note)
-                    .ok_or_else(|| "no such Event yet".to_string())
-            },
-        )
-        .await;
+        let note = wait_for_node_event(&client, "bad", "LedgerUnreadable").await;
         assert!(note.contains("kubectl edit node bad"), "{note}");
 
         // Repaired, the node is back.
@@ -2054,6 +2014,11 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
                 && reason.contains(&before.claims[0].volume_id),
             "{reason}"
         );
+        let note = wait_for_node_event(&client, "phoenix", "SharedDriveQuarantined").await;
+        assert!(
+            note.contains(&tlc.to_string()) && note.contains("ledger was lost or forked"),
+            "{note}"
+        );
         // Nothing is carved over the three volumes: the class's TLC is refused.
         let out = create("new-after-rejoin");
         let refusal = String::from_utf8_lossy(&out.stderr).to_string();
@@ -2124,4 +2089,29 @@ async fn node_ledger_opt(
         ledger.drives = decode_drives(text)?;
     }
     Ok(ledger)
+}
+
+/// The note of the first Event with `reason` about Node `node`, once there is one.
+async fn wait_for_node_event(client: &Client, node: &str, reason: &str) -> String {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    let events = &events;
+    eventually(
+        &format!("a {reason} Event on Node {node}"),
+        WAIT,
+        || async move {
+            let list = events
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| {
+                    e.reason.as_deref() == Some(reason)
+                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node)
+                })
+                .and_then(|e| e.note)
+                .ok_or_else(|| "no such Event yet".to_string())
+        },
+    )
+    .await
 }

@@ -28,6 +28,13 @@ pub fn release_everything_under(dir: &Path) -> bool {
             let _ = umount.arg(&target).stderr(Stdio::null()).status();
         }
     }
+    detach_loops_under(dir);
+    mounts_under(dir).is_empty()
+}
+
+/// Detaches the loop devices of the simulated drives in `dir`: first those built
+/// on those drives (volume devices), then the drives' own.
+pub fn detach_loops_under(dir: &Path) {
     for attempt in 0..10 {
         let loops = loop_devices();
         let drives: Vec<&PathBuf> = loops
@@ -56,7 +63,6 @@ pub fn release_everything_under(dir: &Path) -> bool {
         }
         thread::sleep(Duration::from_millis(100));
     }
-    mounts_under(dir).is_empty()
 }
 
 /// Bound loop devices and their backing files, from `losetup --list`.
