@@ -764,13 +764,19 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 });
             }
         }
-        let _records = self.drives.claim_records().blocking_lock();
-        for (part, extent) in parts.iter().zip(&volume.extents) {
-            ownership::check_erasable(&self.node_id, &part.drive, &volume.id, extent)?;
+        // The claim-record lock is held to check and to mark, not while zeroing
+        // (which may take long): nothing can claim a releasing extent meanwhile,
+        // and the mark is written before the caller releases the claims.
+        {
+            let _records = self.drives.claim_records().blocking_lock();
+            for (part, extent) in parts.iter().zip(&volume.extents) {
+                ownership::check_erasable(&self.node_id, &part.drive, &volume.id, extent)?;
+            }
         }
         for part in &parts {
             drives::erase(&part.drive, part.offset_bytes, part.size_bytes)?;
         }
+        let _records = self.drives.claim_records().blocking_lock();
         for (part, extent) in parts.iter().zip(&volume.extents) {
             ownership::mark_erased(&part.drive, &volume.id, extent)?;
         }
