@@ -186,7 +186,9 @@ async fn a_loop_device_moved_under_its_volume_is_detached_and_reported() {
         .unwrap();
     assert_eq!(&magic, b"VDRIVE\0\x01", "the remap took effect");
 
-    // The next scan finds it, names the volume, and detaches it.
+    // The next scan finds it and names the volume. Published, it is left in
+    // place: detached, its number could go to another volume, which this pod's
+    // device node would then open.
     let deadline = Instant::now() + Duration::from_secs(30);
     while !driver.log().contains("which no staged volume owns") {
         assert!(
@@ -201,7 +203,26 @@ async fn a_loop_device_moved_under_its_volume_is_detached_and_reported() {
         log.contains(&format!("most likely volume {id}'s device")),
         "{log}"
     );
-    assert!(log.contains("it was detached"), "{log}");
+    assert!(log.contains("so it was left in place"), "{log}");
+    assert!(log.contains(&target.display().to_string()), "{log}");
+    assert!(volume_devices(&driver.dir).contains(&devices[0]));
+    assert_eq!(
+        mounts_at(&neighbour_staging).len(),
+        1,
+        "the neighbour stays staged"
+    );
+
+    // Unpublished, the next scan detaches it.
+    driver.unpublish(&id, &target).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !driver.log().contains("it was detached") {
+        assert!(
+            Instant::now() < deadline,
+            "the unpublished stray was not detached; log:\n{}",
+            driver.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let deadline = Instant::now() + Duration::from_secs(10);
     while volume_devices(&driver.dir).contains(&devices[0]) {
         assert!(
@@ -210,7 +231,6 @@ async fn a_loop_device_moved_under_its_volume_is_detached_and_reported() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
     assert_eq!(
         mounts_at(&neighbour_staging).len(),
         1,
@@ -227,8 +247,7 @@ async fn a_loop_device_moved_under_its_volume_is_detached_and_reported() {
         .unwrap();
     driver.delete(&neighbour.volume_id).await.unwrap();
 
-    // The volume still unpublishes, unstages and deletes.
-    driver.unpublish(&id, &target).await.unwrap();
+    // The volume still unstages and deletes.
     driver.unstage(&id, &staging).await.unwrap();
     driver.delete(&id).await.unwrap();
     assert!(volume_devices(&driver.dir).is_empty());

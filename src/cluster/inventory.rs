@@ -150,9 +150,19 @@ pub fn stray_message(stray: &StrayDevice) -> String {
         format!(" (most likely volume {v}'s device, moved by whoever holds it open)")
     });
     let done = if stray.detached {
-        "it was detached; the kernel lets go once its last user closes it"
+        "it was detached; the kernel lets go once its last user closes it".to_string()
+    } else if !stray.in_use_at.is_empty() {
+        format!(
+            "it is in use at {}, so it was left in place (detached, its number could reach another volume): unpublish that volume, and it is detached at the next scan",
+            stray
+                .in_use_at
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     } else {
-        "it is mounted, so it was left in place: unmount it"
+        "it could not be detached; detach it by hand (losetup --detach)".to_string()
     };
     format!(
         "loop device {} over shared drive {} maps {range}, which no staged volume owns{whose}; {done}",

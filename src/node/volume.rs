@@ -371,13 +371,17 @@ pub struct StrayDevice {
     /// The staged volume whose device this most likely was (the one of that size
     /// whose own device is missing), if any.
     pub volume: Option<String>,
-    /// Whether the kernel was asked to detach it (a mounted one is left mounted).
+    /// Where it is mounted or bind-published, if anywhere: then it is left in
+    /// place.
+    pub in_use_at: Vec<PathBuf>,
+    /// Whether the kernel was asked to detach it.
     pub detached: bool,
 }
 
 impl OnNode {
     /// Loop devices over this node's drives whose offset and size match no part
-    /// of a staged volume, each asked to detach once free. The devices are
+    /// of a staged volume, each asked to detach once free unless it is mounted or
+    /// published. The devices are
     /// listed before the records are read: staging writes its record before it
     /// builds, and unstage takes the device down before the record, so a device
     /// in the middle of either is never taken for a stray.
@@ -430,19 +434,18 @@ impl OnNode {
                     _ => None,
                 })
                 .map(|(id, _)| id.clone());
-            let mounted = match blockdev::dev_number(&l.device)? {
-                Some((major, minor)) => mounts::mountinfo()?
-                    .iter()
-                    .any(|m| (m.major, m.minor) == (major, minor)),
-                None => false,
-            };
-            let detached = !mounted && loopdev::detach_when_free(&l.device).is_ok();
+            // A device still mounted or bind-published (a pod's device node) is
+            // left in place: once detached, its number could go to another
+            // volume, which that pod's device node would then open.
+            let in_use_at = mounts::mount_points_of(&l.device)?;
+            let detached = in_use_at.is_empty() && loopdev::detach_when_free(&l.device).is_ok();
             strays.push(StrayDevice {
                 device: l.device.clone(),
                 drive: l.backing.clone(),
                 offset_bytes: l.offset_bytes,
                 sizelimit_bytes: l.sizelimit_bytes,
                 volume,
+                in_use_at,
                 detached,
             });
         }
