@@ -20,7 +20,7 @@ use super::registry::DriveRegistry;
 use super::staging::{StagingRecord, StagingRecords};
 use super::{GIB, NodeError, blockdev, drives, fs, loopdev, mounts, ownership};
 use crate::drive::Backend;
-use crate::ledger::{Claim, Ledger, LedgerStore, Volume, VolumeExtent};
+use crate::ledger::{Claim, Ledger, LedgerStore, NodeLedger, Volume, VolumeExtent};
 
 /// Wipes a volume's extents before their claims are released, so the next
 /// tenant of that space never reads this one's data. All-in-one's controller
@@ -171,13 +171,14 @@ impl<S: LedgerStore> NodeVolumes<S> {
         }
     }
 
-    /// The volume as the ledger records it on this node; the context must agree.
+    /// The volume as the ledger records it on this node, and its claims; the
+    /// context must agree.
     async fn checked_volume(
         &self,
         volume_id: &str,
         context_node: &str,
         context_extents: &[VolumeExtent],
-    ) -> Result<Volume, NodeError> {
+    ) -> Result<(Volume, Vec<Claim>), NodeError> {
         if context_node != self.node_id {
             return Err(NodeError::WrongNode {
                 volume: volume_id.to_string(),
@@ -186,7 +187,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
             });
         }
         // A volume created a moment ago may not have reached a cached ledger yet.
-        let volume = self.ledger_volume(volume_id, |_| true).await?;
+        let (ledger, volume) = self.ledger_with_volume(volume_id, |_| true).await?;
         let same = |a: &VolumeExtent, b: &VolumeExtent| {
             (a.virtual_uuid, a.physical_uuid, a.offset_gib)
                 == (b.virtual_uuid, b.physical_uuid, b.offset_gib)
@@ -210,7 +211,13 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 volume: volume_id.to_string(),
             });
         }
-        Ok(volume)
+        let claims = ledger
+            .claims
+            .iter()
+            .filter(|c| c.volume_id == volume.id)
+            .cloned()
+            .collect();
+        Ok((volume, claims))
     }
 
     /// The volume as this node's ledger has it: from a cached ledger when that
@@ -221,37 +228,28 @@ impl<S: LedgerStore> NodeVolumes<S> {
         volume_id: &str,
         fresh_enough: impl Fn(&Volume) -> bool,
     ) -> Result<Volume, NodeError> {
-        let cached = self.ledger.node(&self.node_id).await?.volume(volume_id);
-        match cached {
-            Some(volume) if fresh_enough(&volume) => Some(volume),
-            _ => self
-                .ledger
-                .node_latest(&self.node_id)
-                .await?
-                .volume(volume_id),
-        }
-        .ok_or_else(|| NodeError::NoClaims {
-            volume: volume_id.to_string(),
-            node: self.node_id.clone(),
-        })
+        Ok(self.ledger_with_volume(volume_id, fresh_enough).await?.1)
     }
 
-    /// The ledger's claims of `volume`, past the cache when the cached copy
-    /// lacks some of them (a volume created or grown a moment ago).
-    async fn claims_of(&self, volume: &Volume) -> Result<Vec<Claim>, NodeError> {
-        let of_volume = |ledger: &crate::ledger::NodeLedger| -> Vec<Claim> {
-            ledger
-                .claims
-                .iter()
-                .filter(|c| c.volume_id == volume.id)
-                .cloned()
-                .collect()
+    /// The node's ledger that holds `volume_id` as [`Self::ledger_volume`]
+    /// chooses it, and the volume in it.
+    async fn ledger_with_volume(
+        &self,
+        volume_id: &str,
+        fresh_enough: impl Fn(&Volume) -> bool,
+    ) -> Result<(Arc<NodeLedger>, Volume), NodeError> {
+        let cached = self.ledger.node(&self.node_id).await?;
+        let ledger = match cached.volume(volume_id) {
+            Some(volume) if fresh_enough(&volume) => return Ok((cached, volume)),
+            _ => self.ledger.node_latest(&self.node_id).await?,
         };
-        let claims = of_volume(&*self.ledger.node(&self.node_id).await?);
-        if claims.len() == volume.extents.len() {
-            return Ok(claims);
+        match ledger.volume(volume_id) {
+            Some(volume) => Ok((ledger, volume)),
+            None => Err(NodeError::NoClaims {
+                volume: volume_id.to_string(),
+                node: self.node_id.clone(),
+            }),
         }
-        Ok(of_volume(&*self.ledger.node_latest(&self.node_id).await?))
     }
 
     pub async fn stage(&self, req: StageRequest) -> Result<(), NodeError> {
@@ -263,7 +261,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 volume: req.volume_id,
             });
         }
-        let volume = self
+        let (volume, claims) = self
             .checked_volume(&req.volume_id, &req.context_node, &req.context_extents)
             .await?;
         if volume.extents.len() > self.backend.kind().max_parts().unwrap_or(usize::MAX) {
@@ -273,7 +271,6 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 backend: self.backend.kind(),
             });
         }
-        let claims = self.claims_of(&volume).await?;
         let node = self.on_node();
         blocking(move || node.stage(volume, &claims, req)).await
     }
@@ -399,15 +396,19 @@ impl OnNode {
         if loops.is_empty() {
             return Ok(Vec::new());
         }
+        // Each staged part with its drive's path as the kernel reports backing
+        // files (resolved once here, not per device compared).
         let mut staged: Vec<(String, Segment)> = Vec::new();
         for record in self.records.all()? {
-            for part in self.locate(&record.extents).unwrap_or_default() {
+            for mut part in self.locate(&record.extents).unwrap_or_default() {
+                if let Ok(resolved) = std::fs::canonicalize(&part.drive) {
+                    part.drive = resolved;
+                }
                 staged.push((record.volume_id.clone(), part));
             }
         }
-        let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let accounts = |l: &loopdev::LoopInfo, part: &Segment| {
-            canonical(&part.drive) == l.backing
+            part.drive == l.backing
                 && part.offset_bytes == l.offset_bytes
                 && l.sizelimit_bytes != 0
                 && l.sizelimit_bytes <= part.size_bytes
@@ -422,8 +423,7 @@ impl OnNode {
             let orphaned: Vec<&(String, Segment)> = staged
                 .iter()
                 .filter(|(_, part)| {
-                    canonical(&part.drive) == l.backing
-                        && !loops.iter().any(|other| accounts(other, part))
+                    part.drive == l.backing && !loops.iter().any(|other| accounts(other, part))
                 })
                 .collect();
             let volume = orphaned
