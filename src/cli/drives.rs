@@ -204,12 +204,7 @@ async fn adopt<S: LedgerStore>(
             .as_ref()
             .map(|s| s.record.live_claims().cloned().collect())
             .unwrap_or_default();
-        let backend = ledger
-            .node(node)
-            .await
-            .map_err(|e| e.to_string())?
-            .drive(&uuid)
-            .map_or(Backend::Loop, |d| d.backend);
+        let backend = current.drive(&uuid).map_or(Backend::Loop, |d| d.backend);
         let added = ledger
             .adopt(node, f.drive.to_physical(backend), claims)
             .await
