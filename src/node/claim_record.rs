@@ -235,7 +235,7 @@ pub fn write(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::node::GIB;
     use uuid::Uuid;
@@ -250,7 +250,8 @@ mod tests {
         (dir, path)
     }
 
-    fn claim(volume: &str, offset_gib: u64, size_gib: u64) -> Claim {
+    /// A claim of `volume` on drive 7, as the node's tests use them.
+    pub(crate) fn claim(volume: &str, offset_gib: u64, size_gib: u64) -> Claim {
         Claim {
             virtual_uuid: Uuid::new_v4(),
             volume_id: volume.into(),

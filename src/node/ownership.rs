@@ -235,24 +235,8 @@ pub fn record_claims(node: &str, path: &Path, claims: &[&Claim]) -> Result<(), N
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::claim_record::tests::claim;
     use crate::node::{GIB, signature::HEADER_BYTES};
-
-    fn claim(volume: &str, offset_gib: u64, size_gib: u64) -> Claim {
-        Claim {
-            virtual_uuid: Uuid::from_u128(9),
-            volume_id: volume.into(),
-            volume_name: format!("pvc-{volume}"),
-            owner: "default:data".into(),
-            pool: None,
-            physical_uuid: Uuid::from_u128(7),
-            offset_gib,
-            size_gib,
-            part: 0,
-            fixed: false,
-            releasing: false,
-            spec: None,
-        }
-    }
 
     #[test]
     fn staging_a_grown_volume_replaces_its_smaller_claim_in_the_header() {
