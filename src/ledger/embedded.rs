@@ -27,6 +27,9 @@ use super::store::{LedgerStore, Revision, Snapshot, StoreError};
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 /// (node name, virtual drive uuid) → JSON of [`Claim`].
 const CLAIMS: TableDefinition<(&str, u128), &[u8]> = TableDefinition::new("claims");
+/// (kind, key) → JSON: small records other parts of all-in-one keep beside the
+/// ledger (VM records), so that one file holds all of its state.
+const RECORDS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("records");
 
 #[derive(Serialize, Deserialize)]
 struct Header {
@@ -71,6 +74,8 @@ impl EmbeddedStore {
         txn.open_table(NODES)
             .map_err(|e| unavailable(e.to_string()))?;
         txn.open_table(CLAIMS)
+            .map_err(|e| unavailable(e.to_string()))?;
+        txn.open_table(RECORDS)
             .map_err(|e| unavailable(e.to_string()))?;
         txn.commit().map_err(|e| unavailable(e.to_string()))?;
         let nodes = read_all(&db).map_err(|e| match e {
@@ -196,6 +201,95 @@ impl EmbeddedStore {
             }
         }
         txn.commit().map_err(|e| self.unavailable(e))
+    }
+}
+
+/// Records beside the ledger. Each call is one durable transaction and blocks:
+/// call it off the async executor's threads.
+impl EmbeddedStore {
+    /// The record `kind`/`key`, if there is one.
+    pub fn record(&self, kind: &str, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable(e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| self.unavailable(e))?;
+        let value = table
+            .get((kind, key))
+            .map_err(|e| self.unavailable(e))?
+            .map(|v| v.value().to_vec());
+        Ok(value)
+    }
+
+    /// Every record of `kind`, by key.
+    pub fn records(&self, kind: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let txn = self
+            .inner
+            .db
+            .begin_read()
+            .map_err(|e| self.unavailable(e))?;
+        let table = txn.open_table(RECORDS).map_err(|e| self.unavailable(e))?;
+        let mut out = Vec::new();
+        let rows = table.range((kind, "")..).map_err(|e| self.unavailable(e))?;
+        for row in rows {
+            let (key, value) = row.map_err(|e| self.unavailable(e))?;
+            let (row_kind, row_key) = key.value();
+            if row_kind != kind {
+                break;
+            }
+            out.push((row_key.to_string(), value.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Writes the record; with `only_new`, only if there is none yet (false then
+    /// means another writer was first).
+    pub fn put_record(
+        &self,
+        kind: &str,
+        key: &str,
+        value: &[u8],
+        only_new: bool,
+    ) -> Result<bool, StoreError> {
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| self.unavailable(e))?;
+        {
+            let mut table = txn.open_table(RECORDS).map_err(|e| self.unavailable(e))?;
+            let exists = table
+                .get((kind, key))
+                .map_err(|e| self.unavailable(e))?
+                .is_some();
+            if only_new && exists {
+                return Ok(false);
+            }
+            table
+                .insert((kind, key), value)
+                .map_err(|e| self.unavailable(e))?;
+        }
+        txn.commit().map_err(|e| self.unavailable(e))?;
+        Ok(true)
+    }
+
+    /// Removes the record; false when there was none.
+    pub fn remove_record(&self, kind: &str, key: &str) -> Result<bool, StoreError> {
+        let txn = self
+            .inner
+            .db
+            .begin_write()
+            .map_err(|e| self.unavailable(e))?;
+        let existed = {
+            let mut table = txn.open_table(RECORDS).map_err(|e| self.unavailable(e))?;
+            table
+                .remove((kind, key))
+                .map_err(|e| self.unavailable(e))?
+                .is_some()
+        };
+        txn.commit().map_err(|e| self.unavailable(e))?;
+        Ok(existed)
     }
 }
 
