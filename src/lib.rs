@@ -10,6 +10,7 @@
 //! [`csi`] is the gRPC layer over them; [`cli`] the commands.
 
 pub mod allocator;
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod csi;
@@ -18,3 +19,4 @@ pub mod ledger;
 pub mod metrics;
 pub mod node;
 pub mod pools;
+pub mod vms;

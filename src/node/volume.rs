@@ -151,6 +151,14 @@ impl<S: LedgerStore> NodeVolumes<S> {
         self.drives.locate_all(&self.node_id, extents)
     }
 
+    /// Where the volume is staged on this node, if it is.
+    pub async fn staged_at(&self, volume_id: &str) -> Result<Option<PathBuf>, NodeError> {
+        let node = self.on_node();
+        let id = volume_id.to_string();
+        let record = blocking(move || node.records.load(&id)).await?;
+        Ok(record.map(|r| r.staging_path))
+    }
+
     /// Looks for loop devices over this node's drives that no staged volume
     /// accounts for, and detaches each (see [`OnNode::stray_loop_devices`]).
     /// Only a loop node makes loop devices over its drives.
