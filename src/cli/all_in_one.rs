@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::Args;
 
 use super::settings::SettingsArgs;
+use crate::api::{self, ApiState};
 use crate::cluster::inventory;
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
@@ -20,6 +21,8 @@ use crate::node::drives::{self, SignedDrive};
 use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, ownership};
 use crate::pools::Pool;
+use crate::vms::Catalog;
+use crate::vms::local::LocalVms;
 
 /// The drives `--simulate-drives` suggests when a machine has none signed.
 pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
@@ -61,6 +64,15 @@ pub struct AllInOneArgs {
     /// devices no staged volume accounts for).
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub rescan_interval: u64,
+    /// Serve the pool API (`/api/v1/pools/*`, `/api/v1/vms`) on this address,
+    /// IP:PORT; loopback unless told otherwise; `off` serves none.
+    #[arg(long, default_value = crate::api::DEFAULT_LOCAL_ADDRESS, value_name = "IP:PORT|off")]
+    pub api_address: String,
+    /// The VM image catalog, a JSON file (`{"images": {NAME: {"source": PATH|URL,
+    /// "format": "raw"|"qcow2"}}, "server_types": {...}}`); default: built-in
+    /// cloud images and server types.
+    #[arg(long, value_name = "FILE")]
+    pub vm_images: Option<PathBuf>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -113,9 +125,19 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
             "vdrive: --unsafe-loop-block-volumes: raw block volumes are loop devices their tenants can remap onto other tenants' data; for test beds only"
         );
     }
+    let api_address = match args.api_address.as_str() {
+        "off" => None,
+        text => {
+            Some(crate::metrics::parse_address(text).map_err(|e| format!("--api-address: {e}"))?)
+        }
+    };
+    let catalog = match &args.vm_images {
+        Some(path) => Catalog::load(path)?,
+        None => Catalog::default(),
+    };
     let store =
         EmbeddedStore::open(args.state_dir.join("ledger.redb")).map_err(|e| e.to_string())?;
-    let ledger = Arc::new(Ledger::new(store, args.settings.pools()?));
+    let ledger = Arc::new(Ledger::new(store.clone(), args.settings.pools()?));
 
     let simulated_dir = args.state_dir.join("simulated-drives");
     let found = initial_drives(args.simulate_drives.clone(), simulated_dir.clone()).await?;
@@ -204,6 +226,27 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         device_backend.kind()
     );
 
+    let api = match api_address {
+        Some(address) => {
+            let vms = LocalVms::new(
+                store,
+                catalog,
+                format!("unix://{}", socket.display()),
+                args.state_dir.join("vms"),
+                volumes.clone(),
+            );
+            let state = ApiState {
+                pools: ledger.clone(),
+                vms: vms.clone(),
+            };
+            let served = api::spawn(address, state, std::future::pending()).await?;
+            println!("vdrive all-in-one: pool API on http://{address}/api/v1/");
+            tokio::spawn(resume_vms(vms, socket.clone()));
+            Some(served)
+        }
+        None => None,
+    };
+
     let services = Services {
         identity: IdentityService::new(readiness, true),
         controller: Some(controller),
@@ -211,6 +254,9 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
     rescans.abort();
+    if let Some(api) = api {
+        api.abort();
+    }
     served.map_err(|e| e.to_string())?;
 
     if args.simulate_drives.is_some() {
@@ -261,6 +307,21 @@ pub(super) async fn rescan_drives<F, Fut>(
         };
         record(found).await;
     }
+}
+
+/// Provisions again the VMs a restart left Provisioning, once the CSI socket
+/// they are provisioned through answers.
+async fn resume_vms(vms: Arc<LocalVms>, socket: PathBuf) {
+    for _ in 0..100 {
+        if tokio::net::UnixStream::connect(&socket).await.is_ok() {
+            if let Err(err) = vms.resume().await {
+                tracing::warn!(%err, "could not resume provisioning VMs");
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tracing::warn!(socket = %socket.display(), "the CSI socket never answered: VMs left Provisioning stay so until the next start");
 }
 
 /// Logs the drives missing with claims a drive report found (quarantined

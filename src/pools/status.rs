@@ -3,12 +3,13 @@
 //! the pool API.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{Pool, PoolSettings};
 use crate::ledger::{NodeLedger, Quarantined};
 
 /// One pool in `GET /api/v1/pools/status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PoolStatus {
     pub servers: u64,
     pub total_capacity_gb: u64,
@@ -18,7 +19,7 @@ pub struct PoolStatus {
 }
 
 /// The system reserve in `GET /api/v1/pools/status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct ReserveStatus {
     pub total_servers: u64,
     pub total_capacity_gb: u64,
@@ -28,7 +29,7 @@ pub struct ReserveStatus {
 }
 
 /// The whole body of `GET /api/v1/pools/status`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PoolsStatus {
     pub k8s_pool: PoolStatus,
     pub vm_pool: PoolStatus,
@@ -44,7 +45,7 @@ impl PoolsStatus {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Health {
     Healthy,
@@ -52,14 +53,14 @@ pub enum Health {
     Critical,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct PoolHealths {
     pub k8s_pool: Health,
     pub vm_pool: Health,
 }
 
 /// The whole body of `GET /api/v1/pools/health`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct HealthReport {
     pub status: Health,
     pub pools: PoolHealths,

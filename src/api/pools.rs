@@ -1,0 +1,49 @@
+//! `GET /api/v1/pools/status` and `GET /api/v1/pools/health`: the same answers
+//! as `vdrive pools status|health`, from the same code.
+
+use axum::Json;
+use axum::extract::State;
+
+use super::error::ErrorBody;
+use super::{ApiError, ApiState};
+use crate::ledger::NodeLedger;
+use crate::pools::{HealthReport, PoolsStatus, cluster_health, pools_status};
+
+/// Capacity, usage and servers of the k8s and vm pools and the system reserve,
+/// in GB (GiB).
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/status",
+    tag = "pools",
+    responses(
+        (status = 200, description = "Pool status", body = PoolsStatus),
+        (status = 503, description = "The ledger cannot be read", body = ErrorBody),
+    )
+)]
+pub async fn status(State(state): State<ApiState>) -> Result<Json<PoolsStatus>, ApiError> {
+    let survey = state.pools.survey().await?;
+    let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
+    Ok(Json(pools_status(&nodes, state.pools.settings())))
+}
+
+/// healthy / warning / critical per pool and overall, with what to do about
+/// each warning and error. Always 200 when the answer could be computed: the
+/// health is in the body.
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/health",
+    tag = "pools",
+    responses(
+        (status = 200, description = "Pool health", body = HealthReport),
+        (status = 503, description = "The ledger cannot be read", body = ErrorBody),
+    )
+)]
+pub async fn health(State(state): State<ApiState>) -> Result<Json<HealthReport>, ApiError> {
+    let survey = state.pools.survey().await?;
+    let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
+    Ok(Json(cluster_health(
+        &nodes,
+        &survey.quarantined,
+        state.pools.settings(),
+    )))
+}
