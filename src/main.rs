@@ -35,7 +35,7 @@ enum Command {
     Node(NodeArgs),
     /// Find claims no PersistentVolume accounts for, and volumes whose claims are gone.
     Orphans(OrphansArgs),
-    /// The k8s and vm pools of a cluster: status and health.
+    /// The k8s and vm pools of a cluster (or of a running all-in-one, --api): status and health.
     Pools(PoolsArgs),
     /// Sign drives for shared use, or list the signed ones (`vdrive sign show`).
     Sign(SignArgs),
@@ -91,7 +91,18 @@ fn main() -> ExitCode {
             }
             Err(err) => finish(Err(err)),
         },
-        Command::Pools(args) => finish(run_async(pools::run(args))),
+        // The JSON goes to stdout whatever it says; the exit code says unhealthy.
+        Command::Pools(args) => match run_async(pools::run(args)) {
+            Ok((json, good)) => {
+                println!("{json}");
+                if good {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(err) => finish(Err(err)),
+        },
         Command::Csi(args) => finish(run_async(csi::run(args))),
         Command::Drives(args) => finish(run_async(drives::run(args))),
     }

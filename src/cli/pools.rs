@@ -29,18 +29,27 @@ pub enum PoolsCommand {
 #[derive(Debug, Clone, Args)]
 pub struct PoolsOptions {
     /// A kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "api")]
     pub kubeconfig: Option<PathBuf>,
+    /// Ask a running vdrive's pool API instead of a cluster, e.g. all-in-one's
+    /// http://127.0.0.1:8080.
+    #[arg(long, value_name = "URL")]
+    pub api: Option<String>,
     /// The pool settings the controller runs with (the chart's values).
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
 
-pub async fn run(args: PoolsArgs) -> Result<String, String> {
+/// The answer as pretty JSON, and whether it is a good one: always true for
+/// status; for health, whether the cluster is healthy.
+pub async fn run(args: PoolsArgs) -> Result<(String, bool), String> {
     let (options, health) = match args.command {
         PoolsCommand::Status(options) => (options, false),
         PoolsCommand::Health(options) => (options, true),
     };
+    if let Some(url) = &options.api {
+        return from_api(url, health).await;
+    }
     let settings = options.settings.pools()?;
     let client = cluster::client(options.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client, Scope::AllNodes);
@@ -53,15 +62,113 @@ pub async fn run(args: PoolsArgs) -> Result<String, String> {
     let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
     let pretty = |value: serde_json::Result<String>| value.map_err(|e| e.to_string());
     if !health {
-        return pretty(serde_json::to_string_pretty(&pools_status(
+        let status = pretty(serde_json::to_string_pretty(&pools_status(
             &nodes, &settings,
-        )));
+        )))?;
+        return Ok((status, true));
     }
     let report = cluster_health(&nodes, &survey.quarantined, &settings);
     let out = pretty(serde_json::to_string_pretty(&report))?;
-    if report.status == Health::Healthy {
-        Ok(out)
+    Ok((out, report.status == Health::Healthy))
+}
+
+/// The same answers from a pool API.
+async fn from_api(url: &str, health: bool) -> Result<(String, bool), String> {
+    let path = if health {
+        "/api/v1/pools/health"
     } else {
-        Err(out)
+        "/api/v1/pools/status"
+    };
+    let (status, body) = http_get(url, path).await?;
+    let value: serde_json::Value = serde_json::from_slice(&body)
+        .map_err(|e| format!("{url}{path} answered {status} with a body that is not JSON ({e})"))?;
+    if status != 200 {
+        let message = value
+            .pointer("/error/message")
+            .and_then(|m| m.as_str())
+            .map_or_else(|| value.to_string(), str::to_string);
+        return Err(format!("{url}{path} answered {status}: {message}"));
+    }
+    let healthy = !health || value.get("status").and_then(|s| s.as_str()) == Some("healthy");
+    let out = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+    Ok((out, healthy))
+}
+
+/// A plain HTTP/1.1 GET of `path` on `base` (`http://HOST:PORT`): the status
+/// and the body.
+async fn http_get(base: &str, path: &str) -> Result<(u16, Vec<u8>), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let authority = base
+        .strip_prefix("http://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .filter(|a| !a.is_empty() && !a.contains('/'))
+        .ok_or_else(|| {
+            format!("--api {base:?}: give http://HOST:PORT, e.g. http://127.0.0.1:8080")
+        })?;
+    let unreachable = |e: std::io::Error| {
+        format!(
+            "cannot reach the pool API at {base}: {e} (is `vdrive all-in-one` running, with --api-address?)"
+        )
+    };
+    let exchange = async {
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(unreachable)?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: application/json\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(unreachable)?;
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.map_err(unreachable)?;
+        Ok::<_, String>(answer)
+    };
+    let answer = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| format!("the pool API at {base} did not answer within 30 s"))??;
+    parse_response(&answer)
+        .ok_or_else(|| format!("{base}{path} answered something that is not HTTP"))
+}
+
+/// Status and body of an HTTP/1.1 response (plain or chunked).
+fn parse_response(answer: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let split = answer.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&answer[..split]).ok()?;
+    let body = &answer[split + 4..];
+    let status = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        let l = l.to_ascii_lowercase();
+        l.starts_with("transfer-encoding:") && l.contains("chunked")
+    });
+    if !chunked {
+        return Some((status, body.to_vec()));
+    }
+    let (mut rest, mut out) = (body, Vec::new());
+    loop {
+        let line_end = rest.windows(2).position(|w| w == b"\r\n")?;
+        let size_text = std::str::from_utf8(&rest[..line_end]).ok()?;
+        let size = usize::from_str_radix(size_text.split(';').next()?.trim(), 16).ok()?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Some((status, out));
+        }
+        out.extend_from_slice(rest.get(..size)?);
+        rest = rest.get(size + 2..)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_response;
+
+    #[test]
+    fn responses_parse_plain_and_chunked() {
+        let plain = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(plain), Some((200, b"{}".to_vec())));
+        let chunked = b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
+        assert_eq!(parse_response(chunked), Some((503, b"{\"a\":1}".to_vec())));
+        assert_eq!(parse_response(b"garbage"), None);
     }
 }
