@@ -102,6 +102,15 @@ impl Driver {
         })
     }
 
+    /// `flag value`, unless the test's own arguments set `flag`.
+    fn default_arg(&self, flag: &str, value: &str) -> Vec<String> {
+        if self.extra_args.iter().any(|a| a == flag) {
+            Vec::new()
+        } else {
+            vec![flag.to_string(), value.to_string()]
+        }
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.join("state")
     }
@@ -128,7 +137,9 @@ impl Driver {
             .arg(&state_dir)
             .args(["--simulate-drives", &self.spec])
             .args(["--node-id", &self.node_id])
-            .args(["--pool", "k8s"])
+            .args(self.default_arg("--pool", "k8s"))
+            // Tests run side by side: no API on a fixed port unless asked for.
+            .args(self.default_arg("--api-address", "off"))
             .args(&self.extra_args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")

@@ -3,3 +3,4 @@
 pub mod cluster;
 pub mod devices;
 pub mod driver;
+pub mod http;
