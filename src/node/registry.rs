@@ -1,6 +1,9 @@
 //! The signed drives this node has found, and where a volume's extents lie on
 //! them. A uuid the registry does not know triggers one rescan before it is
-//! refused, so a drive attached a moment ago is found without a restart.
+//! refused, so a drive attached a moment ago is found without a restart; and a
+//! known drive's device is read again before it is used, because a drive
+//! detached and another attached in its place between two scans (a hot-swap,
+//! a loop device re-bound) leaves its old path naming another drive.
 
 use std::path::PathBuf;
 use std::sync::RwLock;
@@ -9,13 +12,17 @@ use uuid::Uuid;
 
 use super::backend::Segment;
 use super::drives::{self, SignedDrive};
-use super::{GIB, NodeError, signature};
+use super::{GIB, NodeError, loopdev, signature};
 use crate::ledger::VolumeExtent;
 
 pub struct DriveRegistry {
     drives: RwLock<Vec<SignedDrive>>,
     /// Extra devices to consider besides the machine's block devices.
     extra: RwLock<Vec<PathBuf>>,
+    /// The image files of simulated drives: a rescan also looks at the loop
+    /// devices they are bound to now, so a simulated drive detached and
+    /// attached again at another loop device is found again.
+    images: Vec<PathBuf>,
     /// Whether a rescan looks at the machine's block devices at all. Simulated
     /// drives are this node's own: several simulated nodes on one machine (a
     /// test cluster) must not pick up each other's loop devices.
@@ -31,6 +38,7 @@ impl DriveRegistry {
         DriveRegistry {
             drives: RwLock::new(initial),
             extra: RwLock::new(extra),
+            images: Vec::new(),
             scan_machine: true,
             claim_records: tokio::sync::Mutex::new(()),
         }
@@ -46,10 +54,23 @@ impl DriveRegistry {
         }
     }
 
-    /// A registry that only ever looks at these drives' devices (simulated drives).
+    /// A registry that only ever looks at these drives' devices (simulated
+    /// drives), and at whatever loop devices their image files are bound to later.
     pub fn only(initial: Vec<SignedDrive>) -> Self {
+        let loops = loopdev::list().unwrap_or_default();
+        let images = initial
+            .iter()
+            .filter_map(|d| {
+                let device = std::fs::canonicalize(&d.path).ok()?;
+                loops
+                    .iter()
+                    .find(|l| l.device == device && l.offset_bytes == 0)
+                    .map(|l| l.backing.clone())
+            })
+            .collect();
         DriveRegistry {
             scan_machine: false,
+            images,
             ..DriveRegistry::new(initial)
         }
     }
@@ -78,14 +99,35 @@ impl DriveRegistry {
                 paths.push(extra.clone());
             }
         }
+        if !self.images.is_empty() {
+            let rebound = loopdev::list()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|l| l.offset_bytes == 0 && self.images.contains(&l.backing))
+                .map(|l| l.device);
+            for device in rebound {
+                if !paths.contains(&device) {
+                    paths.push(device);
+                }
+            }
+        }
         let found = drives::discover(&paths);
         *self.drives.write().unwrap_or_else(|p| p.into_inner()) = found.clone();
         found
     }
 
+    /// The drive with this uuid, at the device that carries it now: the device
+    /// it was last seen at is read again first, and if that holds another drive
+    /// or none, the drives are rescanned. Extents are never located on a device
+    /// that no longer carries their drive.
     pub fn find(&self, uuid: &Uuid) -> Option<SignedDrive> {
         let known = |list: &[SignedDrive]| list.iter().find(|d| d.signature.uuid == *uuid).cloned();
-        known(&self.all()).or_else(|| known(&self.rescan()))
+        if let Some(drive) = known(&self.all())
+            && still_carries(&drive)
+        {
+            return Some(drive);
+        }
+        known(&self.rescan())
     }
 
     /// The drive and byte range of an extent, checked against the drive's bounds.
@@ -119,5 +161,58 @@ impl DriveRegistry {
         extents: &[VolumeExtent],
     ) -> Result<Vec<Segment>, NodeError> {
         extents.iter().map(|e| self.locate(node, e)).collect()
+    }
+}
+
+/// Whether the drive's device still carries the drive's signature.
+fn still_carries(drive: &SignedDrive) -> bool {
+    matches!(signature::read(&drive.path), Ok(Some(s)) if s.uuid == drive.signature.uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drive::DriveType;
+    use crate::ledger::VolumeExtent;
+
+    fn signed(path: &std::path::Path) -> SignedDrive {
+        std::fs::File::create(path)
+            .unwrap()
+            .set_len(signature::HEADER_BYTES + 4 * GIB)
+            .unwrap();
+        let signature = signature::write(path, DriveType::Tlc).unwrap();
+        SignedDrive {
+            path: path.to_path_buf(),
+            serial: path.display().to_string(),
+            signature,
+        }
+    }
+
+    #[test]
+    fn an_extent_is_never_located_on_a_device_that_now_carries_another_drive() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        let (a, b) = (signed(&first), signed(&second));
+        let registry = DriveRegistry::only(vec![a.clone(), b.clone()]);
+        // The two drives trade places between scans (detached, attached again
+        // the other way round): each path now carries the other drive.
+        let swap = dir.path().join("swap");
+        std::fs::rename(&first, &swap).unwrap();
+        std::fs::rename(&second, &first).unwrap();
+        std::fs::rename(&swap, &second).unwrap();
+        let extent = VolumeExtent {
+            virtual_uuid: uuid::Uuid::new_v4(),
+            physical_uuid: a.signature.uuid,
+            drive_type: Some(DriveType::Tlc),
+            offset_gib: 1,
+            size_gib: 2,
+        };
+        let segment = registry.locate("n", &extent).unwrap();
+        assert_eq!(segment.drive, second, "drive a is at the second path now");
+        assert_eq!(registry.find(&b.signature.uuid).unwrap().path, first);
+        // Gone altogether: refused, not located on whatever is left.
+        std::fs::remove_file(&second).unwrap();
+        let err = registry.locate("n", &extent).unwrap_err();
+        assert!(matches!(err, NodeError::DriveNotAttached { .. }), "{err}");
     }
 }

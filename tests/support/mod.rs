@@ -1,5 +1,6 @@
 //! Fixtures shared by the integration tests that opt in with `mod support;`.
 
+pub mod chaos;
 pub mod cluster;
 pub mod devices;
 pub mod driver;

@@ -1,0 +1,343 @@
+//! A seeded chaos run against vdrive in a Kubernetes control plane (see
+//! `support::cluster`): `vdrive controller` keeps the ledger in the Node's
+//! annotations and `vdrive node` builds the volumes on its simulated drives,
+//! each its own process. The test plays kubelet and the CSI sidecars, sending
+//! random creates, stages, publishes, unpublishes, unstages, expansions and
+//! deletes straight to their unix sockets, some given up after a few
+//! milliseconds and some cut short by a SIGKILL of the controller, the node
+//! plugin or both, which are then started again. The model and the checks are
+//! `tests/chaos.rs`'s (`support::chaos`), plus: after every restart and at the
+//! end the live claims in the Node's annotations are exactly the model's
+//! volumes and sizes and no extent is booked twice; a deleted volume's extents,
+//! once its node has erased and released them, read zeros; and when everything
+//! is deleted and the processes stopped, no loop device or mount of the test is
+//! left.
+//!
+//! `VDRIVE_CHAOS_SEED` (default [`DEFAULT_SEED`]) replays a run;
+//! `VDRIVE_CHAOS_OPS` (default [`DEFAULT_OPS`]) sets its length:
+//! `VDRIVE_CHAOS_OPS=1000 VDRIVE_K8S_BIN=... cargo test --test e2e_chaos -- --ignored --nocapture`.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::Api;
+use kube::{Client, ResourceExt};
+use tonic::transport::Channel;
+
+use support::chaos::{Bed, Chaos, Rng, assert_nothing_left, env_or};
+use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
+use support::devices::release_everything_under;
+use vdrive::cluster::annotations::{
+    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
+};
+use vdrive::csi::proto::ProbeRequest;
+use vdrive::csi::proto::controller_client::ControllerClient;
+use vdrive::csi::proto::identity_client::IdentityClient;
+use vdrive::csi::proto::node_client::NodeClient;
+use vdrive::ledger::NodeLedger;
+
+const DEFAULT_SEED: u64 = 20_250_311;
+const DEFAULT_OPS: usize = 400;
+const DRIVER: &str = "csi.vdrive.io";
+const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
+const NODE: &str = "chaos";
+/// Two TLC drives for the k8s class (sparse: only written blocks use disk).
+const DRIVES: &str = "tlc:64x2,qlc:32x1";
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The cluster, the controller and the node plugin. Field order is drop order:
+/// the vdrive processes stop before the control plane.
+struct ClusterBed {
+    controller: Daemon,
+    node: Daemon,
+    controller_channel: Option<Channel>,
+    node_channel: Option<Channel>,
+    /// What the last [`Bed::kill`] killed: the controller, the node plugin.
+    killed: (bool, bool),
+    client: Client,
+    cluster: Cluster,
+}
+
+impl Drop for ClusterBed {
+    fn drop(&mut self) {
+        self.controller.stop();
+        self.node.stop();
+        // Whatever a failed run left staged, and the node's simulated drives.
+        if !release_everything_under(self.cluster.dir()) {
+            eprintln!(
+                "cleanup: mounts remain under {}",
+                self.cluster.dir().display()
+            );
+        }
+    }
+}
+
+impl ClusterBed {
+    async fn start(bin: &Path) -> ClusterBed {
+        let cluster = Cluster::start(bin);
+        let client = cluster.client().await;
+        let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
+        cluster
+            .add_node(NODE, &[("pool", "k8s"), (TOPOLOGY_KEY, NODE)], "8", "32Gi")
+            .await;
+        cluster.create_csinode(NODE, DRIVER, &[TOPOLOGY_KEY]).await;
+        let dir = cluster.dir().display().to_string();
+        let kubeconfig = cluster.kubeconfig_path().display().to_string();
+        let mut node = Command::new(&vdrive);
+        node.arg("node")
+            .arg(format!("--endpoint=unix://{dir}/{NODE}.sock"))
+            .arg(format!("--node-id={NODE}"))
+            .arg(format!("--state-dir={dir}/{NODE}"))
+            .arg(format!("--simulate-drives={DRIVES}"))
+            // The test plays kubelet, with its paths under the cluster's directory.
+            .arg(format!("--kubelet-dir={dir}"))
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            // This machine's kernel has no device-mapper.
+            .arg("--unsafe-loop-block-volumes")
+            .env("RUST_LOG", "info");
+        let mut node = cluster.spawn("vdrive-node", node);
+        let mut controller = Command::new(&vdrive);
+        controller
+            .arg("controller")
+            .arg(format!("--endpoint=unix://{dir}/controller.sock"))
+            .arg(format!("--kubeconfig={kubeconfig}"))
+            .arg("--orphan-check-interval=0")
+            // A pool share the test's drives hold.
+            .arg("--capacity-per-server-gib=100")
+            .arg("--system-reserve-per-server-gib=20")
+            .env("RUST_LOG", "info");
+        let mut controller = cluster.spawn("vdrive-controller", controller);
+        let node_channel = serving(&format!("unix://{dir}/{NODE}.sock"), &mut node).await;
+        let controller_channel =
+            serving(&format!("unix://{dir}/controller.sock"), &mut controller).await;
+        let bed = ClusterBed {
+            controller,
+            node,
+            controller_channel: Some(controller_channel),
+            node_channel: Some(node_channel),
+            killed: (false, false),
+            client,
+            cluster,
+        };
+        // The node has reported its drives before the first CreateVolume.
+        let client = bed.client.clone();
+        let client = &client;
+        eventually(
+            "the node's drives in its annotations",
+            WAIT,
+            || async move {
+                let ledger = node_ledger(client).await?;
+                if ledger.drives.len() == 3 {
+                    Ok(())
+                } else {
+                    Err(format!("{} drives", ledger.drives.len()))
+                }
+            },
+        )
+        .await;
+        bed
+    }
+
+    fn socket(&self, name: &str) -> String {
+        format!("unix://{}/{name}.sock", self.cluster.dir().display())
+    }
+}
+
+/// Probes `endpoint` until the process behind it answers; panics with its log
+/// if it exits or does not serve within a minute.
+async fn serving(endpoint: &str, daemon: &mut Daemon) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        daemon.assert_running();
+        if let Ok(channel) = vdrive::csi::server::connect(endpoint).await
+            && IdentityClient::new(channel.clone())
+                .probe(ProbeRequest {})
+                .await
+                .is_ok()
+        {
+            return channel;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not serve {endpoint} within 60 s; its log:\n{}",
+            daemon.name(),
+            daemon.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn sigkill(daemon: &Daemon) {
+    let pid = daemon.pid().expect("the process was started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid")),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap_or_else(|e| panic!("cannot kill {}: {e}", daemon.name()));
+}
+
+/// The node's ledger as its annotations say, decoded by vdrive's own code.
+async fn node_ledger(client: &Client) -> Result<NodeLedger, String> {
+    let node = Api::<Node>::all(client.clone())
+        .get(NODE)
+        .await
+        .map_err(|e| format!("Node {NODE}: {e}"))?;
+    let annotations = node.annotations();
+    let mut ledger = NodeLedger::new(NODE);
+    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
+        ledger.claims = decode_claims(text)?;
+    }
+    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
+        ledger.drives = decode_drives(text)?;
+    }
+    Ok(ledger)
+}
+
+impl Bed for ClusterBed {
+    fn controller(&self) -> ControllerClient<Channel> {
+        ControllerClient::new(
+            self.controller_channel
+                .clone()
+                .expect("the controller runs"),
+        )
+    }
+
+    fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(self.node_channel.clone().expect("the node plugin runs"))
+    }
+
+    fn staging_path(&self, volume_id: &str) -> PathBuf {
+        self.cluster.dir().join("staging").join(volume_id)
+    }
+
+    fn target_path(&self, volume_id: &str) -> PathBuf {
+        self.cluster
+            .dir()
+            .join("pods")
+            .join(volume_id)
+            .join("volume")
+    }
+
+    fn drives_dir(&self) -> PathBuf {
+        self.cluster.dir().join(NODE).join("simulated-drives")
+    }
+
+    fn kill(&mut self, rng: &mut Rng) -> &'static str {
+        let (what, controller, node) = match rng.below(3) {
+            0 => ("controller killed", true, false),
+            1 => ("node plugin killed", false, true),
+            _ => ("controller and node plugin killed", true, true),
+        };
+        if controller {
+            sigkill(&self.controller);
+            self.controller_channel = None;
+        }
+        if node {
+            sigkill(&self.node);
+            self.node_channel = None;
+        }
+        self.killed = (controller, node);
+        what
+    }
+
+    async fn revive(&mut self) {
+        let (controller, node) = std::mem::take(&mut self.killed);
+        if node {
+            // Reaps the killed process, then starts it again.
+            self.node.restart();
+            let endpoint = self.socket(NODE);
+            self.node_channel = Some(serving(&endpoint, &mut self.node).await);
+        }
+        if controller {
+            self.controller.restart();
+            let endpoint = self.socket("controller");
+            self.controller_channel = Some(serving(&endpoint, &mut self.controller).await);
+        }
+    }
+
+    /// The node erases and releases deleted volumes on its own: wait until no
+    /// claim is releasing.
+    async fn settle(&mut self, at: &str) {
+        let client = &self.client;
+        eventually(
+            &format!("{at} the node to erase and release the deleted volumes"),
+            WAIT,
+            || async move {
+                let ledger = node_ledger(client).await?;
+                let releasing: Vec<&str> = ledger
+                    .claims
+                    .iter()
+                    .filter(|c| c.releasing)
+                    .map(|c| c.volume_id.as_str())
+                    .collect();
+                if releasing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("still releasing: {releasing:?}"))
+                }
+            },
+        )
+        .await;
+    }
+
+    /// The live claims in the Node's annotations are the model's volumes, and no
+    /// extent is booked twice.
+    async fn check_store(&mut self, volumes: &[(String, i64)], at: &str) {
+        let ledger = node_ledger(&self.client)
+            .await
+            .unwrap_or_else(|e| panic!("{at} {e}"));
+        ledger
+            .check_invariants()
+            .unwrap_or_else(|e| panic!("{at} the Node's ledger: {e}"));
+        let mut live: BTreeMap<String, i64> = BTreeMap::new();
+        for claim in ledger.claims.iter().filter(|c| !c.releasing) {
+            *live.entry(claim.volume_id.clone()).or_default() +=
+                i64::try_from(claim.size_gib).expect("a size");
+        }
+        let live: Vec<(String, i64)> = live.into_iter().collect();
+        assert_eq!(
+            live, volumes,
+            "{at} the live claims in Node {NODE}'s annotations (left) are not the volumes the test holds (right)"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs Kubernetes binaries: run e2e/run"]
+fn chaos_in_a_cluster_keeps_the_node_annotations_the_drives_and_the_node_consistent() {
+    let bin = bin_dir_from_env();
+    let seed: u64 = env_or("VDRIVE_CHAOS_SEED", DEFAULT_SEED);
+    let ops: usize = env_or("VDRIVE_CHAOS_OPS", DEFAULT_OPS);
+    eprintln!(
+        "e2e chaos: seed {seed}, {ops} operations (replay: VDRIVE_CHAOS_SEED={seed} VDRIVE_CHAOS_OPS={ops} cargo test --test e2e_chaos -- --ignored)"
+    );
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(async move {
+            let started = Instant::now();
+            let bed = ClusterBed::start(&bin).await;
+            let ready = started.elapsed();
+            let mut chaos = Chaos::new(bed, seed, false);
+            chaos.run(ops).await;
+            chaos.bed.check_store(&[], &chaos.at()).await;
+
+            // Stopped, the node plugin detaches its simulated drives and
+            // leaves nothing behind.
+            chaos.bed.controller.stop();
+            chaos.bed.node.stop();
+            let dir = chaos.bed.cluster.dir().to_path_buf();
+            assert_nothing_left(&dir, &chaos.at());
+            eprintln!(
+                "e2e chaos: seed {seed}, {ops} operations in {:.1?} (the cluster up in {ready:.1?}): {:?}",
+                started.elapsed() - ready,
+                chaos.stats
+            );
+        });
+}
