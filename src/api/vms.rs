@@ -80,7 +80,10 @@ pub async fn get(
         (status = 400, description = "A smaller size, or a field is wrong", body = ErrorBody),
         (status = 404, description = "No such VM", body = ErrorBody),
         (status = 409, description = "The VM is still provisioning", body = ErrorBody),
+        (status = 413, description = "The body is too large", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
         (status = 507, description = "No room to grow the disk", body = ErrorBody),
+        (status = 503, description = "The ledger or the node cannot be reached", body = ErrorBody),
     )
 )]
 pub async fn resize(

@@ -30,7 +30,11 @@ pub const DISK_CLASS: &str = "vm-pool-storage";
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
     /// The VM's name: a DNS label (lowercase letters, digits and '-', at most 63).
-    #[schema(example = "test-vm")]
+    #[schema(
+        example = "test-vm",
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63
+    )]
     pub name: String,
     /// An image of the image catalog; written into the disk before first use.
     #[schema(example = "ubuntu22")]
@@ -48,11 +52,15 @@ pub struct CreateVm {
     #[schema(example = 4, minimum = 1)]
     pub memory: Option<u32>,
     /// The disk's size in GB (GiB: 1 GB here is 2^30 bytes).
-    #[schema(example = 50, minimum = 1)]
+    #[schema(example = 50, minimum = 1, maximum = 1048576)]
     pub storage: u64,
     /// Where the VM lives (default: `default`).
     #[serde(default)]
-    #[schema(example = "default")]
+    #[schema(
+        example = "default",
+        pattern = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+        max_length = 63
+    )]
     pub namespace: Option<String>,
 }
 
@@ -61,7 +69,7 @@ pub struct CreateVm {
 #[serde(deny_unknown_fields)]
 pub struct ResizeVm {
     /// The disk's new size in GB (GiB); never smaller than it is.
-    #[schema(example = 100, minimum = 1)]
+    #[schema(example = 100, minimum = 1, maximum = 1048576)]
     pub new_size_gb: u64,
 }
 
