@@ -3,13 +3,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures_util::future::BoxFuture;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::capability;
 use super::context;
 use super::input;
-use super::params::{ClassParams, Defaults};
+use super::params::{self, ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use crate::ledger::{ClaimRequest, Ledger, LedgerStore, SizeRange, Volume, Wanted};
@@ -25,7 +26,26 @@ pub struct ControllerService<S> {
     defaults: Defaults,
     eraser: Option<Arc<dyn ExtentEraser>>,
     in_flight: InFlight,
+    images: Option<Arc<dyn VolumeImages>>,
 }
+
+/// The image a PVC asks to be written into its volume: the pool API records a
+/// VM's image on its PVC (`vdrive.io/vm-image-source`, `-format`), and the
+/// controller of a cluster looks it up by the PVC the provisioner names
+/// (`csi.storage.k8s.io/pvc/namespace` and `/name`).
+pub trait VolumeImages: Send + Sync {
+    /// `(source, format)` of the image of PVC `namespace/name`; None when it
+    /// names none.
+    fn image_for<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<Option<(String, Option<String>)>, String>>;
+}
+
+/// The CreateVolume parameters naming the image the node writes into a volume.
+pub const IMAGE_PARAM: &str = "image";
+pub const IMAGE_FORMAT_PARAM: &str = "imageFormat";
 
 impl<S: LedgerStore> ControllerService<S> {
     /// `in_flight` is shared with the node service when both run in one process,
@@ -41,7 +61,43 @@ impl<S: LedgerStore> ControllerService<S> {
             defaults,
             eraser,
             in_flight,
+            images: None,
         }
+    }
+
+    /// Volumes of PVCs that name an image get it (see [`VolumeImages`]).
+    pub fn with_images(mut self, images: Arc<dyn VolumeImages>) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// `parameters` with the image of the PVC they name, if it names one. A
+    /// class's own `image` stays as it is.
+    async fn add_image(&self, parameters: &mut HashMap<String, String>) -> Result<(), Status> {
+        let Some(images) = &self.images else {
+            return Ok(());
+        };
+        if parameters.contains_key(IMAGE_PARAM) {
+            return Ok(());
+        }
+        let (Some(namespace), Some(name)) = (
+            parameters.get(params::PVC_NAMESPACE_KEY),
+            parameters.get(params::PVC_NAME_KEY),
+        ) else {
+            return Ok(());
+        };
+        let found = images.image_for(namespace, name).await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot read the image of PVC {namespace}/{name}: {e}"
+            ))
+        })?;
+        if let Some((source, format)) = found {
+            parameters.insert(IMAGE_PARAM.to_string(), source);
+            if let Some(format) = format {
+                parameters.insert(IMAGE_FORMAT_PARAM.to_string(), format);
+            }
+        }
+        Ok(())
     }
 
     fn volume_response(&self, volume: &Volume, fs_type: &str) -> CreateVolumeResponse {
@@ -148,11 +204,12 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         if req.name.is_empty() {
             return Err(Status::invalid_argument("name must not be empty"));
         }
         capability::validate_all(&req.volume_capabilities)?;
+        self.add_image(&mut req.parameters).await?;
         if req.volume_content_source.is_some() {
             return Err(Status::invalid_argument(
                 "volume content sources (snapshots, clones) are not supported by vdrive",

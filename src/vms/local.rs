@@ -42,8 +42,7 @@ use super::Catalog;
 /// The record kind of VMs in the embedded store.
 const KIND: &str = "vm";
 /// CreateVolume parameters naming the image the node writes into the disk.
-pub const IMAGE_PARAM: &str = "image";
-pub const IMAGE_FORMAT_PARAM: &str = "imageFormat";
+pub use crate::csi::controller::{IMAGE_FORMAT_PARAM, IMAGE_PARAM};
 
 const NO_RUNTIME: &str = "vdrive all-in-one runs no VMs: the disk is ready for your hypervisor (stage it with `vdrive csi stage --block`)";
 
