@@ -7,6 +7,7 @@
 //! most [`BODY_LIMIT`] bytes, with no unknown fields; every error, whatever its
 //! cause, is `{"error": {"kind": ..., "message": ...}}` with its HTTP status.
 
+pub mod auth;
 mod error;
 mod json;
 pub mod openapi;
@@ -54,6 +55,8 @@ impl<S: LedgerStore> PoolSource for Ledger<S> {
 pub struct ApiState {
     pub pools: Arc<dyn PoolSource>,
     pub vms: Arc<dyn VmBackend>,
+    /// Who may do what, in a cluster; None (all-in-one): everyone, everything.
+    pub auth: Option<Arc<dyn auth::Authorizer>>,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -2,7 +2,8 @@
 //! the very types they parse and answer with.
 
 use axum::Json;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 use super::error::{ErrorBody, ErrorDetail};
 use crate::pools::{Health, HealthReport, PoolHealths, PoolStatus, PoolsStatus, ReserveStatus};
@@ -28,12 +29,31 @@ use crate::vms::{CreateVm, ResizeVm, Vm, VmDeleted, VmDisk, VmList, VmRuntime, V
         CreateVm, ResizeVm, Vm, VmDisk, VmRuntime, VmStatus, VmList, VmDeleted,
         ErrorBody, ErrorDetail,
     )),
+    modifiers(&BearerToken),
+    // In a cluster every request needs a Kubernetes bearer token; all-in-one
+    // (on loopback) needs none.
+    security((), ("bearer" = [])),
     tags(
         (name = "pools", description = "Pool capacity, usage and health"),
         (name = "vms", description = "VM disks from the vm pool"),
     )
 )]
 pub struct ApiDoc;
+
+/// The `bearer` scheme: a Kubernetes token (a ServiceAccount's from
+/// `kubectl create token`, or a user's), reviewed by the cluster.
+struct BearerToken;
+
+impl Modify for BearerToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        let mut scheme = Http::new(HttpAuthScheme::Bearer);
+        scheme.description = Some(
+            "In a cluster: a Kubernetes token (TokenReview); a request may do what the token's user may do to the PVCs of the VM's namespace (create, list, get, patch, delete), pools need `get` on nodes.".into(),
+        );
+        components.add_security_scheme("bearer", SecurityScheme::Http(scheme));
+    }
+}
 
 /// `GET /api/v1/openapi.json`.
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {

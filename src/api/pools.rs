@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 
+use super::auth::{Access, Guard};
 use super::error::ErrorBody;
 use super::{ApiError, ApiState};
 use crate::ledger::NodeLedger;
@@ -17,10 +18,16 @@ use crate::pools::{HealthReport, PoolsStatus, cluster_health, pools_status};
     tag = "pools",
     responses(
         (status = 200, description = "Pool status", body = PoolsStatus),
+        (status = 401, description = "No valid bearer token (in a cluster)", body = ErrorBody),
+        (status = 403, description = "The caller may not get nodes (in a cluster)", body = ErrorBody),
         (status = 503, description = "The ledger cannot be read", body = ErrorBody),
     )
 )]
-pub async fn status(State(state): State<ApiState>) -> Result<Json<PoolsStatus>, ApiError> {
+pub async fn status(
+    State(state): State<ApiState>,
+    guard: Guard,
+) -> Result<Json<PoolsStatus>, ApiError> {
+    guard.allow(Access::pools()).await?;
     let survey = state.pools.survey().await?;
     let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
     Ok(Json(pools_status(&nodes, state.pools.settings())))
@@ -35,10 +42,16 @@ pub async fn status(State(state): State<ApiState>) -> Result<Json<PoolsStatus>, 
     tag = "pools",
     responses(
         (status = 200, description = "Pool health", body = HealthReport),
+        (status = 401, description = "No valid bearer token (in a cluster)", body = ErrorBody),
+        (status = 403, description = "The caller may not get nodes (in a cluster)", body = ErrorBody),
         (status = 503, description = "The ledger cannot be read", body = ErrorBody),
     )
 )]
-pub async fn health(State(state): State<ApiState>) -> Result<Json<HealthReport>, ApiError> {
+pub async fn health(
+    State(state): State<ApiState>,
+    guard: Guard,
+) -> Result<Json<HealthReport>, ApiError> {
+    guard.allow(Access::pools()).await?;
     let survey = state.pools.survey().await?;
     let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
     Ok(Json(cluster_health(

@@ -238,6 +238,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
             let state = ApiState {
                 pools: ledger.clone(),
                 vms: vms.clone(),
+                auth: None,
             };
             let served = api::spawn(address, state, std::future::pending()).await?;
             println!("vdrive all-in-one: pool API on http://{address}/api/v1/");

@@ -3,6 +3,7 @@
 //! modules know nothing of Kubernetes; this module translates.
 
 pub mod annotations;
+pub mod auth;
 pub mod events;
 pub mod inventory;
 pub mod orphans;

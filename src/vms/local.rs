@@ -462,8 +462,17 @@ impl super::VmBackend for LocalVms {
         Box::pin(async move { LocalVms::create(&self, request).await })
     }
 
-    fn list(self: Arc<Self>) -> BoxFuture<'static, Result<Vec<Vm>, VmError>> {
-        Box::pin(async move { LocalVms::list(&self).await })
+    fn list(
+        self: Arc<Self>,
+        namespace: Option<String>,
+    ) -> BoxFuture<'static, Result<Vec<Vm>, VmError>> {
+        Box::pin(async move {
+            let mut vms = LocalVms::list(&self).await?;
+            if let Some(namespace) = namespace {
+                vms.retain(|vm| vm.namespace == namespace);
+            }
+            Ok(vms)
+        })
     }
 
     fn get(self: Arc<Self>, id: String) -> BoxFuture<'static, Result<Vm, VmError>> {

@@ -146,7 +146,11 @@ pub struct VmDeleted {
 /// or a cluster's PVCs. The API serves whichever it is given.
 pub trait VmBackend: Send + Sync {
     fn create(self: Arc<Self>, request: CreateVm) -> BoxFuture<'static, Result<Vm, VmError>>;
-    fn list(self: Arc<Self>) -> BoxFuture<'static, Result<Vec<Vm>, VmError>>;
+    /// The VMs of `namespace`, or of every namespace.
+    fn list(
+        self: Arc<Self>,
+        namespace: Option<String>,
+    ) -> BoxFuture<'static, Result<Vec<Vm>, VmError>>;
     fn get(self: Arc<Self>, id: String) -> BoxFuture<'static, Result<Vm, VmError>>;
     fn resize(
         self: Arc<Self>,
