@@ -8,6 +8,7 @@
 //! records: all-in-one's embedded store here, the PVC in a cluster.
 
 pub mod catalog;
+pub mod cluster;
 mod error;
 pub mod local;
 
