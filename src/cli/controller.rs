@@ -10,6 +10,8 @@ use clap::Args;
 
 use super::all_in_one::shutdown_signal;
 use super::settings::SettingsArgs;
+use crate::api::{self, ApiState};
+use crate::cluster::auth::KubeAuth;
 use crate::cluster::events::Notifier;
 use crate::cluster::{self, KubeStore, Scope, orphans, quarantine};
 use crate::csi::controller::ControllerService;
@@ -19,6 +21,8 @@ use crate::ledger::{Ledger, NodeLedger};
 use crate::metrics::{self, Gauges, Refresh};
 use crate::node::inflight::InFlight;
 use crate::pools::{Health, Pool, pools_health, pools_status};
+use crate::vms::Catalog;
+use crate::vms::cluster::ClusterVms;
 
 const API_WAIT: Duration = Duration::from_secs(60);
 
@@ -38,6 +42,17 @@ pub struct ControllerArgs {
     /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
     #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
+    /// Serve the pool API (`/api/v1/pools/*`, `/api/v1/vms`) on this address,
+    /// IP:PORT; off by default. Every request needs a Kubernetes bearer token
+    /// (TokenReview) and the caller's own right (SubjectAccessReview) to what
+    /// it does; the chart passes 0.0.0.0:8080 behind the `vm-pool-api` Service.
+    #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
+    pub api_address: Option<std::net::SocketAddr>,
+    /// The VM image and server-type catalog (JSON, see the README); default:
+    /// the built-in images and sizes. The chart renders it from vm.images and
+    /// vm.serverTypes.
+    #[arg(long, value_name = "FILE")]
+    pub vm_images: Option<PathBuf>,
     /// This replica's name in Events (in a pod: POD_NAME from metadata.name).
     #[arg(long, env = "POD_NAME", default_value = "vdrive-controller")]
     pub instance: String,
@@ -48,6 +63,10 @@ pub struct ControllerArgs {
 pub async fn run(args: ControllerArgs) -> Result<(), String> {
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let pools = args.settings.pools()?;
+    let catalog = match &args.vm_images {
+        Some(path) => Catalog::load(path)?,
+        None => Catalog::default(),
+    };
     let client = cluster::client(args.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client.clone(), Scope::AllNodes);
     store
@@ -58,12 +77,16 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
     // No eraser: the drives are on the nodes, which erase released extents.
     // Each node's drives say which backend it builds volumes with, and so how
     // many virtual drives a volume may have there.
+    // The pool API's VMs are PVCs; the image a VM's PVC names reaches the
+    // node through CreateVolume's parameters.
+    let vms = ClusterVms::new(client.clone(), catalog);
     let controller = ControllerService::new(
         ledger.clone(),
         args.settings.defaults(),
         None,
         InFlight::default(),
-    );
+    )
+    .with_images(vms.clone());
     let gauges = Arc::new(Gauges::default());
     let checks = (args.orphan_check_interval > 0).then(|| {
         let notifier = Notifier::new(client.clone(), &args.instance);
@@ -85,6 +108,19 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         let refresh = pool_gauges(ledger.clone(), gauges.clone());
         metrics::spawn(address, gauges.clone(), Some(refresh))
     });
+    let api = match args.api_address {
+        Some(address) => {
+            let state = ApiState {
+                pools: ledger.clone(),
+                vms,
+                auth: Some(Arc::new(KubeAuth::new(client.clone()))),
+            };
+            let served = api::spawn(address, state, std::future::pending()).await?;
+            println!("vdrive controller: pool API on http://{address}/api/v1/");
+            Some(served)
+        }
+        None => None,
+    };
     let readiness = Readiness::default();
     readiness.set_ready();
     let nodes = ledger.nodes().await.map_err(|e| e.to_string())?;
@@ -99,7 +135,12 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         node: None,
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
-    for task in checks.into_iter().chain(metrics).chain([quarantine]) {
+    for task in checks
+        .into_iter()
+        .chain(metrics)
+        .chain(api)
+        .chain([quarantine])
+    {
         task.abort();
     }
     served.map_err(|e| e.to_string())?;
