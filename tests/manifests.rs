@@ -19,6 +19,7 @@ use vdrive::cluster::annotations::{CAPACITY_RESOURCE, CLAIMS_ANNOTATION, DRIVES_
 use vdrive::csi::identity::DRIVER_NAME;
 use vdrive::csi::params::{Defaults, FSTYPE_KEY, presets};
 use vdrive::pools::PoolSettings;
+use vdrive::vms::Catalog;
 
 const HEADER: &str = "# generated from charts/vdrive by scripts/render-manifests; do not edit";
 const DEFAULT_CLASS_ANNOTATION: &str = "storageclass.kubernetes.io/is-default-class";
@@ -632,6 +633,12 @@ fn service_account_user(workload: &Value) -> String {
 /// Verbs the ClusterRoles bound to the service account `namespace`/`account`
 /// grant on the core `resource`.
 fn cluster_verbs(namespace: &str, account: &str, resource: &str) -> BTreeSet<String> {
+    group_verbs(namespace, account, "", resource)
+}
+
+/// Verbs the ClusterRoles bound to `namespace`/`account` grant on `resource`
+/// of API group `group`.
+fn group_verbs(namespace: &str, account: &str, group: &str, resource: &str) -> BTreeSet<String> {
     let roles: BTreeSet<String> = objects_of("ClusterRoleBinding")
         .iter()
         .filter(|b| {
@@ -648,7 +655,7 @@ fn cluster_verbs(namespace: &str, account: &str, resource: &str) -> BTreeSet<Str
         .filter(|r| roles.contains(text(r, &["metadata", "name"])))
         .flat_map(|r| list(r, &["rules"]).to_vec())
         .filter(|rule| {
-            list(rule, &["apiGroups"]).contains(&Value::from(""))
+            list(rule, &["apiGroups"]).contains(&Value::from(group))
                 && list(rule, &["resources"]).contains(&Value::from(resource))
         })
         .flat_map(|rule| list(&rule, &["verbs"]).to_vec())
@@ -764,4 +771,113 @@ fn metrics_listen_on_the_pod_ip_only() {
             "{kind}"
         );
     }
+}
+
+/// The pool API: every controller replica serves it on the pod's network at
+/// 8080, behind the Service `vm-pool-api` (the seed's host name in namespace
+/// dynamic-storage-pools), with the image catalog from a ConfigMap.
+#[test]
+fn the_pool_api_is_the_vm_pool_api_service_of_the_controllers() {
+    let controller = one_of("Deployment");
+    let vdrive = container(&controller, "vdrive");
+    let vdrive_flags = flags(vdrive);
+    assert_eq!(
+        vdrive_flags.get("api-address").copied(),
+        Some("0.0.0.0:8080")
+    );
+    let port = list(vdrive, &["ports"])
+        .iter()
+        .find(|p| text(p, &["name"]) == "api")
+        .expect("the vdrive container names its api port");
+    assert_eq!(text(port, &["containerPort"]), "8080");
+
+    let services = objects_of("Service");
+    let service = services
+        .iter()
+        .find(|s| text(s, &["metadata", "name"]) == "vm-pool-api")
+        .expect("a Service vm-pool-api");
+    assert_eq!(
+        text(service, &["metadata", "namespace"]),
+        text(&controller, &["metadata", "namespace"])
+    );
+    let ports = list(service, &["spec", "ports"]);
+    assert_eq!(ports.len(), 1);
+    assert_eq!(text(&ports[0], &["port"]), "8080");
+    assert_eq!(text(&ports[0], &["targetPort"]), "api");
+    // It selects the controller pods (every replica), and only them.
+    let selector = at(service, &["spec", "selector"]);
+    assert_eq!(
+        selector,
+        at(&controller, &["spec", "selector", "matchLabels"]),
+        "the Service selects what the Deployment selects"
+    );
+    let pod_labels = at(&controller, &["spec", "template", "metadata", "labels"]);
+    for (key, value) in selector.as_object().expect("a selector") {
+        assert_eq!(pod_labels.get(key), Some(value), "pod label {key}");
+    }
+}
+
+#[test]
+fn the_vm_image_catalog_is_the_built_in_one_mounted_from_a_config_map() {
+    let controller = one_of("Deployment");
+    let vdrive = container(&controller, "vdrive");
+    let path = *flags(vdrive)
+        .get("vm-images")
+        .expect("vdrive controller --vm-images");
+    let (dir, file) = path.rsplit_once('/').expect("an absolute path");
+    let mount = list(vdrive, &["volumeMounts"])
+        .iter()
+        .find(|m| text(m, &["mountPath"]) == dir)
+        .unwrap_or_else(|| panic!("nothing mounted at {dir}"));
+    let volume = list(&controller, &["spec", "template", "spec", "volumes"])
+        .iter()
+        .find(|v| text(v, &["name"]) == text(mount, &["name"]))
+        .expect("the mounted volume");
+    let config_map_name = text(volume, &["configMap", "name"]);
+    let config_map = objects_of("ConfigMap")
+        .into_iter()
+        .find(|c| text(c, &["metadata", "name"]) == config_map_name)
+        .unwrap_or_else(|| panic!("no ConfigMap {config_map_name}"));
+    let json = text(&config_map, &["data", file]);
+    let catalog = Catalog::parse(json.as_bytes()).expect("the rendered catalog parses");
+    assert_eq!(
+        catalog,
+        Catalog::default(),
+        "values.yaml holds the built-in catalog"
+    );
+}
+
+#[test]
+fn the_controller_may_do_what_the_pool_api_does() {
+    let controller = one_of("Deployment");
+    let user = service_account_user(&controller);
+    let (_, account) = user.rsplit_once(':').expect("an account");
+    let namespace = text(&controller, &["metadata", "namespace"]);
+    let verbs = |group: &str, resource: &str| group_verbs(namespace, account, group, resource);
+    let has = |group: &str, resource: &str, wanted: &[&str]| {
+        let granted = verbs(group, resource);
+        for verb in wanted {
+            assert!(
+                granted.contains(*verb),
+                "the controller may not {verb} {resource}.{group}: {granted:?}"
+            );
+        }
+    };
+    has("authentication.k8s.io", "tokenreviews", &["create"]);
+    has("authorization.k8s.io", "subjectaccessreviews", &["create"]);
+    has(
+        "",
+        "persistentvolumeclaims",
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
+    );
+    has("", "persistentvolumes", &["get", "patch"]);
+    has("", "pods", &["list"]);
+    has("", "events", &["list"]);
+    has(
+        "kubevirt.io",
+        "virtualmachines",
+        &["get", "create", "delete", "patch"],
+    );
 }
