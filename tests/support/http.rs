@@ -64,6 +64,34 @@ pub async fn request(
             &path,
             body.as_deref(),
             content_type.as_deref(),
+            None,
+        )
+    })
+    .await
+    .expect("the HTTP request thread")
+}
+
+/// `method path` with an optional JSON body and, when given, the header
+/// `Authorization: Bearer TOKEN`.
+pub async fn request_as(
+    address: &str,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    token: Option<&str>,
+) -> Answer {
+    let (address, method, path) = (address.to_string(), method.to_string(), path.to_string());
+    let body = body.map(|b| serde_json::to_vec(b).expect("serialise the body"));
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    tokio::task::spawn_blocking(move || {
+        let content_type = body.as_ref().map(|_| "application/json");
+        send(
+            &address,
+            &method,
+            &path,
+            body.as_deref(),
+            content_type,
+            authorization.as_deref(),
         )
     })
     .await
@@ -92,6 +120,7 @@ fn send(
     path: &str,
     body: Option<&[u8]>,
     content_type: Option<&str>,
+    authorization: Option<&str>,
 ) -> Answer {
     let mut stream =
         TcpStream::connect(address).unwrap_or_else(|e| panic!("connect {address}: {e}"));
@@ -101,6 +130,9 @@ fn send(
     let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n");
     if let Some(kind) = content_type {
         head.push_str(&format!("Content-Type: {kind}\r\n"));
+    }
+    if let Some(value) = authorization {
+        head.push_str(&format!("Authorization: {value}\r\n"));
     }
     if let Some(body) = body {
         head.push_str(&format!("Content-Length: {}\r\n", body.len()));
