@@ -53,6 +53,8 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         layout,
         accepts: SizeRange::exactly(gib),
         access: None,
+        image: None,
+        image_format: None,
     }
 }
 
