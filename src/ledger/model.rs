@@ -255,13 +255,13 @@ impl VolumeSpec {
             requested.enforce_min_drives_per_type_per_core.to_string(),
         );
         let image = |spec: &VolumeSpec| match (&spec.image, &spec.image_format) {
-            (None, _) => "no image".to_string(),
-            (Some(image), None) => format!("image {image}"),
-            (Some(image), Some(format)) => format!("image {image} ({format})"),
+            (None, _) => "none".to_string(),
+            (Some(image), None) => image.clone(),
+            (Some(image), Some(format)) => format!("{image} ({format})"),
         };
         if (&self.image, &self.image_format) != (&requested.image, &requested.image_format) {
             differ.push(format!(
-                "it was made with {}, not {}",
+                "its image is {}, not {}",
                 image(self),
                 image(requested)
             ));

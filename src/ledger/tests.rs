@@ -1396,6 +1396,43 @@ fn the_same_name_with_another_layout_access_or_node_conflicts() {
 }
 
 #[test]
+fn the_same_name_with_another_image_conflicts_and_the_image_is_kept() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
+    let mut request = tlc_request("vm-1", 10);
+    request.access = Some("block".into());
+    request.image = Some("/images/a.qcow2".into());
+    let first = rt
+        .block_on(f.ledger.create(&request, &Wanted::Anywhere))
+        .unwrap();
+    let spec = first.spec.clone().unwrap();
+    assert_eq!(spec.image.as_deref(), Some("/images/a.qcow2"));
+    assert_eq!(spec.image_format, None);
+    assert_eq!(
+        rt.block_on(f.ledger.create(&request, &Wanted::Anywhere))
+            .unwrap(),
+        first
+    );
+    let conflict =
+        |request: &ClaimRequest| match rt.block_on(f.ledger.create(request, &Wanted::Anywhere)) {
+            Err(err @ LedgerError::Incompatible { .. }) => err.to_string(),
+            other => panic!("expected a conflict, got {other:?}"),
+        };
+    let mut other = request.clone();
+    other.image = Some("https://images.example/b.img".into());
+    let text = conflict(&other);
+    assert!(
+        text.contains("its image is /images/a.qcow2, not https://images.example/b.img"),
+        "{text}"
+    );
+    let mut formatted = request.clone();
+    formatted.image_format = Some("qcow2".into());
+    assert!(conflict(&formatted).contains("not /images/a.qcow2 (qcow2)"));
+    let mut none = request.clone();
+    none.image = None;
+    assert!(conflict(&none).contains("its image is /images/a.qcow2, not none"));
+}
+
+#[test]
 fn volumes_recorded_without_a_spec_compare_by_size_and_pool() {
     // A claim as older versions stored it: no spec.
     let old = r#"{"virtual_uuid":"00000000-0000-0000-0000-000000000002","volume_id":"v","volume_name":"pvc-old","owner":"a:b","pool":null,"physical_uuid":"00000000-0000-0000-0000-000000000001","offset_gib":0,"size_gib":10,"part":0}"#;
