@@ -273,6 +273,20 @@ async fn create_volume_refuses_images_it_could_not_write() {
             .contains("an image is written only into block volumes"),
         "{status:?}"
     );
+    // A volume with an image staged as a filesystem: refused before anything is built.
+    let volume = driver
+        .create_with("vm-block", 1, raw_block(), image_params(&image, None))
+        .await
+        .unwrap();
+    let status = assert_code(driver.stage(&volume, &ext4()).await, Code::InvalidArgument);
+    assert!(
+        status
+            .message()
+            .contains("stage it with a block capability"),
+        "{status:?}"
+    );
+    assert!(volume_devices(&driver.dir).is_empty());
+    driver.delete(&volume.volume_id).await.unwrap();
     let status = assert_code(
         driver
             .create_with(
