@@ -172,6 +172,13 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 capability::FS_TYPES.join(", ")
             )));
         }
+        // An image is written into a raw block device; a filesystem volume is
+        // formatted instead, which would bury it.
+        if params.image.is_some() && !req.volume_capabilities.iter().all(capability::is_block) {
+            return Err(Status::invalid_argument(
+                "an image is written only into block volumes: request the volume with volumeMode: Block (a block capability), or drop the class's image parameter",
+            ));
+        }
         // A class whose mount options can never mount fails here, not at staging.
         for cap in &req.volume_capabilities {
             input::mount_flags(capability::mount_flags(cap), Some(&fs_type))?;
@@ -191,6 +198,12 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                     fs_type.clone()
                 },
             ),
+            image: params.image.as_ref().map(|i| i.source.to_string()),
+            image_format: params
+                .image
+                .as_ref()
+                .and_then(|i| i.format)
+                .map(|f| f.as_str().to_string()),
         };
         let _flight = self.in_flight.begin(&req.name)?;
         let volume = self.ledger.create(&claim, &wanted).await?;

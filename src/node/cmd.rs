@@ -1,4 +1,4 @@
-//! Running the util-linux, e2fsprogs and xfsprogs tools: stderr goes into the error.
+//! Running the util-linux, e2fsprogs, xfsprogs and qemu-utils tools: stderr goes into the error.
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -11,6 +11,7 @@ fn package(program: &str) -> &'static str {
     match program {
         "mkfs.ext4" | "resize2fs" | "e2fsck" => "e2fsprogs",
         "mkfs.xfs" | "xfs_growfs" => "xfsprogs",
+        "qemu-img" => "qemu-utils",
         _ => "util-linux",
     }
 }
