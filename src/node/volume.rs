@@ -8,6 +8,7 @@
 //! crashed half-way leaves a record, so unstage still finds and takes down
 //! whatever was made.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::backend::{DeviceBackend, Segment};
-use super::publish::{self, MountSpec};
+use super::publish::{self, Formatting, MountSpec};
 use super::registry::DriveRegistry;
 use super::staging::{StagingRecord, StagingRecords};
 use super::{GIB, NodeError, blockdev, drives, fs, image, loopdev, mounts, ownership};
@@ -513,11 +514,28 @@ impl OnNode {
         self.records.save(&record)?;
         // A volume published to a workload (a VM on its disk) is never imported into.
         let in_use = existing.as_ref().is_some_and(|r| !r.published.is_empty());
-        match self.build_and_mount(&volume.id, &parts, &req, in_use) {
+        // mkfs runs between two record writes: a stage that finds the mark was
+        // cut short mid-format (a crash, a kill), and formats again.
+        let formatting = Cell::new(false);
+        let mark = |on: bool| {
+            let mut marked = record.clone();
+            marked.formatting = on;
+            self.records.save(&marked)?;
+            formatting.set(on);
+            Ok(())
+        };
+        let format = Formatting {
+            interrupted: record.formatting,
+            mark: &mark,
+        };
+        match self.build_and_mount(&volume.id, &parts, &req, in_use, &format) {
             Ok(fs) => {
                 record.fs_type = fs.map(|f| f.as_str().to_string());
+                record.formatting = false;
                 self.records.save(&record)
             }
+            // The record keeps the mark: the next stage formats again.
+            Err(err) if formatting.get() => Err(err),
             Err(err) => {
                 if existing.is_none() {
                     // Best effort: a stale intent record only makes unstage look.
@@ -537,6 +555,7 @@ impl OnNode {
         parts: &[Segment],
         req: &StageRequest,
         in_use: bool,
+        format: &Formatting<'_>,
     ) -> Result<Option<fs::FsType>, NodeError> {
         let (device, built_here) = self.backend.ensure(volume_id, parts)?;
         let result = if req.block {
@@ -552,6 +571,7 @@ impl OnNode {
                 volume_uuid: Uuid::parse_str(volume_id).ok(),
                 flags: &req.mount_flags,
                 read_only: req.read_only,
+                formatting: format,
             };
             publish::mount_staged(&device, &req.staging_path, &spec).map(Some)
         };
