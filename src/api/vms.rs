@@ -15,9 +15,14 @@ use crate::vms::{CreateVm, ResizeVm, Vm, VmDeleted, VmList};
     post,
     path = "/api/v1/vms",
     tag = "vms",
+    operation_id = "createVm",
     request_body = CreateVm,
     responses(
-        (status = 201, description = "The VM, Provisioning", body = Vm),
+        (status = 201, description = "The VM, Provisioning", body = Vm, links(
+            ("GetVm" = (operation_id = "getVm", parameters(("vm_id" = "$response.body#/id")))),
+            ("ResizeVm" = (operation_id = "resizeVm", parameters(("vm_id" = "$response.body#/id")))),
+            ("DeleteVm" = (operation_id = "deleteVm", parameters(("vm_id" = "$response.body#/id")))),
+        )),
         (status = 400, description = "A field is wrong, or the image or server type is unknown", body = ErrorBody),
         (status = 409, description = "A VM of that name exists in the namespace", body = ErrorBody),
         (status = 413, description = "The body is too large", body = ErrorBody),
@@ -39,6 +44,7 @@ pub async fn create(
     get,
     path = "/api/v1/vms",
     tag = "vms",
+    operation_id = "listVms",
     responses(
         (status = 200, description = "The VMs", body = VmList),
         (status = 503, description = "The store cannot be read", body = ErrorBody),
@@ -55,6 +61,7 @@ pub async fn list(State(state): State<ApiState>) -> Result<Json<VmList>, ApiErro
     get,
     path = "/api/v1/vms/{vm_id}",
     tag = "vms",
+    operation_id = "getVm",
     params(("vm_id" = String, Path, description = "namespace.name")),
     responses(
         (status = 200, description = "The VM", body = Vm),
@@ -73,6 +80,7 @@ pub async fn get(
     post,
     path = "/api/v1/vms/{vm_id}/resize",
     tag = "vms",
+    operation_id = "resizeVm",
     params(("vm_id" = String, Path, description = "namespace.name")),
     request_body = ResizeVm,
     responses(
@@ -100,6 +108,7 @@ pub async fn resize(
     delete,
     path = "/api/v1/vms/{vm_id}",
     tag = "vms",
+    operation_id = "deleteVm",
     params(
         ("vm_id" = String, Path, description = "namespace.name"),
         ("keep_disk" = Option<bool>, Query, description = "Keep the disk (default false)"),
