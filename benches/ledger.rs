@@ -42,6 +42,8 @@ fn claim_and_release(c: &mut Criterion) {
             layout,
             accepts: SizeRange::exactly(10),
             access: None,
+            image: None,
+            image_format: None,
         };
         group.bench_function(label, |b| {
             b.iter_custom(|iterations| {

@@ -1727,3 +1727,84 @@ async fn create_volume_by_name_compares_parameters_access_and_topology() {
     assert_eq!(driver.list().await.len(), 1);
     driver.delete(&volume.volume_id).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_cut_short_mid_format_formats_again() {
+    let Some(mut driver) = Driver::start("midformat", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("halfmade", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let extent = extents(&volume)[0].clone();
+    assert!(driver.stop().is_some_and(|s| s.success()));
+
+    // What a stage killed while mkfs ran leaves on the device: a filesystem
+    // that is not (yet) the volume's. Made here on the volume's extent.
+    let image = support::chaos::images(&driver.state_dir().join("simulated-drives"))
+        .into_iter()
+        .find(|(_, uuid)| *uuid == extent.drive)
+        .map(|(path, _)| path)
+        .expect("the volume's drive image");
+    let offset = vdrive::node::signature::HEADER_BYTES + extent.offset_gib * GIB as u64;
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().expect(program);
+        assert!(out.status.success(), "{program} {args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let device = run(
+        "losetup",
+        &[
+            "--find",
+            "--show",
+            "--offset",
+            &offset.to_string(),
+            "--sizelimit",
+            &(extent.size_gib * GIB as u64).to_string(),
+            path_str(&image).as_str(),
+        ],
+    );
+    let foreign = "0b3c5d7e-0000-4000-8000-00000000f00d";
+    let made = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-U", foreign, &device])
+        .output();
+    run("losetup", &["-d", &device]);
+    assert!(
+        made.is_ok_and(|o| o.status.success()),
+        "mkfs.ext4 of the half-made filesystem"
+    );
+
+    // Without a record of the interrupted format, that is someone else's
+    // filesystem: refused, never mounted.
+    driver.spawn().await;
+    let refused = driver
+        .stage(&volume, &cap)
+        .await
+        .expect_err("a foreign filesystem");
+    assert!(refused.message().contains(foreign), "{}", refused.message());
+    assert!(driver.stop().is_some_and(|s| s.success()));
+
+    // With the stage's intent record marked "formatting", it is the half-made
+    // filesystem of that stage, over a device that was blank: formatted again.
+    let records = driver.state_dir().join("node").join("volumes");
+    fs::create_dir_all(&records).unwrap();
+    let record = serde_json::json!({
+        "volume_id": id, "extents": [], "block": false, "fs_type": null,
+        "staging_path": path_str(&driver.staging_path(&id)),
+        "published": [], "single_writer": false, "formatting": true,
+    });
+    fs::write(records.join(format!("{id}.json")), record.to_string()).unwrap();
+    driver.spawn().await;
+    let staging = driver.stage(&volume, &cap).await.expect("formatted again");
+    fs::write(staging.join("hello"), b"written").unwrap();
+    let record: serde_json::Value =
+        serde_json::from_slice(&fs::read(records.join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!(record["formatting"], false, "{record}");
+    assert_eq!(record["fs_type"], "ext4", "{record}");
+    // Restaged, it is the volume's own filesystem now: kept, not formatted.
+    driver.unstage(&id, &staging).await.unwrap();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    assert_eq!(fs::read(staging.join("hello")).unwrap(), b"written");
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}

@@ -20,7 +20,7 @@ mod support;
 use support::driver::{Driver, GIB, raw_block};
 use support::http::{Answer, free_port, get, post_json, request, serve_files};
 use vdrive::csi::proto::Volume;
-use vdrive::node::signature::{self, HEADER_BYTES};
+use vdrive::node::signature::HEADER_BYTES;
 
 /// Two 16 GiB drives of each type: the vm pool takes QLC.
 const DRIVES: &str = "tlc:16x1,qlc:16x2";
@@ -208,11 +208,10 @@ impl Api {
 
 /// The simulated drive whose signature carries `uuid`.
 fn drive_image(driver: &Driver, uuid: &str) -> PathBuf {
-    let dir = driver.state_dir().join("simulated-drives");
-    fs::read_dir(&dir)
-        .expect("list the simulated drives")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| matches!(signature::read(p), Ok(Some(sig)) if sig.uuid.to_string() == uuid))
+    support::chaos::images(&driver.state_dir().join("simulated-drives"))
+        .into_iter()
+        .find(|(_, id)| id == uuid)
+        .map(|(path, _)| path)
         .unwrap_or_else(|| panic!("no simulated drive {uuid}"))
 }
 
@@ -502,13 +501,11 @@ async fn resize_grows_and_delete_erases_before_it_frees() {
     assert!(api.volume(&volume_id).await.is_none(), "the claim is freed");
     for extent in extents {
         let image = drive_image(&api.driver, &extent.drive);
-        let file = File::open(&image).expect("open the drive image");
         let from = HEADER_BYTES + extent.offset_gib * GIB as u64;
-        // The image was written at the start of the disk: its bytes are gone.
-        let mut head = vec![0u8; IMAGE_BYTES];
-        file.read_exact_at(&mut head, from).expect("read the drive");
-        assert!(
-            head.iter().all(|b| *b == 0),
+        let to = from + extent.size_gib * GIB as u64;
+        assert_eq!(
+            support::chaos::first_nonzero(&image, from, to),
+            None,
             "the deleted disk was not erased"
         );
     }

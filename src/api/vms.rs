@@ -18,9 +18,14 @@ use crate::vms::{
     post,
     path = "/api/v1/vms",
     tag = "vms",
+    operation_id = "createVm",
     request_body = CreateVm,
     responses(
-        (status = 201, description = "The VM, Provisioning", body = Vm),
+        (status = 201, description = "The VM, Provisioning", body = Vm, links(
+            ("GetVm" = (operation_id = "getVm", parameters(("vm_id" = "$response.body#/id")))),
+            ("ResizeVm" = (operation_id = "resizeVm", parameters(("vm_id" = "$response.body#/id")))),
+            ("DeleteVm" = (operation_id = "deleteVm", parameters(("vm_id" = "$response.body#/id")))),
+        )),
         (status = 401, description = "No valid bearer token (in a cluster)", body = ErrorBody),
         (status = 403, description = "The caller may not create the namespace's PVCs (in a cluster)", body = ErrorBody),
         (status = 400, description = "A field is wrong, or the image or server type is unknown", body = ErrorBody),
@@ -48,6 +53,7 @@ pub async fn create(
     get,
     path = "/api/v1/vms",
     tag = "vms",
+    operation_id = "listVms",
     params(
         ("namespace" = Option<String>, Query, description = "Only this namespace's VMs (default: every namespace)"),
     ),
@@ -78,6 +84,7 @@ pub async fn list(
     get,
     path = "/api/v1/vms/{vm_id}",
     tag = "vms",
+    operation_id = "getVm",
     params(("vm_id" = String, Path, description = "namespace.name")),
     responses(
         (status = 200, description = "The VM", body = Vm),
@@ -100,6 +107,7 @@ pub async fn get(
     post,
     path = "/api/v1/vms/{vm_id}/resize",
     tag = "vms",
+    operation_id = "resizeVm",
     params(("vm_id" = String, Path, description = "namespace.name")),
     request_body = ResizeVm,
     responses(
@@ -131,6 +139,7 @@ pub async fn resize(
     delete,
     path = "/api/v1/vms/{vm_id}",
     tag = "vms",
+    operation_id = "deleteVm",
     params(
         ("vm_id" = String, Path, description = "namespace.name"),
         ("keep_disk" = Option<bool>, Query, description = "Keep the disk (default false)"),

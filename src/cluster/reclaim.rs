@@ -150,6 +150,8 @@ mod tests {
             layout,
             accepts: SizeRange::exactly(1),
             access: None,
+            image: None,
+            image_format: None,
         };
         let volume = ledger.claim(NODE, &request).await.unwrap();
         ledger.retire_on(NODE, &volume.id).await.unwrap();

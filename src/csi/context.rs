@@ -1,6 +1,6 @@
 //! The volume context: everything a node needs to build a volume's device without
-//! asking the controller (node, extents, filesystem). CreateVolume writes it; the
-//! CO hands it back to NodeStageVolume.
+//! asking the controller (node, extents, filesystem, the image to write into a
+//! block volume). CreateVolume writes it; the CO hands it back to NodeStageVolume.
 
 use std::collections::HashMap;
 
@@ -9,11 +9,17 @@ use uuid::Uuid;
 
 use crate::drive::DriveType;
 use crate::ledger::{Volume, VolumeExtent};
+use crate::node::image::{Image, ImageFormat, ImageSource};
 
 pub const NODE_KEY: &str = "vdrive.io/node";
 pub const FS_TYPE_KEY: &str = "vdrive.io/fs-type";
 /// JSON list of `{"virtual","drive","type","offset_gib","size_gib"}`, device order.
 pub const EXTENTS_KEY: &str = "vdrive.io/extents";
+/// The image written into the block volume at its first staging: an absolute
+/// path on the node or an http(s) URL (StorageClass `image`).
+pub const IMAGE_KEY: &str = "vdrive.io/image";
+/// `raw` or `qcow2`; absent: detected from the image file (StorageClass `imageFormat`).
+pub const IMAGE_FORMAT_KEY: &str = "vdrive.io/image-format";
 
 /// The most GiB an extent may reach: what a drive's bytes (u64) can address.
 const MAX_GIB: u64 = u64::MAX >> 30;
@@ -24,6 +30,8 @@ pub struct VolumeContext {
     /// The filesystem chosen at creation, when the context says.
     pub fs_type: Option<String>,
     pub extents: Vec<VolumeExtent>,
+    /// The image to write into the volume when it is staged blank.
+    pub image: Option<Image>,
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -59,7 +67,44 @@ pub fn encode(volume: &Volume, fs_type: &str) -> HashMap<String, String> {
     if !fs_type.is_empty() {
         context.insert(FS_TYPE_KEY.to_string(), fs_type.to_string());
     }
+    // The image is what the volume was created with, as its spec keeps it.
+    if let Some(spec) = &volume.spec {
+        if let Some(image) = &spec.image {
+            context.insert(IMAGE_KEY.to_string(), image.clone());
+        }
+        if let Some(format) = &spec.image_format {
+            context.insert(IMAGE_FORMAT_KEY.to_string(), format.clone());
+        }
+    }
     context
+}
+
+/// The image the context names, checked as CreateVolume checks the class's.
+fn image(context: &HashMap<String, String>) -> Result<Option<Image>, Status> {
+    let invalid = |key: &str, value: &str, reason: String| {
+        Status::invalid_argument(format!(
+            "volume context {key}={value:?} is invalid: {reason}"
+        ))
+    };
+    let format = context
+        .get(IMAGE_FORMAT_KEY)
+        .map(|value| {
+            value
+                .parse::<ImageFormat>()
+                .map_err(|reason| invalid(IMAGE_FORMAT_KEY, value, reason))
+        })
+        .transpose()?;
+    match context.get(IMAGE_KEY) {
+        None if format.is_some() => Err(Status::invalid_argument(format!(
+            "volume context has {IMAGE_FORMAT_KEY} without {IMAGE_KEY}: stage the volume with the context CreateVolume returned"
+        ))),
+        None => Ok(None),
+        Some(value) => {
+            let source =
+                ImageSource::parse(value).map_err(|reason| invalid(IMAGE_KEY, value, reason))?;
+            Ok(Some(Image { source, format }))
+        }
+    }
 }
 
 pub fn decode(context: &HashMap<String, String>) -> Result<VolumeContext, Status> {
@@ -95,9 +140,11 @@ pub fn decode(context: &HashMap<String, String>) -> Result<VolumeContext, Status
             bad.virtual_uuid, bad.size_gib, bad.offset_gib
         )));
     }
+    let image = image(context)?;
     Ok(VolumeContext {
         node,
         fs_type: context.get(FS_TYPE_KEY).cloned(),
+        image,
         extents: entries
             .into_iter()
             .map(|e| VolumeExtent {
@@ -135,5 +182,33 @@ mod tests {
             assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
             assert!(err.message().contains(EXTENTS_KEY), "{err:?}");
         }
+    }
+
+    #[test]
+    fn the_image_and_its_format_are_checked_like_the_class_parameters() {
+        assert_eq!(decode(&context(0, 1)).unwrap().image, None);
+        let mut with = context(0, 1);
+        with.insert(IMAGE_KEY.into(), "http://10.0.0.1/disk.qcow2".into());
+        with.insert(IMAGE_FORMAT_KEY.into(), "qcow2".into());
+        assert_eq!(
+            decode(&with).unwrap().image,
+            Some(Image {
+                source: ImageSource::Url("http://10.0.0.1/disk.qcow2".into()),
+                format: Some(ImageFormat::Qcow2)
+            })
+        );
+        for (key, value) in [(IMAGE_KEY, "relative.img"), (IMAGE_FORMAT_KEY, "vhd")] {
+            let mut bad = with.clone();
+            bad.insert(key.into(), value.into());
+            let err = decode(&bad).unwrap_err();
+            assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+            assert!(err.message().contains(key), "{err:?}");
+        }
+        let mut format_only = context(0, 1);
+        format_only.insert(IMAGE_FORMAT_KEY.into(), "raw".into());
+        assert_eq!(
+            decode(&format_only).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

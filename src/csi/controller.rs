@@ -44,8 +44,7 @@ pub trait VolumeImages: Send + Sync {
 }
 
 /// The CreateVolume parameters naming the image the node writes into a volume.
-pub const IMAGE_PARAM: &str = "image";
-pub const IMAGE_FORMAT_PARAM: &str = "imageFormat";
+pub use params::{IMAGE_FORMAT_KEY as IMAGE_FORMAT_PARAM, IMAGE_KEY as IMAGE_PARAM};
 
 impl<S: LedgerStore> ControllerService<S> {
     /// `in_flight` is shared with the node service when both run in one process,
@@ -229,6 +228,13 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 capability::FS_TYPES.join(", ")
             )));
         }
+        // An image is written into a raw block device; a filesystem volume is
+        // formatted instead, which would bury it.
+        if params.image.is_some() && !req.volume_capabilities.iter().all(capability::is_block) {
+            return Err(Status::invalid_argument(
+                "an image is written only into block volumes: request the volume with volumeMode: Block (a block capability), or drop the class's image parameter",
+            ));
+        }
         // A class whose mount options can never mount fails here, not at staging.
         for cap in &req.volume_capabilities {
             input::mount_flags(capability::mount_flags(cap), Some(&fs_type))?;
@@ -248,6 +254,12 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                     fs_type.clone()
                 },
             ),
+            image: params.image.as_ref().map(|i| i.source.to_string()),
+            image_format: params
+                .image
+                .as_ref()
+                .and_then(|i| i.format)
+                .map(|f| f.as_str().to_string()),
         };
         let _flight = self.in_flight.begin(&req.name)?;
         let volume = self.ledger.create(&claim, &wanted).await?;

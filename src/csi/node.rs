@@ -112,6 +112,13 @@ impl<S: LedgerStore> Node for NodeService<S> {
         let cap = capability_of(req.volume_capability.as_ref())?;
         let ctx = context::decode(&req.volume_context)?;
         let block = capability::is_block(cap);
+        if ctx.image.is_some() && !block {
+            return Err(Status::invalid_argument(format!(
+                "volume {} carries an image ({}), which is written only into block volumes: stage it with a block capability",
+                req.volume_id,
+                context::IMAGE_KEY
+            )));
+        }
         let fs_type = match capability::fs_type(cap).or(ctx.fs_type.as_deref()) {
             Some(name) if !block => Some(name.parse::<fs::FsType>().map_err(Status::from)?),
             _ => None,
@@ -130,6 +137,7 @@ impl<S: LedgerStore> Node for NodeService<S> {
             fs_type,
             mount_flags: capability::mount_flags(cap).to_vec(),
             read_only: capability::is_read_only_mode(cap),
+            image: ctx.image,
         };
         self.volumes
             .stage(stage)

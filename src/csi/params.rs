@@ -7,6 +7,7 @@ use thiserror::Error;
 
 use crate::allocator::{self, Ratio, Request, Shape};
 use crate::ledger::VolumeClass;
+use crate::node::image::{Image, ImageFormat, ImageSource};
 use crate::pools::Pool;
 
 /// Keys reserved for the CO (external-provisioner's `--extra-create-metadata`,
@@ -16,7 +17,12 @@ pub const FSTYPE_KEY: &str = "csi.storage.k8s.io/fstype";
 pub const PVC_NAME_KEY: &str = "csi.storage.k8s.io/pvc/name";
 pub const PVC_NAMESPACE_KEY: &str = "csi.storage.k8s.io/pvc/namespace";
 
-const KNOWN_KEYS: [&str; 9] = [
+/// The disk image written into a block volume at its first staging, and its
+/// format (`raw` or `qcow2`; absent: detected from the file).
+pub const IMAGE_KEY: &str = "image";
+pub const IMAGE_FORMAT_KEY: &str = "imageFormat";
+
+const KNOWN_KEYS: [&str; 11] = [
     "pool",
     "tlc",
     "qlc",
@@ -26,6 +32,8 @@ const KNOWN_KEYS: [&str; 9] = [
     "minDriveGiB",
     "maxVirtualDrivesPerCore",
     "enforceMinDrivesPerTypePerCore",
+    IMAGE_KEY,
+    IMAGE_FORMAT_KEY,
 ];
 
 /// The cluster-wide defaults a class may override (the chart's values).
@@ -63,6 +71,8 @@ pub struct ClassParams {
     pub fs_type: Option<String>,
     /// `namespace:name` of the PVC, when the CO passed it.
     pub owner: Option<String>,
+    /// The disk image written into the (block) volume at its first staging.
+    pub image: Option<Image>,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -185,6 +195,7 @@ impl ClassParams {
             (Some(namespace), Some(name)) => Some(format!("{namespace}:{name}")),
             _ => None,
         };
+        let image = image(params)?;
         let params = ClassParams {
             pool,
             ratio,
@@ -196,6 +207,7 @@ impl ClassParams {
             enforce_min_drives_per_type_per_core: enforce,
             fs_type,
             owner,
+            image,
         };
         // Settings no size can satisfy are reported now, naming the parameter.
         params
@@ -239,6 +251,34 @@ impl ClassParams {
             min_drive_gib: self.min_drive_gib,
         }
     }
+}
+
+/// `image` and `imageFormat`: the image's source checked for shape (the node
+/// reads it), its format one vdrive converts.
+fn image(params: &HashMap<String, String>) -> Result<Option<Image>, ParamError> {
+    let bad = |key: &str, value: &str, reason: String| ParamError::BadValue {
+        key: key.to_string(),
+        value: value.to_string(),
+        reason,
+    };
+    let format = params
+        .get(IMAGE_FORMAT_KEY)
+        .map(|value| {
+            value
+                .parse::<ImageFormat>()
+                .map_err(|reason| bad(IMAGE_FORMAT_KEY, value, reason))
+        })
+        .transpose()?;
+    let Some(value) = params.get(IMAGE_KEY) else {
+        return match format {
+            Some(_) => Err(ParamError::Conflict(format!(
+                "{IMAGE_FORMAT_KEY} names the format of an image, and no {IMAGE_KEY} is given: set {IMAGE_KEY} too, or drop {IMAGE_FORMAT_KEY}"
+            ))),
+            None => Ok(None),
+        };
+    };
+    let source = ImageSource::parse(value).map_err(|reason| bad(IMAGE_KEY, value, reason))?;
+    Ok(Some(Image { source, format }))
 }
 
 /// A StorageClass vdrive ships.
@@ -459,6 +499,46 @@ mod tests {
                 .contains("numDrives × driveCapacity (4294967295 × 18446744073709551615)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn an_image_is_a_clean_path_or_an_http_url_with_an_optional_format() {
+        assert_eq!(parse(&[]).unwrap().image, None);
+        let p = parse(&[("image", "/var/lib/images/disk.img")]).unwrap();
+        assert_eq!(
+            p.image,
+            Some(Image {
+                source: ImageSource::File("/var/lib/images/disk.img".into()),
+                format: None
+            })
+        );
+        let p = parse(&[
+            ("image", "https://images.example/disk.qcow2"),
+            ("imageFormat", "qcow2"),
+        ])
+        .unwrap();
+        let image = p.image.unwrap();
+        assert_eq!(
+            image.source,
+            ImageSource::Url("https://images.example/disk.qcow2".into())
+        );
+        assert_eq!(image.format, Some(ImageFormat::Qcow2));
+        for bad in ["disk.img", "/a/../b", "ftp://host/x", "s3://bucket/x"] {
+            let err = parse(&[("image", bad)]).unwrap_err();
+            assert!(
+                matches!(&err, ParamError::BadValue { key, .. } if key == "image"),
+                "{bad}: {err}"
+            );
+            assert!(err.to_string().contains("http:// or https:// URL"), "{err}");
+        }
+        let err = parse(&[("image", "/disk.img"), ("imageFormat", "vmdk")]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "StorageClass parameter imageFormat=\"vmdk\" is invalid: expected raw or qcow2 (or leave imageFormat out to detect it from the file)"
+        );
+        let err = parse(&[("imageFormat", "raw")]).unwrap_err();
+        assert!(matches!(err, ParamError::Conflict(_)), "{err}");
+        assert!(err.to_string().contains("set image too"), "{err}");
     }
 
     #[test]

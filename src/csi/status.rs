@@ -108,7 +108,9 @@ fn node_code(err: &NodeError) -> Code {
         NodeError::InvalidSpec { .. }
         | NodeError::UnsupportedFs { .. }
         | NodeError::AccessTypeMismatch { .. }
-        | NodeError::DmInvalid { .. } => Code::InvalidArgument,
+        | NodeError::DmInvalid { .. }
+        | NodeError::ImageInvalid { .. }
+        | NodeError::ImageZeroHead { .. } => Code::InvalidArgument,
         // What the call names is not (or no longer) here.
         NodeError::NoClaims { .. }
         | NodeError::Deleted { .. }
@@ -161,13 +163,18 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::NotOurTarget { .. }
         | NodeError::NotClaimed { .. }
         | NodeError::StillStaged { .. }
-        | NodeError::StillHasDevice { .. } => Code::FailedPrecondition,
+        | NodeError::StillHasDevice { .. }
+        | NodeError::ImageFile { .. }
+        | NodeError::ImageHttpStatus { .. }
+        | NodeError::ImageTooLarge { .. } => Code::FailedPrecondition,
         // CSI's answer to a call on a volume another call is still working on.
         NodeError::InProgress { .. } => Code::Aborted,
         // Transient: the kernel is still letting go; the CO retries.
-        NodeError::MountBusy { .. } | NodeError::DetachStuck { .. } | NodeError::DmBusy { .. } => {
-            Code::Unavailable
-        }
+        NodeError::MountBusy { .. }
+        | NodeError::DetachStuck { .. }
+        | NodeError::DmBusy { .. }
+        // The image server did not answer (in time).
+        | NodeError::ImageDownload { .. } => Code::Unavailable,
         // The machine lacks a tool, or the kernel or a tool failed.
         NodeError::ToolMissing { .. }
         | NodeError::Io { .. }

@@ -67,6 +67,11 @@ pub struct ClaimRequest {
     /// How the volume is used: `block`, or the filesystem of a mount volume
     /// (None: not known). Kept with the volume in its [`VolumeSpec`].
     pub access: Option<String>,
+    /// The disk image written into the volume at its first staging, and its
+    /// format when named (StorageClass `image`, `imageFormat`). Kept in its
+    /// [`VolumeSpec`] too.
+    pub image: Option<String>,
+    pub image_format: Option<String>,
 }
 
 impl ClaimRequest {
@@ -76,6 +81,12 @@ impl ClaimRequest {
             pool: self.pool,
             layout: self.layout,
         }
+    }
+
+    /// What a volume made for this request records it was asked for.
+    pub fn spec(&self) -> VolumeSpec {
+        VolumeSpec::new(&self.layout, self.access.clone())
+            .with_image(self.image.clone(), self.image_format.clone())
     }
 }
 
@@ -513,8 +524,7 @@ impl<S: LedgerStore> Ledger<S> {
                     part: part as u32,
                     fixed: request.layout.fixed_gib().is_some(),
                     releasing: false,
-                    spec: (part == 0)
-                        .then(|| VolumeSpec::new(&request.layout, request.access.clone())),
+                    spec: (part == 0).then(|| request.spec()),
                 };
                 ledger.claims.push(claim);
             }
@@ -753,7 +763,7 @@ fn same_volume(existing: Volume, request: &ClaimRequest) -> Result<Volume, Ledge
             requested_pool: PoolLabel(request.pool),
         });
     }
-    let requested = VolumeSpec::new(&request.layout, request.access.clone());
+    let requested = request.spec();
     let differences = existing
         .spec
         .as_ref()

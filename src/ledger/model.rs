@@ -163,6 +163,16 @@ pub struct VolumeSpec {
     /// `block`, or the filesystem of a mount volume; None when not known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<String>,
+    /// The disk image written into the volume at its first staging (a path on
+    /// the node or an http(s) URL), and its format when the class named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(
+        rename = "imageFormat",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_format: Option<String>,
 }
 
 impl VolumeSpec {
@@ -185,7 +195,16 @@ impl VolumeSpec {
             max_virtual_drives_per_core: layout.max_virtual_drives_per_core,
             enforce_min_drives_per_type_per_core: layout.enforce_min_drives_per_type_per_core,
             access,
+            image: None,
+            image_format: None,
         }
+    }
+
+    /// The spec with the image (and image format) the volume is created with.
+    pub fn with_image(mut self, image: Option<String>, format: Option<String>) -> Self {
+        self.image = image;
+        self.image_format = format;
+        self
     }
 
     fn layout(&self) -> String {
@@ -235,6 +254,18 @@ impl VolumeSpec {
             self.enforce_min_drives_per_type_per_core.to_string(),
             requested.enforce_min_drives_per_type_per_core.to_string(),
         );
+        let image = |spec: &VolumeSpec| match (&spec.image, &spec.image_format) {
+            (None, _) => "none".to_string(),
+            (Some(image), None) => image.clone(),
+            (Some(image), Some(format)) => format!("{image} ({format})"),
+        };
+        if (&self.image, &self.image_format) != (&requested.image, &requested.image_format) {
+            differ.push(format!(
+                "its image is {}, not {}",
+                image(self),
+                image(requested)
+            ));
+        }
         let describe = |access: &str| match access {
             "block" => "a raw block volume".to_string(),
             fs => format!("an {fs} filesystem volume"),

@@ -53,6 +53,8 @@ fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
         layout,
         accepts: SizeRange::exactly(gib),
         access: None,
+        image: None,
+        image_format: None,
     }
 }
 
@@ -1391,6 +1393,43 @@ fn the_same_name_with_another_layout_access_or_node_conflicts() {
         first
     );
     assert_eq!(rt.block_on(f.ledger.volumes()).unwrap().len(), 1);
+}
+
+#[test]
+fn the_same_name_with_another_image_conflicts_and_the_image_is_kept() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
+    let mut request = tlc_request("vm-1", 10);
+    request.access = Some("block".into());
+    request.image = Some("/images/a.qcow2".into());
+    let first = rt
+        .block_on(f.ledger.create(&request, &Wanted::Anywhere))
+        .unwrap();
+    let spec = first.spec.clone().unwrap();
+    assert_eq!(spec.image.as_deref(), Some("/images/a.qcow2"));
+    assert_eq!(spec.image_format, None);
+    assert_eq!(
+        rt.block_on(f.ledger.create(&request, &Wanted::Anywhere))
+            .unwrap(),
+        first
+    );
+    let conflict =
+        |request: &ClaimRequest| match rt.block_on(f.ledger.create(request, &Wanted::Anywhere)) {
+            Err(err @ LedgerError::Incompatible { .. }) => err.to_string(),
+            other => panic!("expected a conflict, got {other:?}"),
+        };
+    let mut other = request.clone();
+    other.image = Some("https://images.example/b.img".into());
+    let text = conflict(&other);
+    assert!(
+        text.contains("its image is /images/a.qcow2, not https://images.example/b.img"),
+        "{text}"
+    );
+    let mut formatted = request.clone();
+    formatted.image_format = Some("qcow2".into());
+    assert!(conflict(&formatted).contains("not /images/a.qcow2 (qcow2)"));
+    let mut none = request.clone();
+    none.image = None;
+    assert!(conflict(&none).contains("its image is /images/a.qcow2, not none"));
 }
 
 #[test]

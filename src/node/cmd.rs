@@ -1,4 +1,4 @@
-//! Running the util-linux, e2fsprogs and xfsprogs tools: stderr goes into the error.
+//! Running the util-linux, e2fsprogs, xfsprogs and qemu-utils tools: stderr goes into the error.
 
 use std::ffi::OsStr;
 use std::os::unix::process::CommandExt;
@@ -11,6 +11,7 @@ fn package(program: &str) -> &'static str {
     match program {
         "mkfs.ext4" | "resize2fs" | "e2fsck" => "e2fsprogs",
         "mkfs.xfs" | "xfs_growfs" => "xfsprogs",
+        "qemu-img" => "qemu-utils",
         _ => "util-linux",
     }
 }
@@ -75,4 +76,71 @@ pub(crate) fn run<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, 
         return Err(failed(program, args, &out));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Set in the child test process that [`a_tool_dies_with_vdrive`] starts.
+    const CHILD_ENV: &str = "VDRIVE_CMD_TEST_CHILD";
+
+    /// Runs in a process of its own (see below): starts a long tool and waits.
+    #[test]
+    fn long_tool_of_a_child_process() {
+        let Ok(marker) = std::env::var(CHILD_ENV) else {
+            return; // only as the child of the test below
+        };
+        let _ = output("sleep", &[marker.as_str()]);
+    }
+
+    /// The processes whose command line is exactly `sleep MARKER`.
+    fn sleepers(marker: &str) -> Vec<u32> {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                std::fs::read(Path::new("/proc").join(pid.to_string()).join("cmdline"))
+                    .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_tool_dies_with_vdrive() {
+        // A sleep no other test runs: seconds with a unique fraction.
+        let marker = format!("600.{}", std::process::id());
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = Command::new(exe)
+            .args(["--exact", "node::cmd::tests::long_tool_of_a_child_process"])
+            .env(CHILD_ENV, &marker)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the child test");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while sleepers(&marker).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the child never started its tool"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The driver is killed mid-call: its tool must not outlive it.
+        child.kill().expect("SIGKILL the child");
+        let _ = child.wait();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sleepers(&marker).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the tool outlived its killed parent: {:?}",
+                sleepers(&marker)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

@@ -377,6 +377,43 @@ pub enum NodeError {
     #[error("node task failed: {0}")]
     Task(String),
 
+    // VM disk images written into a block volume at its first staging.
+    #[error(
+        "cannot read image file {path} on this node: {reason}; put the image there (a regular file), or change the volume's image parameter"
+    )]
+    ImageFile { path: PathBuf, reason: String },
+
+    #[error(
+        "cannot download image {url}: {reason}; check that the node can reach the server and retry"
+    )]
+    ImageDownload { url: String, reason: String },
+
+    #[error(
+        "downloading image {url} was answered with HTTP {status}: check that the URL serves the image"
+    )]
+    ImageHttpStatus { url: String, status: String },
+
+    #[error(
+        "image {image} is {image_bytes} bytes{what}, but the volume's device has {device_bytes} bytes: \
+         ask for a volume of at least {need_gib} GiB (the PVC's storage request)"
+    )]
+    ImageTooLarge {
+        image: String,
+        what: &'static str,
+        image_bytes: u64,
+        device_bytes: u64,
+        need_gib: u64,
+    },
+
+    #[error("image {image} cannot be imported: {reason}")]
+    ImageInvalid { image: String, reason: String },
+
+    #[error(
+        "image {image} ({bytes} bytes) has only zeros in its first MiB: vdrive could not tell it from a blank disk, \
+         and would write it again at every staging; use an image that starts with its partition table or boot sector"
+    )]
+    ImageZeroHead { image: String, bytes: u64 },
+
     #[error(transparent)]
     Ledger(#[from] crate::ledger::LedgerError),
     #[error(

@@ -12,6 +12,7 @@
 //! - [`ownership`]: reporting drives with what their headers say, keeping headers current;
 //! - [`nvme`]: what an NVMe drive promises about discarded blocks;
 //! - [`fs`]: detecting, creating and growing filesystems;
+//! - [`image`]: VM disk images written into blank block volumes at staging;
 //! - [`mounts`]: mounting, bind-publishing, unmounting and usage stats;
 //! - [`publish`]: format-and-mount at staging, bind to targets, remove targets;
 //! - [`staging`]: the node's records of what it staged where;
@@ -30,6 +31,7 @@ pub mod dm;
 pub mod drives;
 mod error;
 pub mod fs;
+pub mod image;
 pub mod inflight;
 pub mod loopdev;
 pub mod mounts;

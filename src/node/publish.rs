@@ -20,6 +20,26 @@ pub struct MountSpec<'a> {
     pub volume_uuid: Option<Uuid>,
     pub flags: &'a [String],
     pub read_only: bool,
+    pub formatting: &'a Formatting<'a>,
+}
+
+/// What the staging record knows about formatting the device.
+pub struct Formatting<'a> {
+    /// An earlier stage began formatting this device and was cut short: the
+    /// device was blank then (only a blank device is formatted), so what it
+    /// holds now is that half-made filesystem, and it is formatted again.
+    pub interrupted: bool,
+    /// Marks the record before mkfs starts (true) and after it ends (false).
+    pub mark: &'a dyn Fn(bool) -> Result<(), NodeError>,
+}
+
+impl Formatting<'_> {
+    /// Formats `device`, marked in the record while mkfs runs.
+    fn format(&self, device: &Path, fs: fs::FsType, uuid: Option<Uuid>) -> Result<(), NodeError> {
+        (self.mark)(true)?;
+        fs::format(device, fs, uuid)?;
+        (self.mark)(false)
+    }
 }
 
 /// Formats (if blank) and mounts a volume's device at its staging path; returns
@@ -47,10 +67,15 @@ pub fn mount_staged(
     }
     // The directory first: nothing is formatted for a staging path that cannot exist.
     std::fs::create_dir_all(staging).map_err(NodeError::io("create", staging))?;
-    let fs = match fs::identify(device)? {
+    let found = if spec.formatting.interrupted {
+        None
+    } else {
+        fs::identify(device)?
+    };
+    let fs = match found {
         None => {
             let fs = spec.wanted.unwrap_or(fs::FsType::Ext4);
-            fs::format(device, fs, spec.volume_uuid)?;
+            spec.formatting.format(device, fs, spec.volume_uuid)?;
             fs
         }
         Some(found) => {

@@ -31,6 +31,9 @@ pub struct StagingRecord {
     pub published: Vec<PathBuf>,
     #[serde(default)]
     pub single_writer: bool,
+    /// mkfs was started on the (blank) device and has not been seen to end.
+    #[serde(default)]
+    pub formatting: bool,
 }
 
 impl StagingRecord {
@@ -49,6 +52,7 @@ impl StagingRecord {
             staging_path,
             published: Vec::new(),
             single_writer: false,
+            formatting: false,
         }
     }
 

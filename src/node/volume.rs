@@ -8,6 +8,7 @@
 //! crashed half-way leaves a record, so unstage still finds and takes down
 //! whatever was made.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -15,10 +16,10 @@ use tracing::warn;
 use uuid::Uuid;
 
 use super::backend::{DeviceBackend, Segment};
-use super::publish::{self, MountSpec};
+use super::publish::{self, Formatting, MountSpec};
 use super::registry::DriveRegistry;
 use super::staging::{StagingRecord, StagingRecords};
-use super::{GIB, NodeError, blockdev, drives, fs, loopdev, mounts, ownership};
+use super::{GIB, NodeError, blockdev, drives, fs, image, loopdev, mounts, ownership};
 use crate::drive::Backend;
 use crate::ledger::{Claim, Ledger, LedgerStore, NodeLedger, Volume, VolumeExtent};
 
@@ -56,6 +57,8 @@ pub struct StageRequest {
     pub fs_type: Option<fs::FsType>,
     pub mount_flags: Vec<String>,
     pub read_only: bool,
+    /// The disk image to write into a blank block volume (volume context).
+    pub image: Option<image::Image>,
 }
 
 /// NodePublishVolume, as the core sees it.
@@ -80,6 +83,8 @@ pub struct NodeVolumes<S> {
     drives: Arc<DriveRegistry>,
     records: StagingRecords,
     backend: Arc<dyn DeviceBackend>,
+    /// Where images are downloaded and converted while they are imported.
+    scratch: PathBuf,
     /// Whether raw block volumes may be loop devices (test beds without dm).
     unsafe_loop_block: bool,
 }
@@ -93,6 +98,7 @@ struct OnNode {
     drives: Arc<DriveRegistry>,
     records: StagingRecords,
     backend: Arc<dyn DeviceBackend>,
+    scratch: PathBuf,
 }
 
 /// Runs blocking node work (records, rescans, commands, mounts, ioctls) off the
@@ -123,6 +129,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
             drives,
             records: StagingRecords::new(state_dir),
             backend,
+            scratch: state_dir.join("images"),
             unsafe_loop_block: false,
         }
     }
@@ -176,6 +183,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
             drives: self.drives.clone(),
             records: self.records.clone(),
             backend: self.backend.clone(),
+            scratch: self.scratch.clone(),
         }
     }
 
@@ -504,11 +512,30 @@ impl OnNode {
         });
         record.extents = volume.extents.clone();
         self.records.save(&record)?;
-        match self.build_and_mount(&volume.id, &parts, &req) {
+        // A volume published to a workload (a VM on its disk) is never imported into.
+        let in_use = existing.as_ref().is_some_and(|r| !r.published.is_empty());
+        // mkfs runs between two record writes: a stage that finds the mark was
+        // cut short mid-format (a crash, a kill), and formats again.
+        let formatting = Cell::new(false);
+        let mark = |on: bool| {
+            let mut marked = record.clone();
+            marked.formatting = on;
+            self.records.save(&marked)?;
+            formatting.set(on);
+            Ok(())
+        };
+        let format = Formatting {
+            interrupted: record.formatting,
+            mark: &mark,
+        };
+        match self.build_and_mount(&volume.id, &parts, &req, in_use, &format) {
             Ok(fs) => {
                 record.fs_type = fs.map(|f| f.as_str().to_string());
+                record.formatting = false;
                 self.records.save(&record)
             }
+            // The record keeps the mark: the next stage formats again.
+            Err(err) if formatting.get() => Err(err),
             Err(err) => {
                 if existing.is_none() {
                     // Best effort: a stale intent record only makes unstage look.
@@ -520,33 +547,43 @@ impl OnNode {
     }
 
     /// The volume's device, and its filesystem mounted at the staging path
-    /// (None for a block volume). A failure takes down a device built here.
+    /// (None for a block volume, which gets its image if it has one and is
+    /// blank). A failure takes down a device built here.
     fn build_and_mount(
         &self,
         volume_id: &str,
         parts: &[Segment],
         req: &StageRequest,
+        in_use: bool,
+        format: &Formatting<'_>,
     ) -> Result<Option<fs::FsType>, NodeError> {
         let (device, built_here) = self.backend.ensure(volume_id, parts)?;
-        if req.block {
-            return Ok(None);
-        }
-        let spec = MountSpec {
-            wanted: req.fs_type,
-            volume_uuid: Uuid::parse_str(volume_id).ok(),
-            flags: &req.mount_flags,
-            read_only: req.read_only,
-        };
-        match publish::mount_staged(&device, &req.staging_path, &spec) {
-            Ok(fs) => Ok(Some(fs)),
-            Err(err) => {
-                // Nothing half-made: a device this call built goes again.
-                if built_here && let Err(undo) = self.backend.remove(volume_id, &device) {
-                    warn!(%undo, device = %device.display(), "could not take down the device of a failed stage");
+        let result = if req.block {
+            match &req.image {
+                Some(wanted) if !in_use => {
+                    image::write_if_blank(&device, wanted, &self.scratch, volume_id).map(|_| None)
                 }
-                Err(err)
+                _ => Ok(None),
+            }
+        } else {
+            let spec = MountSpec {
+                wanted: req.fs_type,
+                volume_uuid: Uuid::parse_str(volume_id).ok(),
+                flags: &req.mount_flags,
+                read_only: req.read_only,
+                formatting: format,
+            };
+            publish::mount_staged(&device, &req.staging_path, &spec).map(Some)
+        };
+        if result.is_err() && built_here {
+            // Nothing half-made: a device this call built goes again. (A partial
+            // image is harmless: its first MiB is still zero, so the next stage
+            // imports again.)
+            if let Err(undo) = self.backend.remove(volume_id, &device) {
+                warn!(%undo, device = %device.display(), "could not take down the device of a failed stage");
             }
         }
+        result
     }
 
     /// Unmounts the volume's device from `staging` and takes the device down,
