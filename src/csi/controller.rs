@@ -40,8 +40,12 @@ pub trait VolumeImages: Send + Sync {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<(String, Option<String>)>, String>>;
+    ) -> BoxFuture<'a, Result<Option<VolumeImage>, String>>;
 }
+
+/// An image's source (a path on the node or an http(s) URL) and its format
+/// (`raw`, `qcow2`, or None: detected).
+pub type VolumeImage = (String, Option<String>);
 
 /// The CreateVolume parameters naming the image the node writes into a volume.
 pub use params::{IMAGE_FORMAT_KEY as IMAGE_FORMAT_PARAM, IMAGE_KEY as IMAGE_PARAM};

@@ -43,7 +43,7 @@ use super::{
     Catalog, CreateVm, DISK_CLASS, ResizeVm, Resolved, Vm, VmDeleted, VmDisk, VmError, VmRuntime,
     VmStatus, parse_vm_id, resolve, vm_id,
 };
-use crate::csi::controller::{TOPOLOGY_KEY, VolumeImages};
+use crate::csi::controller::{TOPOLOGY_KEY, VolumeImage, VolumeImages};
 
 /// The label that makes a PVC a VM's record; its value is the VM's name.
 pub const VM_LABEL: &str = "vdrive.io/vm";
@@ -229,7 +229,7 @@ impl ClusterVms {
         if self.kubevirt().await? {
             match self
                 .virtual_machines(&namespace)
-                .delete(&name, &DeleteParams::foreground())
+                .delete(&name, &DeleteParams::default())
                 .await
             {
                 Ok(_) => {}
@@ -746,7 +746,7 @@ impl VolumeImages for ClusterVms {
         &'a self,
         namespace: &'a str,
         name: &'a str,
-    ) -> BoxFuture<'a, Result<Option<(String, Option<String>)>, String>> {
+    ) -> BoxFuture<'a, Result<Option<VolumeImage>, String>> {
         Box::pin(async move {
             let claim = self
                 .pvcs(namespace)
