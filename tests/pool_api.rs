@@ -98,6 +98,11 @@ fn path(p: &Path) -> &str {
 
 impl Api {
     async fn start(name: &str) -> Option<Api> {
+        Api::start_in(name, "vm").await
+    }
+
+    /// An all-in-one serving `pool`.
+    async fn start_in(name: &str, pool: &str) -> Option<Api> {
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
         let mut driver = Driver::unstarted(name, DRIVES, &[])?;
@@ -109,7 +114,7 @@ impl Api {
         driver.extra_args = [
             "--unsafe-loop-block-volumes",
             "--pool",
-            "vm",
+            pool,
             "--api-address",
             &address,
             "--vm-images",
@@ -716,4 +721,26 @@ async fn the_openapi_document_describes_the_api_from_its_types() {
     for status in ["201", "400", "409", "413", "415", "507"] {
         assert!(responses.contains(&status), "{status}: {responses:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_all_in_one_outside_the_vm_pool_says_how_to_serve_vms() {
+    let Some(api) = Api::start_in("vm-k8s-pool", "k8s").await else {
+        return;
+    };
+    let answer = api
+        .post(
+            "/api/v1/vms",
+            json!({"name": "a", "image": "local-raw", "server_type": "small", "storage": 1}),
+        )
+        .await;
+    assert_eq!(answer.status, 409);
+    let (kind, message) = answer.error();
+    assert_eq!(kind, "failed_precondition");
+    assert!(
+        message.contains("this all-in-one serves the k8s pool: start it with --pool vm"),
+        "{message}"
+    );
+    assert_eq!(api.get("/api/v1/vms").await.json(), json!({"vms": []}));
+    assert!(api.driver.list().await.is_empty());
 }

@@ -234,6 +234,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
                 format!("unix://{}", socket.display()),
                 args.state_dir.join("vms"),
                 volumes.clone(),
+                pool,
             );
             let state = ApiState {
                 pools: ledger.clone(),

@@ -36,6 +36,7 @@ use crate::csi::proto::{
 use crate::csi::server;
 use crate::ledger::EmbeddedStore;
 use crate::node::{GIB, NodeVolumes};
+use crate::pools::Pool;
 
 use super::Catalog;
 
@@ -63,6 +64,8 @@ pub struct LocalVms {
     /// Where provisioning stages disks (one directory per VM).
     staging_dir: PathBuf,
     volumes: Arc<NodeVolumes<EmbeddedStore>>,
+    /// The pool this machine serves (`--pool`): VM disks need the vm pool.
+    pool: Option<Pool>,
     /// Held while a record is read, checked and written.
     records: Mutex<()>,
 }
@@ -74,6 +77,7 @@ impl LocalVms {
         endpoint: String,
         staging_dir: PathBuf,
         volumes: Arc<NodeVolumes<EmbeddedStore>>,
+        pool: Option<Pool>,
     ) -> Arc<LocalVms> {
         Arc::new(LocalVms {
             store,
@@ -81,6 +85,7 @@ impl LocalVms {
             endpoint,
             staging_dir,
             volumes,
+            pool,
             records: Mutex::new(()),
         })
     }
@@ -101,6 +106,14 @@ impl LocalVms {
     /// is the VM Provisioning (or the reason it could not be made).
     pub async fn create(self: &Arc<Self>, request: CreateVm) -> Result<Vm, VmError> {
         let resolved = resolve(&request, &self.catalog)?;
+        if self.pool != Some(Pool::Vm) {
+            let serves = self
+                .pool
+                .map_or("no pool".to_string(), |p| format!("the {p} pool"));
+            return Err(VmError::Precondition(format!(
+                "VM disks come from the vm pool, and this all-in-one serves {serves}: start it with --pool vm"
+            )));
+        }
         let id = resolved.id();
         let stored = Stored {
             vm: Vm {
