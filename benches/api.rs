@@ -27,7 +27,7 @@ impl VmBackend for NoVms {
     fn create(self: Arc<Self>, _: CreateVm) -> BoxFuture<'static, Result<Vm, VmError>> {
         Box::pin(async { Err(VmError::Unavailable("no VMs in this benchmark".into())) })
     }
-    fn list(self: Arc<Self>) -> BoxFuture<'static, Result<Vec<Vm>, VmError>> {
+    fn list(self: Arc<Self>, _: Option<String>) -> BoxFuture<'static, Result<Vec<Vm>, VmError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
     fn get(self: Arc<Self>, id: String) -> BoxFuture<'static, Result<Vm, VmError>> {
@@ -63,6 +63,8 @@ fn pool_answers(c: &mut Criterion) {
     let state = ApiState {
         pools: Arc::new(Ledger::new(store, PoolSettings::default())),
         vms: Arc::new(NoVms),
+        // All-in-one's API: no token checks.
+        auth: None,
     };
     let mut app = router(state);
     let mut group = c.benchmark_group("pool_api_200_nodes");
