@@ -7,7 +7,6 @@ use axum::extract::State;
 use super::auth::{Access, Guard};
 use super::error::ErrorBody;
 use super::{ApiError, ApiState};
-use crate::ledger::NodeLedger;
 use crate::pools::{HealthReport, PoolsStatus, cluster_health, pools_status};
 
 /// Capacity, usage and servers of the k8s and vm pools and the system reserve,
@@ -29,8 +28,7 @@ pub async fn status(
 ) -> Result<Json<PoolsStatus>, ApiError> {
     guard.allow(Access::pools()).await?;
     let survey = state.pools.survey().await?;
-    let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
-    Ok(Json(pools_status(&nodes, state.pools.settings())))
+    Ok(Json(pools_status(&survey.nodes, state.pools.settings())))
 }
 
 /// healthy / warning / critical per pool and overall, with what to do about
@@ -53,9 +51,8 @@ pub async fn health(
 ) -> Result<Json<HealthReport>, ApiError> {
     guard.allow(Access::pools()).await?;
     let survey = state.pools.survey().await?;
-    let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
     Ok(Json(cluster_health(
-        &nodes,
+        &survey.nodes,
         &survey.quarantined,
         state.pools.settings(),
     )))

@@ -17,7 +17,7 @@ use crate::cluster::{self, KubeStore, Scope, orphans, quarantine};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::server::{self, Services};
-use crate::ledger::{Ledger, NodeLedger};
+use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges, Refresh};
 use crate::node::inflight::InFlight;
 use crate::pools::{Health, Pool, pools_health, pools_status};
@@ -190,7 +190,6 @@ fn pool_gauges(ledger: Arc<Ledger<Arc<KubeStore>>>, gauges: Arc<Gauges>) -> Refr
             let Ok(nodes) = ledger.nodes().await else {
                 return;
             };
-            let nodes: Vec<NodeLedger> = nodes.iter().map(|n| (**n).clone()).collect();
             let settings = ledger.pool_settings();
             let status = pools_status(&nodes, settings);
             let health = pools_health(&nodes, settings);

@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 
 use super::settings::SettingsArgs;
 use crate::cluster::{self, KubeStore, Scope};
-use crate::ledger::{Ledger, NodeLedger};
+use crate::ledger::Ledger;
 use crate::pools::{Health, cluster_health, pools_status};
 
 #[derive(Debug, Clone, Args)]
@@ -59,15 +59,15 @@ pub async fn run(args: PoolsArgs) -> Result<(String, bool), String> {
         .map_err(|e| e.to_string())?;
     let ledger = Ledger::new(store, settings);
     let survey = ledger.survey().await.map_err(|e| e.to_string())?;
-    let nodes: Vec<NodeLedger> = survey.nodes.iter().map(|n| (**n).clone()).collect();
     let pretty = |value: serde_json::Result<String>| value.map_err(|e| e.to_string());
     if !health {
         let status = pretty(serde_json::to_string_pretty(&pools_status(
-            &nodes, &settings,
+            &survey.nodes,
+            &settings,
         )))?;
         return Ok((status, true));
     }
-    let report = cluster_health(&nodes, &survey.quarantined, &settings);
+    let report = cluster_health(&survey.nodes, &survey.quarantined, &settings);
     let out = pretty(serde_json::to_string_pretty(&report))?;
     Ok((out, report.status == Health::Healthy))
 }

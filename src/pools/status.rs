@@ -2,6 +2,8 @@
 //! `pool` label) and the settings. Values are whole GiB, under the `_gb` keys of
 //! the pool API.
 
+use std::borrow::Borrow;
+
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -68,9 +70,12 @@ pub struct HealthReport {
     pub errors: Vec<String>,
 }
 
-pub fn pools_status(nodes: &[NodeLedger], settings: &PoolSettings) -> PoolsStatus {
+/// Takes the nodes as they are held (`Arc<NodeLedger>` from a survey, or
+/// plain ledgers): a cluster's ledgers are never copied to be counted.
+pub fn pools_status<N: Borrow<NodeLedger>>(nodes: &[N], settings: &PoolSettings) -> PoolsStatus {
+    let nodes = || nodes.iter().map(Borrow::borrow);
     let pool_status = |pool: Pool| {
-        let members = nodes.iter().filter(|n| n.pool == Some(pool));
+        let members = nodes().filter(|n| n.pool == Some(pool));
         let servers = members.clone().count() as u64;
         let used: u64 = members.map(|n| n.claimed_for_pool_gib(Some(pool))).sum();
         let total = servers * settings.capacity_per_server_gib;
@@ -84,7 +89,7 @@ pub fn pools_status(nodes: &[NodeLedger], settings: &PoolSettings) -> PoolsStatu
     };
     // A pool server's reserve holds whatever is on it outside its own pool: volumes
     // of no pool, and volumes of a pool the server has left.
-    let pool_servers: Vec<&NodeLedger> = nodes.iter().filter(|n| n.pool.is_some()).collect();
+    let pool_servers: Vec<&NodeLedger> = nodes().filter(|n| n.pool.is_some()).collect();
     let reserve_total = pool_servers.len() as u64 * settings.system_reserve_per_server_gib;
     let reserve_used: u64 = pool_servers
         .iter()
@@ -103,8 +108,9 @@ pub fn pools_status(nodes: &[NodeLedger], settings: &PoolSettings) -> PoolsStatu
     }
 }
 
-pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthReport {
+pub fn pools_health<N: Borrow<NodeLedger>>(nodes: &[N], settings: &PoolSettings) -> HealthReport {
     let status = pools_status(nodes, settings);
+    let nodes: Vec<&NodeLedger> = nodes.iter().map(Borrow::borrow).collect();
     let mut warnings = Vec::new();
     let mut errors = Vec::new();
 
@@ -233,8 +239,8 @@ pub fn pools_health(nodes: &[NodeLedger], settings: &PoolSettings) -> HealthRepo
 /// [`pools_health`], plus an error for every node kept aside because its ledger
 /// cannot be read: it takes no volumes, and its capacity and usage count in no
 /// pool, until it is repaired.
-pub fn cluster_health(
-    nodes: &[NodeLedger],
+pub fn cluster_health<N: Borrow<NodeLedger>>(
+    nodes: &[N],
     quarantined: &[Quarantined],
     settings: &PoolSettings,
 ) -> HealthReport {
