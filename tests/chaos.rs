@@ -15,7 +15,8 @@
 //! down and their loop devices detached, while the driver runs (for a few
 //! steps) or while it is down (then it is started again on them). Meanwhile a
 //! stage, delete or expansion of a volume on such a drive must be refused with
-//! FAILED_PRECONDITION naming the drive, and a refused delete keeps its claims.
+//! FAILED_PRECONDITION naming the drive, and a refused delete keeps its claims;
+//! a CreateVolume may be refused for lack of room on the drives left.
 //! The drives come back at whatever loop devices are free, two of them at each
 //! other's, and the driver must find each where it is now.
 //!

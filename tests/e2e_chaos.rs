@@ -5,13 +5,21 @@
 //! random creates, stages, publishes, unpublishes, unstages, expansions and
 //! deletes straight to their unix sockets, some given up after a few
 //! milliseconds and some cut short by a SIGKILL of the controller, the node
-//! plugin or both, which are then started again. The model and the checks are
-//! `tests/chaos.rs`'s (`support::chaos`), plus: after every restart and at the
-//! end the live claims in the Node's annotations are exactly the model's
-//! volumes and sizes and no extent is booked twice; a deleted volume's extents,
-//! once its node has erased and released them, read zeros; and when everything
-//! is deleted and the processes stopped, no loop device or mount of the test is
-//! left.
+//! plugin or both, which are then started again; now and then the node's
+//! simulated drives are detached and attached again, often at other loop
+//! devices. The model and the checks are `tests/chaos.rs`'s (`support::chaos`),
+//! plus: after every restart and at the end the live claims in the Node's
+//! annotations are exactly the model's volumes and sizes and no extent is
+//! booked twice; a deleted volume's extents, once its node has erased and
+//! released them, read zeros; and when everything is deleted and the processes
+//! stopped, no loop device or mount of the test is left.
+//!
+//! With a drive detached (and the node's rescan, every second here, has marked
+//! it missing in the Node's annotations), stages and expansions of its volumes
+//! are refused with FAILED_PRECONDITION naming the drive; a DeleteVolume answers
+//! OK, as in any cluster, but the volume's claims must stay releasing, unerased,
+//! for as long as the drive is away; once it is back the node erases and
+//! releases them, and only then are their extents read for zeros.
 //!
 //! `VDRIVE_CHAOS_SEED` (default [`DEFAULT_SEED`]) replays a run;
 //! `VDRIVE_CHAOS_OPS` (default [`DEFAULT_OPS`]) sets its length:
@@ -29,7 +37,7 @@ use kube::api::Api;
 use kube::{Client, ResourceExt};
 use tonic::transport::Channel;
 
-use support::chaos::{Bed, Chaos, Rng, assert_nothing_left, env_or};
+use support::chaos::{Bed, Chaos, Rng, assert_nothing_left, env_or, images};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
 use support::devices::release_everything_under;
 use vdrive::cluster::annotations::{
@@ -99,6 +107,8 @@ impl ClusterBed {
             .arg(format!("--kubeconfig={kubeconfig}"))
             // This machine's kernel has no device-mapper.
             .arg("--unsafe-loop-block-volumes")
+            // Drives detached and attached again are noticed within a second.
+            .arg("--rescan-interval=1")
             .env("RUST_LOG", "info");
         let mut node = cluster.spawn("vdrive-node", node);
         let mut controller = Command::new(&vdrive);
@@ -260,29 +270,58 @@ impl Bed for ClusterBed {
         }
     }
 
-    /// The node erases and releases deleted volumes on its own: wait until no
-    /// claim is releasing.
-    async fn settle(&mut self, at: &str) {
+    /// DeleteVolume marks the claims releasing; the node erases and releases
+    /// them on its own, once it can reach their drive.
+    fn erases_later(&self) -> bool {
+        true
+    }
+
+    async fn releasing(&mut self, at: &str) -> Vec<(String, String)> {
+        let ledger = node_ledger(&self.client)
+            .await
+            .unwrap_or_else(|e| panic!("{at} {e}"));
+        ledger
+            .claims
+            .iter()
+            .filter(|c| c.releasing)
+            .map(|c| (c.volume_id.clone(), c.physical_uuid.to_string()))
+            .collect()
+    }
+
+    /// The node's rescan has marked the drives in `away` missing (or dropped
+    /// them, when nothing was on them) and every other drive present, in the
+    /// Node's annotations the controller reads.
+    async fn await_drives(&mut self, away: &[String], at: &str) -> bool {
+        let all: Vec<String> = images(&self.drives_dir())
+            .into_iter()
+            .map(|(_, uuid)| uuid)
+            .collect();
         let client = &self.client;
+        let all = &all;
         eventually(
-            &format!("{at} the node to erase and release the deleted volumes"),
+            &format!("{at} the node to see drives {away:?} gone and the others present"),
             WAIT,
             || async move {
                 let ledger = node_ledger(client).await?;
-                let releasing: Vec<&str> = ledger
-                    .claims
+                let present: Vec<&String> = all
                     .iter()
-                    .filter(|c| c.releasing)
-                    .map(|c| c.volume_id.as_str())
+                    .filter(|uuid| {
+                        ledger
+                            .drives
+                            .iter()
+                            .any(|d| d.uuid.to_string() == **uuid && !d.missing)
+                    })
                     .collect();
-                if releasing.is_empty() {
+                let wanted: Vec<&String> = all.iter().filter(|u| !away.contains(u)).collect();
+                if present == wanted {
                     Ok(())
                 } else {
-                    Err(format!("still releasing: {releasing:?}"))
+                    Err(format!("present: {present:?}"))
                 }
             },
         )
         .await;
+        true
     }
 
     /// The live claims in the Node's annotations are the model's volumes, and no
@@ -324,7 +363,7 @@ fn chaos_in_a_cluster_keeps_the_node_annotations_the_drives_and_the_node_consist
             let started = Instant::now();
             let bed = ClusterBed::start(&bin).await;
             let ready = started.elapsed();
-            let mut chaos = Chaos::new(bed, seed, false);
+            let mut chaos = Chaos::new(bed, seed, true);
             chaos.run(ops).await;
             chaos.bed.check_store(&[], &chaos.at()).await;
 

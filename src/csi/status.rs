@@ -79,9 +79,9 @@ fn ledger_code(err: &LedgerError) -> Code {
             .map_or(Code::ResourceExhausted, ledger_code),
         // What the node or the volume is, not the request, stands in the way; the
         // CO must not retry the same call expecting another answer.
-        LedgerError::TooManyParts { .. } | LedgerError::FixedSize { .. } => {
-            Code::FailedPrecondition
-        }
+        LedgerError::TooManyParts { .. }
+        | LedgerError::FixedSize { .. }
+        | LedgerError::DriveNotAttached { .. } => Code::FailedPrecondition,
         LedgerError::VolumeNotFound(_) => Code::NotFound,
         LedgerError::InvalidDrive { .. } => Code::InvalidArgument,
         LedgerError::Contended { .. } => Code::Aborted,
@@ -200,5 +200,31 @@ impl From<InputError> for Status {
             | InputError::OutsideKubeletDir { .. }
             | InputError::MountFlag { .. } => Status::invalid_argument(err.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_volume_on_a_missing_drive_is_refused_growth_as_a_precondition_not_for_space() {
+        let status = Status::from(LedgerError::DriveNotAttached {
+            volume: "pvc-1".into(),
+            node: "n1".into(),
+            want_gib: 4,
+            drive: uuid::Uuid::from_u128(7),
+        });
+        assert_eq!(status.code(), Code::FailedPrecondition);
+        assert!(
+            status
+                .message()
+                .contains("drive 00000000-0000-0000-0000-000000000007 is not attached to node n1"),
+            "{status:?}"
+        );
+        assert!(
+            status.message().contains("Reattach the drive"),
+            "{status:?}"
+        );
     }
 }

@@ -146,6 +146,18 @@ pub enum LedgerError {
         reason: String,
     },
 
+    /// A volume cannot grow while one of its drives is not attached to its node:
+    /// its extents there could be neither checked nor extended.
+    #[error(
+        "volume {volume} cannot grow to {want_gib} GiB: its drive {drive} is not attached to node {node} (the node's last drive scan did not find it). Reattach the drive, then expand again"
+    )]
+    DriveNotAttached {
+        volume: String,
+        node: String,
+        want_gib: u64,
+        drive: Uuid,
+    },
+
     /// A drive list handed to the ledger is inconsistent with itself or the claims.
     #[error("drive {uuid} on node {node}: {reason}")]
     InvalidDrive {

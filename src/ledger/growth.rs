@@ -24,17 +24,21 @@ pub(super) enum Growth {
     NewParts(Vec<Placement>),
 }
 
+/// The first drive `volume` has an extent on that its node does not see now
+/// (marked missing, or gone from the ledger): such a volume does not grow.
+pub(super) fn missing_drive(ledger: &NodeLedger, volume: &Volume) -> Option<Uuid> {
+    volume
+        .extents
+        .iter()
+        .map(|e| e.physical_uuid)
+        .find(|uuid| ledger.drive(uuid).is_none_or(|d| d.missing))
+}
+
 /// How `volume` on `ledger` can grow by `by_gib`, or why it cannot (a sentence
-/// that says what to change).
+/// that says what to change). Its drives are all present ([`missing_drive`]).
 pub(super) fn plan(ledger: &NodeLedger, volume: &Volume, by_gib: u64) -> Result<Growth, String> {
     for extent in &volume.extents {
         let drive = ledger.drive(&extent.physical_uuid);
-        if drive.is_none_or(|d| d.missing) {
-            return Err(format!(
-                "its drive {} is missing; reattach it before growing the volume",
-                extent.physical_uuid
-            ));
-        }
         if let Some(reason) = drive.and_then(|d| d.quarantined.as_deref()) {
             return Err(format!(
                 "its drive {} is quarantined: {reason}",

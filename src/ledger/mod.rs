@@ -575,6 +575,14 @@ impl<S: LedgerStore> Ledger<S> {
                 want_gib: new_gib,
                 reason,
             };
+            if let Some(drive) = growth::missing_drive(ledger, &volume) {
+                return Err(LedgerError::DriveNotAttached {
+                    volume: volume_id.to_string(),
+                    node: node.clone(),
+                    want_gib: new_gib,
+                    drive,
+                });
+            }
             let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
             growth::apply(ledger, &volume, growth).map_err(cannot)?;
             let grown = ledger

@@ -726,9 +726,20 @@ fn growth_never_uses_a_missing_drive() {
     assert!(err.to_string().contains("have 80 GiB free in all"), "{err}");
     let grown = rt.block_on(f.ledger.grow(&a.id, 380)).unwrap();
     assert_eq!(layout_of(&grown), [(1, 0, 300), (3, 0, 80)]);
-    // a volume with a part on a missing drive does not grow at all
+    // a volume with a part on a missing drive does not grow at all, and says
+    // which drive to reattach (FAILED_PRECONDITION: not a lack of space)
     let err = refused_and_unwritten(&rt, &f, || rt.block_on(f.ledger.grow(&on_two.id, 11)));
-    assert!(err.to_string().contains("is missing"), "{err}");
+    assert!(
+        matches!(err, LedgerError::DriveNotAttached { drive, .. } if drive == Uuid::from_u128(2)),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!(
+            "its drive {} is not attached to node {NODE}",
+            Uuid::from_u128(2)
+        )),
+        "{err}"
+    );
 }
 
 #[test]

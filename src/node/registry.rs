@@ -54,23 +54,31 @@ impl DriveRegistry {
         }
     }
 
-    /// A registry that only ever looks at these drives' devices (simulated
-    /// drives), and at whatever loop devices their image files are bound to later.
+    /// A registry that only ever looks at these drives (simulated drives): at
+    /// whatever loop devices their image files are bound to now, and at those
+    /// of their paths that are not loop devices of an image. A loop device a
+    /// drive was bound to at start is not looked at again as such: once the
+    /// image is detached, anyone may bind another drive there (another
+    /// simulated node on the same machine), and that drive is not this node's.
     pub fn only(initial: Vec<SignedDrive>) -> Self {
         let loops = loopdev::list().unwrap_or_default();
-        let images = initial
-            .iter()
-            .filter_map(|d| {
-                let device = std::fs::canonicalize(&d.path).ok()?;
-                loops
-                    .iter()
-                    .find(|l| l.device == device && l.offset_bytes == 0)
-                    .map(|l| l.backing.clone())
-            })
-            .collect();
+        let mut images = Vec::new();
+        let mut extra = Vec::new();
+        for drive in &initial {
+            let device = std::fs::canonicalize(&drive.path).ok();
+            let image = loops
+                .iter()
+                .find(|l| Some(&l.device) == device.as_ref() && l.offset_bytes == 0)
+                .map(|l| l.backing.clone());
+            match image {
+                Some(image) => images.push(image),
+                None => extra.push(drive.path.clone()),
+            }
+        }
         DriveRegistry {
             scan_machine: false,
             images,
+            extra: RwLock::new(extra),
             ..DriveRegistry::new(initial)
         }
     }

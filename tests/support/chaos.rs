@@ -61,9 +61,25 @@ pub trait Bed {
     fn kill(&mut self, rng: &mut Rng) -> &'static str;
     /// Starts again whatever [`Bed::kill`] killed, once it serves.
     async fn revive(&mut self);
-    /// Waits until the driver has done what it does after a call answered
-    /// (a node erasing the volumes its controller deleted).
-    async fn settle(&mut self, _at: &str) {}
+    /// Whether DeleteVolume answers at once and leaves the erase to the node (a
+    /// cluster): the claims stay releasing until the node has erased them, so
+    /// a volume whose drive is away is deleted, and its claims wait for the
+    /// drive. Otherwise (all-in-one) such a delete is refused.
+    fn erases_later(&self) -> bool {
+        false
+    }
+    /// The claims marked releasing now, as (volume id, drive uuid): deleted,
+    /// not erased and released yet. Only a bed that [erases later](Bed::erases_later) has any.
+    async fn releasing(&mut self, _at: &str) -> Vec<(String, String)> {
+        Vec::new()
+    }
+    /// Waits until the driver's ledger has the drives in `away` (uuids) as
+    /// gone and every other drive as present; answers whether the bed can
+    /// tell. One that cannot (all-in-one) may answer for a short while as
+    /// if a drive that just went or came back had not.
+    async fn await_drives(&mut self, _away: &[String], _at: &str) -> bool {
+        false
+    }
     /// Checks the bed's own record of the volumes (`(id, GiB)`, sorted) besides
     /// ListVolumes: the claims in the Node annotations, say.
     async fn check_store(&mut self, _volumes: &[(String, i64)], _at: &str) {}
@@ -361,15 +377,27 @@ pub struct Chaos<B: Bed> {
     vols: BTreeMap<String, Vol>,
     next_name: usize,
     pub step: usize,
-    /// Extents of deleted volumes not yet checked for zeros (their check waits
-    /// until no call of another volume may be writing).
-    unchecked: Vec<(String, Extent)>,
+    /// Extents of deleted volumes (name, id, extent) not yet checked for zeros
+    /// (their check waits until no call of another volume may be writing, and
+    /// until their node has erased them: for a volume deleted while a drive of
+    /// it was away, until that drive is back).
+    unchecked: Vec<(String, String, Extent)>,
     pub stats: BTreeMap<&'static str, usize>,
     /// Whether the run detaches and re-attaches simulated drives.
     moves_drives: bool,
     /// Simulated drives detached now: their uuids and images, and the step from
     /// which they may be attached again.
     detached: Vec<Detached>,
+    /// Whether the driver's ledger is known to see the drives as the run left
+    /// them ([`Bed::await_drives`]): then a call on a volume of a detached drive
+    /// must be refused, and one on a drive that is back must not be.
+    drives_seen: bool,
+    /// Volumes deleted while a drive of them was away, and not back since:
+    /// their ids and the drives of all their extents, sorted. Their node
+    /// cannot erase them, so it must not release them.
+    held: BTreeMap<String, Vec<String>>,
+    /// When detached drives were last attached again while the driver ran.
+    back_at: Option<Instant>,
 }
 
 /// A simulated drive the run has detached.
@@ -397,6 +425,9 @@ impl<B: Bed> Chaos<B> {
             stats: BTreeMap::new(),
             moves_drives,
             detached: Vec::new(),
+            drives_seen: true,
+            held: BTreeMap::new(),
+            back_at: None,
         }
     }
 
@@ -422,6 +453,7 @@ impl<B: Bed> Chaos<B> {
         }
         self.step = ops;
         self.reattach_all().await;
+        self.drives_changed().await;
         self.converge().await;
         self.check_ledger().await;
         let names: Vec<String> = self.vols.keys().cloned().collect();
@@ -453,6 +485,11 @@ impl<B: Bed> Chaos<B> {
     pub async fn step_once(&mut self) {
         if !self.detached.is_empty() && self.detached.iter().all(|d| d.until_step <= self.step) {
             self.reattach_all().await;
+            self.drives_changed().await;
+            // The volumes deleted while their drive was away are erased now.
+            if self.vols.values().all(|v| v.pending.is_none()) {
+                self.check_released().await;
+            }
         } else if self.moves_drives && self.detached.is_empty() && self.rng.chance(3) {
             self.detach_drives().await;
             return;
@@ -514,6 +551,8 @@ impl<B: Bed> Chaos<B> {
         if op == Op::Delete {
             self.capture_extents(name).await;
         }
+        // Known before the call: a deleted volume is no longer listed.
+        let away = self.on_detached(name).await;
         let vol = &self.vols[name];
         eprintln!(
             "step {}: {op} {} ({}, {:?}, {} GiB, {:?}) {mode:?}",
@@ -526,7 +565,26 @@ impl<B: Bed> Chaos<B> {
         );
         let call = Call::new(&self.bed, vol, op);
         let answer = match mode {
-            Mode::Patient => call.send(PATIENCE).await,
+            Mode::Patient => {
+                let mut answer = call.send(PATIENCE).await;
+                // A bed that cannot tell when its driver has seen a drive come
+                // back: the ledger may have it missing for a rescan more.
+                let started = Instant::now();
+                while !self.drives_seen
+                    && !away
+                    && matches!(op, Op::Expand(_))
+                    && started.elapsed() < Duration::from_secs(10)
+                    && matches!(&answer, Err(s) if s.code() == Code::FailedPrecondition
+                        && s.message().contains("not attached"))
+                {
+                    self.count("expand retried: drive back, not rescanned yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    answer = Call::new(&self.bed, &self.vols[name], op)
+                        .send(PATIENCE)
+                        .await;
+                }
+                answer
+            }
             Mode::GiveUpAfter(after) => call.send(after).await,
             Mode::KillAfter(after) => {
                 let task = tokio::spawn(call.send(PATIENCE));
@@ -534,28 +592,40 @@ impl<B: Bed> Chaos<B> {
                 let killed = self.bed.kill(&mut self.rng);
                 self.count(killed);
                 let answer = task.await.expect("the call's task");
+                // A restarted node plugin attaches its drives again and may
+                // erase at once: until now, what was held stays held.
+                let held = self.held();
+                self.releasing_held(&held).await;
                 eprintln!("step {}: {killed}; restarting", self.step);
                 self.bed.revive().await;
                 self.reattached_by_restart();
-                self.record(name, op, mode, answer).await;
+                self.drives_changed().await;
+                self.record(name, op, mode, away, answer).await;
                 self.converge().await;
                 self.check_ledger().await;
                 return;
             }
         };
-        self.record(name, op, mode, answer).await;
+        self.record(name, op, mode, away, answer).await;
     }
 
-    /// Takes in the answer to `op` for `name`.
+    /// Takes in the answer to `op` for `name`; `away`: a drive of the volume
+    /// was detached when the call was sent.
     async fn record(
         &mut self,
         name: &str,
         op: Op,
         mode: Mode,
+        away: bool,
         answer: Result<Option<Volume>, Status>,
     ) {
         match answer {
-            Ok(volume) => self.apply(name, op, volume).await,
+            Ok(volume) => {
+                if away {
+                    self.accepted_while_away(name, op);
+                }
+                self.apply(name, op, volume).await
+            }
             Err(status) if mode != Mode::Patient && is_unknown_outcome(&status) => {
                 self.count(if matches!(mode, Mode::KillAfter(_)) {
                     "killed mid-call"
@@ -565,8 +635,16 @@ impl<B: Bed> Chaos<B> {
                 let vol = self.vols.get_mut(name).expect("the volume");
                 vol.pending = Some(op);
             }
+            Err(status) if op == Op::Create && self.short_of_drives(&status) => {
+                // The drives that are here have no room for it: not created.
+                eprintln!("step {}: create refused: {}", self.step, status.message());
+                self.vols.remove(name);
+                self.count("create refused: drives away");
+            }
             Err(status)
-                if matches!(op, Op::Expand(_)) && status.code() == Code::ResourceExhausted =>
+                if matches!(op, Op::Expand(_))
+                    && status.code() == Code::ResourceExhausted
+                    && !(away && self.drives_seen) =>
             {
                 // No room next to the volume: refused, nothing changed.
                 eprintln!(
@@ -578,14 +656,19 @@ impl<B: Bed> Chaos<B> {
             }
             Err(status)
                 if status.code() == Code::FailedPrecondition
-                    && matches!(op, Op::Stage | Op::Delete | Op::Expand(_))
-                    && self.on_detached(name).await =>
+                    && (matches!(op, Op::Stage | Op::Expand(_))
+                        || (op == Op::Delete && !self.bed.erases_later()))
+                    && away =>
             {
                 // Its drive is away: refused, nothing changed. A deleted volume
                 // keeps its claims until its drive is back and it is erased.
                 assert!(
-                    status.message().contains("not attached"),
-                    "{} {op} of {name} on a detached drive is refused without saying why: {}",
+                    status.message().contains("not attached")
+                        && self
+                            .detached
+                            .iter()
+                            .any(|d| status.message().contains(&d.uuid)),
+                    "{} {op} of {name} on a detached drive is refused without naming the drive that is not attached: {}",
                     self.at(),
                     status.message()
                 );
@@ -641,6 +724,13 @@ impl<B: Bed> Chaos<B> {
                     self.count("retry aborted: still in progress");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                Err(status) if op == Op::Create && self.short_of_drives(&status) => {
+                    // Not created by the call given up either: a volume of
+                    // this name would be answered.
+                    self.vols.remove(name);
+                    self.count("create refused: drives away");
+                    return;
+                }
                 Err(status)
                     if matches!(op, Op::Expand(_)) && status.code() == Code::ResourceExhausted =>
                 {
@@ -656,6 +746,32 @@ impl<B: Bed> Chaos<B> {
                     status.message()
                 ),
             }
+        }
+    }
+
+    /// `op` of `name` answered OK although a drive of the volume was detached:
+    /// only a cluster's delete may (its node erases the volume once the drive
+    /// is back), and an expansion while the bed cannot tell whether its driver
+    /// has noticed yet.
+    fn accepted_while_away(&mut self, name: &str, op: Op) {
+        let at = self.at();
+        match op {
+            Op::Delete if self.bed.erases_later() => {
+                let vol = &self.vols[name];
+                let mut drives: Vec<String> = vol.extents.iter().map(|e| e.drive.clone()).collect();
+                drives.sort();
+                self.held.insert(vol.id().to_string(), drives);
+                self.count("deleted while its drive is away");
+            }
+            Op::Delete => panic!(
+                "{at} DeleteVolume of {name} answered OK while its drive is detached: its extents cannot have been erased"
+            ),
+            Op::Expand(_) if !self.drives_seen => {
+                self.count("expanded before the driver saw its drive go")
+            }
+            _ => panic!(
+                "{at} {op} of {name} answered OK while its drive is detached; it must be refused with FAILED_PRECONDITION"
+            ),
         }
     }
 
@@ -709,8 +825,9 @@ impl<B: Bed> Chaos<B> {
             Op::Expand(gib) => vol.size_gib = gib,
             Op::Delete => {
                 let vol = self.vols.remove(name).expect("the volume");
+                let id = vol.id().to_string();
                 for extent in vol.extents {
-                    self.unchecked.push((vol.name.clone(), extent));
+                    self.unchecked.push((vol.name.clone(), id.clone(), extent));
                 }
                 if self.vols.values().all(|v| v.pending.is_none()) {
                     self.check_released().await;
@@ -791,9 +908,31 @@ impl<B: Bed> Chaos<B> {
             // the driver finds each where it is now.
             self.reattach_all().await;
             self.bed.revive().await;
+            self.drives_changed().await;
             self.converge().await;
             self.check_ledger().await;
+        } else {
+            self.drives_changed().await;
         }
+    }
+
+    /// Whether `status` refuses a CreateVolume for lack of room because drives
+    /// are away: detached now, or (where the bed cannot tell when its driver
+    /// has seen them back) attached again only a moment ago.
+    fn short_of_drives(&self, status: &Status) -> bool {
+        let just_back = !self.drives_seen
+            && self
+                .back_at
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(10));
+        status.code() == Code::ResourceExhausted && (!self.detached.is_empty() || just_back)
+    }
+
+    /// Waits until the driver has seen the drives come or go, where the bed
+    /// can tell ([`Bed::await_drives`]).
+    async fn drives_changed(&mut self) {
+        let away: Vec<String> = self.detached.iter().map(|d| d.uuid.clone()).collect();
+        let at = self.at();
+        self.drives_seen = self.bed.await_drives(&away, &at).await;
     }
 
     /// Unpublishes and unstages every volume with an extent on these drives.
@@ -825,7 +964,14 @@ impl<B: Bed> Chaos<B> {
     /// Attaches every detached drive again; two or more take each other's former
     /// loop devices where those are still free (the drives "moved").
     async fn reattach_all(&mut self) {
+        // Up to now, nothing of a volume deleted while its drive was away was
+        // released: it cannot have been erased.
+        let held = self.held();
+        self.releasing_held(&held).await;
         let gone = std::mem::take(&mut self.detached);
+        // Every drive is back: the node may erase all of them now.
+        self.held.clear();
+        self.back_at = Some(Instant::now());
         let n = gone.len();
         for (k, drive) in gone.iter().enumerate() {
             let wanted = (n > 1).then(|| gone[(k + 1) % n].device.clone());
@@ -857,6 +1003,7 @@ impl<B: Bed> Chaos<B> {
         let before = self.detached.len();
         self.detached
             .retain(|d| !bound.iter().any(|(_, backing)| *backing == d.image));
+        self.forget_held_back();
         for _ in self.detached.len()..before {
             self.count("drive re-attached by a restart");
         }
@@ -1067,15 +1214,85 @@ impl<B: Bed> Chaos<B> {
         self.count("ledger checks");
     }
 
-    /// (3) Every released extent reads zeros, unless a live volume holds it again.
+    /// The volumes deleted while a drive of them was away that is still away
+    /// ([`Chaos::held`]); forgets those whose drives are all back.
+    fn held(&mut self) -> BTreeMap<String, Vec<String>> {
+        self.forget_held_back();
+        self.held.clone()
+    }
+
+    /// Forgets the held volumes whose drives are all back: their node may
+    /// erase and release them now.
+    fn forget_held_back(&mut self) {
+        let detached = &self.detached;
+        self.held
+            .retain(|_, drives| drives.iter().any(|u| detached.iter().any(|d| d.uuid == *u)));
+    }
+
+    /// The releasing claims now (volume id -> drives, sorted), after checking
+    /// that every volume in `held` still has all of its claims, releasing.
+    async fn releasing_held(
+        &mut self,
+        held: &BTreeMap<String, Vec<String>>,
+    ) -> BTreeMap<String, Vec<String>> {
+        let at = self.at();
+        let mut releasing: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (id, drive) in self.bed.releasing(&at).await {
+            releasing.entry(id).or_default().push(drive);
+        }
+        for drives in releasing.values_mut() {
+            drives.sort();
+        }
+        if self.bed.erases_later() {
+            for (id, drives) in held {
+                assert_eq!(
+                    releasing.get(id),
+                    Some(drives),
+                    "{at} volume {id} was deleted while a drive of it was detached: its claims (left, releasing now) must all stay releasing, unerased, until the drive is back (right: the drives of its extents)"
+                );
+                self.count("held claims checked releasing");
+            }
+        }
+        releasing
+    }
+
+    /// Waits until the node has erased and released every deleted volume but
+    /// those in `held`, which keep their claims meanwhile.
+    async fn await_erased(&mut self, held: &BTreeMap<String, Vec<String>>) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let releasing = self.releasing_held(held).await;
+            let waiting: Vec<&String> = releasing
+                .keys()
+                .filter(|id| !held.contains_key(*id))
+                .collect();
+            if waiting.is_empty() {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} the node did not erase and release the deleted volumes {waiting:?} within {PATIENCE:?}",
+                self.at()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// (3) Every released extent reads zeros, unless a live volume holds it
+    /// again. A volume deleted while a drive of it is away is checked once
+    /// the drive is back and its node has erased and released it.
     pub async fn check_released(&mut self) {
         if self.unchecked.is_empty() {
             return;
         }
-        let at = self.at();
-        self.bed.settle(&at).await;
+        let held = self.held();
+        self.await_erased(&held).await;
+        let (later, now): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unchecked)
+            .into_iter()
+            .partition(|(_, id, _)| held.contains_key(id));
+        self.unchecked = later;
         let live: Vec<Extent> = self.list().await.iter().flat_map(extents).collect();
-        for (name, extent) in std::mem::take(&mut self.unchecked) {
+        for (name, _, extent) in now {
             let start = extent.offset_gib;
             let end = start + extent.size_gib;
             // The parts no live volume holds again.
