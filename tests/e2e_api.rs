@@ -594,6 +594,26 @@ async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
         "Ready"
     );
 
+    // No room: the ledger says so before the PVC is touched, with its reason.
+    let too_big = call(
+        setup,
+        "POST",
+        "/api/v1/vms/vms-a.test-vm/resize",
+        Some(&resize(5000)),
+        Some(tenant),
+    )
+    .await;
+    assert_eq!(
+        too_big.status,
+        507,
+        "{}",
+        String::from_utf8_lossy(&too_big.body)
+    );
+    let (kind, message) = too_big.error();
+    assert_eq!(kind, "insufficient_storage");
+    assert!(message.contains("vm pool share"), "{message}");
+    assert_eq!(vm_of(setup, tenant, "vms-a.test-vm").await["storage"], 5);
+
     // Grow: the PVC's request, carried out by csi-resizer on the PV.
     let grown = call(
         setup,

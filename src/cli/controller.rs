@@ -79,7 +79,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
     // many virtual drives a volume may have there.
     // The pool API's VMs are PVCs; the image a VM's PVC names reaches the
     // node through CreateVolume's parameters.
-    let vms = ClusterVms::new(client.clone(), catalog);
+    let vms = ClusterVms::new(client.clone(), catalog, Some(ledger.clone()));
     let controller = ControllerService::new(
         ledger.clone(),
         args.settings.defaults(),

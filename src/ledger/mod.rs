@@ -551,46 +551,72 @@ impl<S: LedgerStore> Ledger<S> {
             .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
         let node = volume.node.clone();
         self.update(&node, |ledger| {
-            let volume = ledger
-                .volume(volume_id)
-                .filter(|v| !v.releasing)
-                .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
-            if new_gib <= volume.capacity_gib {
-                return Ok(Change::Unchanged(volume));
-            }
-            if volume.fixed {
-                return Err(LedgerError::FixedSize {
-                    volume: volume_id.to_string(),
-                    gib: volume.capacity_gib,
-                    parts: volume.extents.len(),
-                });
-            }
-            let delta = new_gib - volume.capacity_gib;
-            if let Some(pool) = volume.pool {
-                self.check_pool_share(ledger, pool, delta)?;
-            }
-            let cannot = |reason: String| LedgerError::CannotGrow {
-                volume: volume_id.to_string(),
-                node: node.clone(),
-                want_gib: new_gib,
-                reason,
-            };
-            if let Some(drive) = growth::missing_drive(ledger, &volume) {
-                return Err(LedgerError::DriveNotAttached {
-                    volume: volume_id.to_string(),
-                    node: node.clone(),
-                    want_gib: new_gib,
-                    drive,
-                });
-            }
-            let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
-            growth::apply(ledger, &volume, growth).map_err(cannot)?;
-            let grown = ledger
-                .volume(volume_id)
-                .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
-            Ok(Change::Write(grown))
+            self.grow_in(ledger, &node, volume_id, new_gib)
         })
         .await
+    }
+
+    /// Whether [`Ledger::grow`] would grow `volume_id` to `new_gib` now, without
+    /// growing it: the same checks and plan on a copy of the node's ledger. For
+    /// a caller that asks someone else to grow the volume (a PVC's resize) and
+    /// wants to say "no room" first.
+    pub async fn check_growth(&self, volume_id: &str, new_gib: u64) -> Result<(), LedgerError> {
+        let volume = self
+            .volume(volume_id)
+            .await?
+            .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+        let snapshot = self.store.load(&volume.node).await?;
+        let mut ledger = Arc::unwrap_or_clone(snapshot.ledger);
+        self.grow_in(&mut ledger, &volume.node, volume_id, new_gib)
+            .map(drop)
+    }
+
+    /// Grows `volume_id` in `ledger` (see [`Ledger::grow`]).
+    fn grow_in(
+        &self,
+        ledger: &mut NodeLedger,
+        node: &str,
+        volume_id: &str,
+        new_gib: u64,
+    ) -> Result<Change<Volume>, LedgerError> {
+        let volume = ledger
+            .volume(volume_id)
+            .filter(|v| !v.releasing)
+            .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+        if new_gib <= volume.capacity_gib {
+            return Ok(Change::Unchanged(volume));
+        }
+        if volume.fixed {
+            return Err(LedgerError::FixedSize {
+                volume: volume_id.to_string(),
+                gib: volume.capacity_gib,
+                parts: volume.extents.len(),
+            });
+        }
+        let delta = new_gib - volume.capacity_gib;
+        if let Some(pool) = volume.pool {
+            self.check_pool_share(ledger, pool, delta)?;
+        }
+        let cannot = |reason: String| LedgerError::CannotGrow {
+            volume: volume_id.to_string(),
+            node: node.to_string(),
+            want_gib: new_gib,
+            reason,
+        };
+        if let Some(drive) = growth::missing_drive(ledger, &volume) {
+            return Err(LedgerError::DriveNotAttached {
+                volume: volume_id.to_string(),
+                node: node.to_string(),
+                want_gib: new_gib,
+                drive,
+            });
+        }
+        let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
+        growth::apply(ledger, &volume, growth).map_err(cannot)?;
+        let grown = ledger
+            .volume(volume_id)
+            .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+        Ok(Change::Write(grown))
     }
 
     /// Releases every claim of `volume_id`. Releasing an unknown volume is not an

@@ -789,6 +789,34 @@ fn growth_counts_against_the_pool_share() {
 }
 
 #[test]
+fn a_growth_check_answers_as_growth_would_and_changes_nothing() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
+    rt.block_on(f.ledger.set_pool(NODE, Some(Pool::K8s)))
+        .unwrap();
+    let mut request = tlc_request("a", 1000);
+    request.pool = Some(Pool::K8s);
+    let a = rt.block_on(f.ledger.claim(NODE, &request)).unwrap();
+    let err = rt
+        .block_on(f.ledger.check_growth(&a.id, 1501))
+        .expect_err("past the pool share");
+    assert!(
+        matches!(err, LedgerError::PoolShareExhausted { need_gib: 501, .. }),
+        "{err}"
+    );
+    let before = rt.block_on(f.ledger.volume(&a.id)).unwrap();
+    rt.block_on(f.ledger.check_growth(&a.id, 1500)).unwrap();
+    assert_eq!(
+        rt.block_on(f.ledger.volume(&a.id)).unwrap(),
+        before,
+        "a check grows nothing"
+    );
+    assert!(matches!(
+        rt.block_on(f.ledger.check_growth("no-such-volume", 5)),
+        Err(LedgerError::VolumeNotFound(_))
+    ));
+}
+
+#[test]
 fn a_fixed_size_volume_never_grows_and_remembers_it() {
     let (rt, f) = fixture(vec![drive(1, Tlc, 3840)]);
     let mut request = tlc_request("fixed", 800);

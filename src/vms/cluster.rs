@@ -37,6 +37,7 @@ use kube::api::{
 };
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use tonic::Status;
 use tracing::{info, warn};
 
 use super::{
@@ -44,6 +45,7 @@ use super::{
     VmStatus, parse_vm_id, resolve, vm_id,
 };
 use crate::csi::controller::{TOPOLOGY_KEY, VolumeImage, VolumeImages};
+use crate::ledger::{Ledger, LedgerStore};
 
 /// The label that makes a PVC a VM's record; its value is the VM's name.
 pub const VM_LABEL: &str = "vdrive.io/vm";
@@ -74,11 +76,38 @@ const GI: u64 = 1 << 30;
 pub struct ClusterVms {
     client: Client,
     catalog: Catalog,
+    /// Asked before a disk's PVC is grown, so that no room is the API's 507.
+    growth: Option<Arc<dyn DiskGrowth>>,
+}
+
+/// Whether a disk can grow now: the controller's ledger, asked before the PVC
+/// is patched (csi-resizer grows it later, and would only warn on the PVC).
+pub trait DiskGrowth: Send + Sync {
+    fn check(&self, volume_id: &str, new_gib: u64) -> BoxFuture<'_, Result<(), Status>>;
+}
+
+impl<S: LedgerStore> DiskGrowth for Ledger<S> {
+    fn check(&self, volume_id: &str, new_gib: u64) -> BoxFuture<'_, Result<(), Status>> {
+        let volume_id = volume_id.to_string();
+        Box::pin(async move {
+            self.check_growth(&volume_id, new_gib)
+                .await
+                .map_err(Status::from)
+        })
+    }
 }
 
 impl ClusterVms {
-    pub fn new(client: Client, catalog: Catalog) -> Arc<ClusterVms> {
-        Arc::new(ClusterVms { client, catalog })
+    pub fn new(
+        client: Client,
+        catalog: Catalog,
+        growth: Option<Arc<dyn DiskGrowth>>,
+    ) -> Arc<ClusterVms> {
+        Arc::new(ClusterVms {
+            client,
+            catalog,
+            growth,
+        })
     }
 
     fn pvcs(&self, namespace: &str) -> Api<PersistentVolumeClaim> {
@@ -206,6 +235,19 @@ impl ClusterVms {
                 id: id.to_string(),
                 reason: "its disk is not bound yet (the PVC is Pending until its VM's pod is scheduled); resize it once it is".into(),
             });
+        }
+        if let Some(growth) = &self.growth {
+            let pv = claim.spec.as_ref().and_then(|s| s.volume_name.clone());
+            let handle = match pv {
+                Some(pv) => self.volume_of(&pv).await?.map(|(handle, _)| handle),
+                None => None,
+            };
+            if let Some(handle) = handle {
+                growth
+                    .check(&handle, request.new_size_gb)
+                    .await
+                    .map_err(|status| VmError::from_csi(id, &status))?;
+            }
         }
         let (namespace, name) = parse_vm_id(id)?;
         let patch = json!({
