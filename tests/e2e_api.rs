@@ -282,13 +282,16 @@ async fn call(
     request_as(&setup.api, method, path, body, token).await
 }
 
+/// POST /api/v1/vms for `name` in the tenant's namespace, which must be 201.
+async fn create_vm(setup: &Setup, tenant: &str, name: &str, storage: u64) -> Value {
+    let body = vm_request(name, TENANT_NS, storage);
+    call(setup, "POST", "/api/v1/vms", Some(&body), Some(tenant))
+        .await
+        .expect(201)
+}
+
 fn expect_error(answer: &Answer, status: u16, kind: &str) -> String {
-    assert_eq!(
-        answer.status,
-        status,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect(status);
     let (got, message) = answer.error();
     assert_eq!(got, kind, "{message}");
     message
@@ -333,12 +336,7 @@ async fn tokens_are_required(setup: &Setup, tenant: &str) {
         Some(tenant),
     )
     .await;
-    assert_eq!(
-        listed.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&listed.body)
-    );
+    listed.expect(200);
     assert_eq!(listed.json(), json!({ "vms": [] }));
 }
 
@@ -400,21 +398,7 @@ async fn rights_are_the_callers(setup: &Setup, tenant: &str, outsider: &str) {
 // ---- a VM's life ---------------------------------------------------------------
 
 async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
-    let created = call(
-        setup,
-        "POST",
-        "/api/v1/vms",
-        Some(&vm_request("test-vm", TENANT_NS, 5)),
-        Some(tenant),
-    )
-    .await;
-    assert_eq!(
-        created.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
-    let vm = created.json();
+    let vm = create_vm(setup, tenant, "test-vm", 5).await;
     assert_eq!(vm["id"], "vms-a.test-vm");
     assert_eq!(vm["status"], "Provisioning");
     assert_eq!(vm["virtual_machine"]["created"], false);
@@ -603,12 +587,7 @@ async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
         Some(tenant),
     )
     .await;
-    assert_eq!(
-        too_big.status,
-        507,
-        "{}",
-        String::from_utf8_lossy(&too_big.body)
-    );
+    too_big.expect(507);
     let (kind, message) = too_big.error();
     assert_eq!(kind, "insufficient_storage");
     assert!(message.contains("vm pool share"), "{message}");
@@ -623,12 +602,7 @@ async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
         Some(tenant),
     )
     .await;
-    assert_eq!(
-        grown.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&grown.body)
-    );
+    grown.expect(200);
     assert_eq!(grown.json()["storage"], 8);
     let pvs: Api<PersistentVolume> = Api::all(setup.client.clone());
     let (pvs, pv_name) = (&pvs, pv.name_any());
@@ -668,12 +642,7 @@ async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
         Some(tenant),
     )
     .await;
-    assert_eq!(
-        deleted.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&deleted.body)
-    );
+    deleted.expect(200);
     assert_eq!(deleted.json()["disk"], "deleted");
     eventually("the PVC and PV to go", WAIT, || async move {
         let pvc = Api::<PersistentVolumeClaim>::namespaced(setup.client.clone(), TENANT_NS)
@@ -703,20 +672,7 @@ async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
 }
 
 async fn keep_disk_keeps_the_pvc(setup: &Setup, tenant: &str) {
-    let created = call(
-        setup,
-        "POST",
-        "/api/v1/vms",
-        Some(&vm_request("kept", TENANT_NS, 3)),
-        Some(tenant),
-    )
-    .await;
-    assert_eq!(
-        created.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
+    create_vm(setup, tenant, "kept", 3).await;
     let deleted = call(
         setup,
         "DELETE",
@@ -725,12 +681,7 @@ async fn keep_disk_keeps_the_pvc(setup: &Setup, tenant: &str) {
         Some(tenant),
     )
     .await;
-    assert_eq!(
-        deleted.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&deleted.body)
-    );
+    deleted.expect(200);
     assert_eq!(deleted.json()["disk"], "kept");
     let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(setup.client.clone(), TENANT_NS);
     let pvc = pvcs.get("kept").await.expect("the kept PVC");
@@ -759,12 +710,7 @@ async fn keep_disk_keeps_the_pvc(setup: &Setup, tenant: &str) {
 
 async fn pools_follow_the_labels(setup: &Setup, reader: &str, tenant: &str) {
     let status = call(setup, "GET", "/api/v1/pools/status", None, Some(reader)).await;
-    assert_eq!(
-        status.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&status.body)
-    );
+    status.expect(200);
     let status = status.json();
     assert_eq!(status["vm_pool"]["servers"], 1, "{status}");
     assert_eq!(status["vm_pool"]["total_capacity_gb"], SHARE_GIB);
@@ -844,21 +790,7 @@ async fn kubevirt_gets_a_virtual_machine(setup: &Setup, tenant: &str) {
     })
     .await;
 
-    let created = call(
-        setup,
-        "POST",
-        "/api/v1/vms",
-        Some(&vm_request("kv-vm", TENANT_NS, 4)),
-        Some(tenant),
-    )
-    .await;
-    assert_eq!(
-        created.status,
-        201,
-        "{}",
-        String::from_utf8_lossy(&created.body)
-    );
-    let vm = created.json();
+    let vm = create_vm(setup, tenant, "kv-vm", 4).await;
     assert_eq!(vm["virtual_machine"]["created"], true, "{vm}");
     let object = vms.get("kv-vm").await.expect("the VirtualMachine");
     let spec = &object.data["spec"];
@@ -888,12 +820,7 @@ async fn kubevirt_gets_a_virtual_machine(setup: &Setup, tenant: &str) {
         Some(tenant),
     )
     .await;
-    assert_eq!(
-        deleted.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&deleted.body)
-    );
+    deleted.expect(200);
     eventually(
         "the VirtualMachine and the PVC to go",
         WAIT,
@@ -933,12 +860,7 @@ async fn vm_of(setup: &Setup, token: &str, id: &str) -> Value {
         Some(token),
     )
     .await;
-    assert_eq!(
-        answer.status,
-        200,
-        "{}",
-        String::from_utf8_lossy(&answer.body)
-    );
+    answer.expect(200);
     answer.json()
 }
 

@@ -27,6 +27,18 @@ impl Answer {
         })
     }
 
+    /// The JSON body of an answer that must have `status` (the body is in
+    /// the failure's message).
+    pub fn expect(&self, status: u16) -> Value {
+        assert_eq!(
+            self.status,
+            status,
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
+        self.json()
+    }
+
     /// The error body's `kind` and `message`, checking its shape.
     pub fn error(&self) -> (String, String) {
         let json = self.json();
