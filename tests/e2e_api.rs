@@ -20,7 +20,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
-use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    Event, PersistentVolume, PersistentVolumeClaim, Pod, ServiceAccount,
+};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{
     Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams,
@@ -552,7 +554,33 @@ async fn a_vm_lives_and_dies_as_a_pvc(setup: &Setup, tenant: &str) {
         "{bound}"
     );
 
-    // kubelet starts the pod once it has staged the disk (image written).
+    // kubelet's first stage fails as the node fails it when the image file is
+    // missing (its FailedMount Event carries the node's message): Failed, why.
+    let node_error = vdrive::node::NodeError::ImageFile {
+        path: IMAGE_SOURCE.into(),
+        reason: "No such file or directory (os error 2)".into(),
+    };
+    let event: Event = serde_json::from_value(json!({
+        "metadata": { "name": "launcher.failedmount", "namespace": TENANT_NS },
+        "involvedObject": { "kind": "Pod", "name": "launcher", "namespace": TENANT_NS },
+        "reason": "FailedMount",
+        "type": "Warning",
+        "message": format!(
+            "MountVolume.MountDevice failed for volume \"{}\" : rpc error: code = FailedPrecondition desc = {node_error}",
+            pv.name_any()
+        ),
+    }))
+    .expect("an Event");
+    Api::<Event>::namespaced(setup.client.clone(), TENANT_NS)
+        .create(&PostParams::default(), &event)
+        .await
+        .expect("post kubelet's FailedMount Event");
+    let failed = vm_of(setup, tenant, "vms-a.test-vm").await;
+    assert_eq!(failed["status"], "Failed", "{failed}");
+    assert_eq!(failed["reason"], node_error.to_string(), "{failed}");
+
+    // The image is put in place; kubelet's retry stages the disk (the image is
+    // written) and starts the pod.
     pods.patch_status(
         "launcher",
         &PatchParams::default(),

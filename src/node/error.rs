@@ -5,6 +5,11 @@ use std::path::PathBuf;
 
 use uuid::Uuid;
 
+/// How every image error that retrying cannot mend begins, so that whoever
+/// reads it second-hand (a VM's status, from kubelet's FailedMount Event on
+/// the VM's pod) can tell a disk whose image will never be written.
+pub const IMAGE_NOT_WRITTEN: &str = "the disk image was not written";
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("cannot {action} {path}: {source}")]
@@ -379,7 +384,7 @@ pub enum NodeError {
 
     // VM disk images written into a block volume at its first staging.
     #[error(
-        "cannot read image file {path} on this node: {reason}; put the image there (a regular file), or change the volume's image parameter"
+        "{IMAGE_NOT_WRITTEN}: cannot read image file {path} on this node: {reason}; put the image there (a regular file), or change the volume's image parameter"
     )]
     ImageFile { path: PathBuf, reason: String },
 
@@ -389,12 +394,12 @@ pub enum NodeError {
     ImageDownload { url: String, reason: String },
 
     #[error(
-        "downloading image {url} was answered with HTTP {status}: check that the URL serves the image"
+        "{IMAGE_NOT_WRITTEN}: downloading image {url} was answered with HTTP {status}: check that the URL serves the image"
     )]
     ImageHttpStatus { url: String, status: String },
 
     #[error(
-        "image {image} is {image_bytes} bytes{what}, but the volume's device has {device_bytes} bytes: \
+        "{IMAGE_NOT_WRITTEN}: image {image} is {image_bytes} bytes{what}, but the volume's device has {device_bytes} bytes: \
          ask for a volume of at least {need_gib} GiB (the PVC's storage request)"
     )]
     ImageTooLarge {
@@ -405,11 +410,11 @@ pub enum NodeError {
         need_gib: u64,
     },
 
-    #[error("image {image} cannot be imported: {reason}")]
+    #[error("{IMAGE_NOT_WRITTEN}: image {image} cannot be imported: {reason}")]
     ImageInvalid { image: String, reason: String },
 
     #[error(
-        "image {image} ({bytes} bytes) has only zeros in its first MiB: vdrive could not tell it from a blank disk, \
+        "{IMAGE_NOT_WRITTEN}: image {image} ({bytes} bytes) has only zeros in its first MiB: vdrive could not tell it from a blank disk, \
          and would write it again at every staging; use an image that starts with its partition table or boot sector"
     )]
     ImageZeroHead { image: String, bytes: u64 },

@@ -43,7 +43,7 @@ pub mod signature;
 pub mod staging;
 pub mod volume;
 
-pub use error::NodeError;
+pub use error::{IMAGE_NOT_WRITTEN, NodeError};
 pub use registry::DriveRegistry;
 pub use volume::{Erasure, ExtentEraser, NodeVolumes, StrayDevice};
 

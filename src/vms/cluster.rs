@@ -46,6 +46,7 @@ use super::{
 };
 use crate::csi::controller::{TOPOLOGY_KEY, VolumeImage, VolumeImages};
 use crate::ledger::{Ledger, LedgerStore};
+use crate::node::IMAGE_NOT_WRITTEN;
 
 /// The label that makes a PVC a VM's record; its value is the VM's name.
 pub const VM_LABEL: &str = "vdrive.io/vm";
@@ -346,9 +347,14 @@ impl ClusterVms {
             view.node = node;
         }
         view.image_written = claim.annotations().contains_key(IMAGE_WRITTEN_ANNOTATION);
-        if !view.image_written && phase(&claim) == "Bound" && self.consumer_ran(&claim).await? {
-            view.image_written = true;
-            self.record_written(&namespace, &name).await;
+        if !view.image_written && phase(&claim) == "Bound" {
+            let consumers = self.consumers(&claim).await?;
+            if consumers.iter().any(|pod| pod_phase(pod) == "Running") {
+                view.image_written = true;
+                self.record_written(&namespace, &name).await;
+            } else {
+                view.image_failed = self.image_failure(&namespace, &consumers).await;
+            }
         }
         view.warning = self.last_warning(&namespace, &name).await;
         let runtime = if kubevirt {
@@ -389,30 +395,61 @@ impl ClusterVms {
         }))
     }
 
-    /// Whether a pod that uses the PVC is, or was seen, Running: kubelet staged
-    /// the disk for it, and staging writes the image first.
-    async fn consumer_ran(&self, claim: &PersistentVolumeClaim) -> Result<bool, VmError> {
+    /// The pods that use the PVC. One that is, or was seen, Running had the
+    /// disk staged by kubelet first, and staging writes the image.
+    async fn consumers(&self, claim: &PersistentVolumeClaim) -> Result<Vec<Pod>, VmError> {
         let namespace = claim.namespace().unwrap_or_default();
         let name = claim.name_any();
         let pods = Api::<Pod>::namespaced(self.client.clone(), &namespace)
             .list(&ListParams::default())
             .await
             .map_err(|e| api_error(&vm_id(&namespace, &name), "list the pods using", e))?;
-        Ok(pods.items.iter().any(|pod| {
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
-            let uses = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.volumes.as_ref())
-                .is_some_and(|volumes| {
-                    volumes.iter().any(|v| {
-                        v.persistent_volume_claim
-                            .as_ref()
-                            .is_some_and(|c| c.claim_name == name)
+        Ok(pods
+            .items
+            .into_iter()
+            .filter(|pod| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.volumes.as_ref())
+                    .is_some_and(|volumes| {
+                        volumes.iter().any(|v| {
+                            v.persistent_volume_claim
+                                .as_ref()
+                                .is_some_and(|c| c.claim_name == name)
+                        })
                     })
-                });
-            running && uses
-        }))
+            })
+            .collect())
+    }
+
+    /// Why the node will never write the image, from kubelet's FailedMount
+    /// Events on the pods that use the disk: the node's own message, from
+    /// [`IMAGE_NOT_WRITTEN`] on. A failure retrying can mend (a download that
+    /// timed out) does not carry it and leaves the VM Provisioning.
+    async fn image_failure(&self, namespace: &str, consumers: &[Pod]) -> Option<String> {
+        let events = Api::<Event>::namespaced(self.client.clone(), namespace);
+        for pod in consumers {
+            let selector = format!(
+                "involvedObject.kind=Pod,involvedObject.name={},reason=FailedMount",
+                pod.name_any()
+            );
+            let list = match events.list(&ListParams::default().fields(&selector)).await {
+                Ok(list) => list,
+                Err(err) => {
+                    warn!(pod = %pod.name_any(), %err, "could not read the pod's events");
+                    continue;
+                }
+            };
+            if let Some(reason) = list
+                .items
+                .iter()
+                .filter_map(|e| e.message.as_deref())
+                .find_map(|m| m.find(IMAGE_NOT_WRITTEN).map(|at| m[at..].to_string()))
+            {
+                return Some(reason);
+            }
+        }
+        None
     }
 
     async fn record_written(&self, namespace: &str, name: &str) {
@@ -467,6 +504,9 @@ pub struct View {
     pub volume_id: Option<String>,
     pub node: Option<String>,
     pub image_written: bool,
+    /// The node's reason the image will never be written (see
+    /// [`ClusterVms::image_failure`]).
+    pub image_failed: Option<String>,
     pub warning: Option<String>,
 }
 
@@ -570,6 +610,13 @@ fn no_kubevirt() -> VmRuntime {
     }
 }
 
+fn pod_phase(pod: &Pod) -> &str {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .unwrap_or("")
+}
+
 fn phase(claim: &PersistentVolumeClaim) -> &str {
     claim
         .status
@@ -647,6 +694,7 @@ pub fn status_of(
             )),
         ),
         "Bound" if view.image_written => (VmStatus::Ready, None),
+        "Bound" if view.image_failed.is_some() => (VmStatus::Failed, view.image_failed.clone()),
         "Bound" => (
             VmStatus::Provisioning,
             Some(format!(
@@ -925,6 +973,23 @@ mod tests {
                 .reason
                 .expect("a reason")
                 .contains("bound on node n3")
+        );
+
+        // The node's reason, as kubelet's FailedMount Event on the pod carries it.
+        let failed = View {
+            image_failed: Some(format!(
+                "{IMAGE_NOT_WRITTEN}: downloading image http://images/x.qcow2 was answered with HTTP 404 Not Found: check that the URL serves the image"
+            )),
+            ..bound.clone()
+        };
+        let broken = vm_of(&with_phase("Bound", Some("50Gi")), &failed, no_kubevirt());
+        assert_eq!(broken.status, VmStatus::Failed);
+        assert!(
+            broken
+                .reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with(IMAGE_NOT_WRITTEN) && r.contains("HTTP 404")),
+            "{broken:?}"
         );
 
         let written = View {
