@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 mod support;
 
 use support::driver::{Driver, GIB, raw_block};
-use support::http::{Answer, free_port, get, post_json, request, serve_files};
+use support::http::{Answer, get, post_json, request, serve_files};
 use vdrive::csi::proto::Volume;
 use vdrive::node::signature::HEADER_BYTES;
 
@@ -103,8 +103,6 @@ impl Api {
 
     /// An all-in-one serving `pool`.
     async fn start_in(name: &str, pool: &str) -> Option<Api> {
-        let port = free_port();
-        let address = format!("127.0.0.1:{port}");
         let mut driver = Driver::unstarted(name, DRIVES, &[])?;
         let images = driver.state_dir().with_file_name("images");
         fs::create_dir_all(&images).expect("make the image dir");
@@ -115,8 +113,10 @@ impl Api {
             "--unsafe-loop-block-volumes",
             "--pool",
             pool,
+            // Any free port, read back from the log: no race for a port
+            // between the tests that run side by side.
             "--api-address",
-            &address,
+            "127.0.0.1:0",
             "--vm-images",
             path(&catalog_path),
         ]
@@ -124,11 +124,18 @@ impl Api {
         .map(ToString::to_string)
         .collect();
         driver.spawn().await;
+        let address = api_address(&driver);
         Some(Api {
             driver,
             address,
             image,
         })
+    }
+
+    /// Restarts all-in-one; its API gets a new port.
+    async fn restart(&mut self) {
+        self.driver.restart().await;
+        self.address = api_address(&self.driver);
     }
 
     async fn get(&self, path: &str) -> Answer {
@@ -209,6 +216,17 @@ impl Api {
             .expect("unstage");
         bytes
     }
+}
+
+/// Where the driver's latest start serves its API (it says so in its log).
+fn api_address(driver: &Driver) -> String {
+    let log = driver.log();
+    log.lines()
+        .rev()
+        .filter_map(|line| line.strip_prefix("vdrive all-in-one: pool API on http://"))
+        .find_map(|rest| rest.strip_suffix("/api/v1/"))
+        .unwrap_or_else(|| panic!("all-in-one did not say where its API is:\n{log}"))
+        .to_string()
 }
 
 /// The simulated drive whose signature carries `uuid`.
@@ -373,7 +391,7 @@ async fn vm_images_land_byte_for_byte_on_their_disks() {
     ids.sort_unstable();
     assert_eq!(ids, ["default.raw", "default.test-vm", "default.web"]);
     let mut api = api;
-    api.driver.restart().await;
+    api.restart().await;
     let after = api.get("/api/v1/vms/default.test-vm").await.json();
     assert_eq!(after["status"], "Ready", "{after}");
 }

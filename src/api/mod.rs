@@ -74,22 +74,27 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// Binds `address` now (so a taken port fails the start, not a later request)
-/// and serves in the background until `shutdown` resolves.
+/// and serves in the background until `shutdown` resolves. Returns the task
+/// and the address it listens on (port 0 asks the kernel for a free one).
 pub async fn spawn(
     address: SocketAddr,
     state: ApiState,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+) -> Result<(tokio::task::JoinHandle<()>, SocketAddr), String> {
     let listener = tokio::net::TcpListener::bind(address).await.map_err(|e| {
         format!("cannot serve the pool API on {address}: {e} (choose another --api-address)")
     })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| format!("cannot serve the pool API on {address}: {e}"))?;
     let app = router(state);
-    Ok(tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await
         {
             tracing::error!(%err, "the pool API stopped");
         }
-    }))
+    });
+    Ok((task, bound))
 }

@@ -65,7 +65,8 @@ pub struct AllInOneArgs {
     #[arg(long, default_value_t = 30, value_name = "SECONDS")]
     pub rescan_interval: u64,
     /// Serve the pool API (`/api/v1/pools/*`, `/api/v1/vms`) on this address,
-    /// IP:PORT; loopback unless told otherwise; `off` serves none.
+    /// IP:PORT (port 0: any free port, printed at start); loopback unless told
+    /// otherwise; `off` serves none.
     #[arg(long, default_value = crate::api::DEFAULT_LOCAL_ADDRESS, value_name = "IP:PORT|off")]
     pub api_address: String,
     /// The VM image catalog, a JSON file (`{"images": {NAME: {"source": PATH|URL,
@@ -241,8 +242,8 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
                 vms: vms.clone(),
                 auth: None,
             };
-            let served = api::spawn(address, state, std::future::pending()).await?;
-            println!("vdrive all-in-one: pool API on http://{address}/api/v1/");
+            let (served, bound) = api::spawn(address, state, std::future::pending()).await?;
+            println!("vdrive all-in-one: pool API on http://{bound}/api/v1/");
             tokio::spawn(resume_vms(vms, socket.clone()));
             Some(served)
         }

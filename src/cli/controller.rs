@@ -115,8 +115,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
                 vms,
                 auth: Some(Arc::new(KubeAuth::new(client.clone()))),
             };
-            let served = api::spawn(address, state, std::future::pending()).await?;
-            println!("vdrive controller: pool API on http://{address}/api/v1/");
+            let (served, bound) = api::spawn(address, state, std::future::pending()).await?;
+            println!("vdrive controller: pool API on http://{bound}/api/v1/");
             Some(served)
         }
         None => None,
