@@ -549,6 +549,25 @@ async fn resize_grows_and_delete_erases_before_it_frees() {
         json!({"id": "default.kept", "disk": "kept", "volume_id": kept_volume})
     );
     assert!(api.volume(&kept_volume).await.is_some(), "the disk is kept");
+    // A VM made again under that name gets a disk of its own, and deleting it
+    // never touches the kept one.
+    let again = api.create_vm("kept", "local-raw", 1).await;
+    let again = api.settled(again["id"].as_str().expect("an id")).await;
+    assert_eq!(again["status"], "Ready", "{again}");
+    let new_volume = again["disk"]["volume_id"]
+        .as_str()
+        .expect("a disk")
+        .to_string();
+    assert_ne!(
+        new_volume, kept_volume,
+        "the kept disk was handed out again"
+    );
+    assert_eq!(api.delete("/api/v1/vms/default.kept").await.status, 200);
+    assert!(api.volume(&new_volume).await.is_none());
+    assert!(
+        api.volume(&kept_volume).await.is_some(),
+        "the kept disk is still kept"
+    );
     let bad = api
         .delete("/api/v1/vms/default.other?keep_disk=maybe")
         .await;

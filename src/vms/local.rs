@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tonic::Request;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 use super::{
     CreateVm, DISK_CLASS, ImageEntry, ResizeVm, Vm, VmDeleted, VmDisk, VmError, VmRuntime,
@@ -54,6 +55,10 @@ struct Stored {
     source: ImageEntry,
     /// CreateVolume's volume context, which staging hands back.
     volume_context: HashMap<String, String>,
+    /// The CreateVolume name of this VM's disk, chosen when the VM is
+    /// recorded: a VM made again under a kept disk's name gets a disk of its
+    /// own, never the kept one back through CreateVolume's idempotency.
+    disk_name: String,
 }
 
 pub struct LocalVms {
@@ -140,6 +145,7 @@ impl LocalVms {
             },
             source: resolved.image,
             volume_context: HashMap::new(),
+            disk_name: disk_name(&resolved.namespace, &resolved.name, Uuid::new_v4()),
         };
         {
             let _records = self.records.lock().await;
@@ -304,7 +310,7 @@ impl LocalVms {
         }
         let volume = ControllerClient::new(self.channel().await?)
             .create_volume(Request::new(CreateVolumeRequest {
-                name: disk_name(&stored.vm.namespace, &stored.vm.name),
+                name: stored.disk_name.clone(),
                 capacity_range: Some(CapacityRange {
                     required_bytes: gib_bytes(stored.vm.storage),
                     limit_bytes: 0,
@@ -509,9 +515,10 @@ impl super::VmBackend for LocalVms {
     }
 }
 
-/// The name of a VM's disk volume: unambiguous, since neither part has a '/'.
-pub fn disk_name(namespace: &str, name: &str) -> String {
-    format!("vm/{namespace}/{name}")
+/// The name of a VM's disk volume: unambiguous (no part has a '/'), and one
+/// of its own for each VM ever made under that name.
+pub fn disk_name(namespace: &str, name: &str, instance: Uuid) -> String {
+    format!("vm/{namespace}/{name}/{instance}")
 }
 
 fn block() -> VolumeCapability {
