@@ -1728,22 +1728,14 @@ async fn create_volume_by_name_compares_parameters_access_and_topology() {
     driver.delete(&volume.volume_id).await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stage_cut_short_mid_format_formats_again() {
-    let Some(mut driver) = Driver::start("midformat", SMALL_DRIVES).await else {
-        return;
-    };
-    let cap = ext4();
-    let volume = driver.create("halfmade", 1, cap.clone()).await.unwrap();
-    let id = volume.volume_id.clone();
-    let extent = extents(&volume)[0].clone();
-    assert!(driver.stop().is_some_and(|s| s.success()));
-
-    // What a stage killed while mkfs ran leaves on the device: a filesystem
-    // that is not (yet) the volume's. Made here on the volume's extent.
+/// What a stage killed while mkfs ran leaves on the volume's extent: an ext4
+/// made with `uuid`, holding a file `stale` when `with_file`. Made with the
+/// driver stopped.
+fn half_made_filesystem(driver: &Driver, volume: &Volume, uuid: &str, with_file: bool) {
+    let extent = extents(volume)[0].clone();
     let image = support::chaos::images(&driver.state_dir().join("simulated-drives"))
         .into_iter()
-        .find(|(_, uuid)| *uuid == extent.drive)
+        .find(|(_, id)| *id == extent.drive)
         .map(|(path, _)| path)
         .expect("the volume's drive image");
     let offset = vdrive::node::signature::HEADER_BYTES + extent.offset_gib * GIB as u64;
@@ -1764,15 +1756,65 @@ async fn a_stage_cut_short_mid_format_formats_again() {
             path_str(&image).as_str(),
         ],
     );
-    let foreign = "0b3c5d7e-0000-4000-8000-00000000f00d";
+    let mount_at = driver.dir.join("half-made");
     let made = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-U", foreign, &device])
-        .output();
+        .args(["-q", "-F", "-U", uuid, &device])
+        .output()
+        .is_ok_and(|o| o.status.success())
+        && (!with_file || {
+            fs::create_dir_all(&mount_at).is_ok()
+                && Command::new("mount")
+                    .args([device.as_str(), path_str(&mount_at).as_str()])
+                    .status()
+                    .is_ok_and(|s| s.success())
+                && {
+                    let written = fs::write(mount_at.join("stale"), b"half-made").is_ok();
+                    let unmounted = Command::new("umount")
+                        .arg(&mount_at)
+                        .status()
+                        .is_ok_and(|s| s.success());
+                    written && unmounted
+                }
+        });
     run("losetup", &["-d", &device]);
-    assert!(
-        made.is_ok_and(|o| o.status.success()),
-        "mkfs.ext4 of the half-made filesystem"
-    );
+    assert!(made, "make the half-made filesystem");
+}
+
+/// The stage's intent record, marked as a stage cut short mid-mkfs leaves it.
+fn mark_formatting(driver: &Driver, volume: &Volume) -> PathBuf {
+    let id = &volume.volume_id;
+    let records = driver.state_dir().join("node").join("volumes");
+    fs::create_dir_all(&records).unwrap();
+    let parts: Vec<serde_json::Value> = extents(volume)
+        .iter()
+        .map(|e| {
+            serde_json::json!({
+                "virtual_uuid": e.virtual_uuid, "physical_uuid": e.drive, "type": e.drive_type,
+                "offset_gib": e.offset_gib, "size_gib": e.size_gib,
+            })
+        })
+        .collect();
+    let record = serde_json::json!({
+        "volume_id": id, "extents": parts, "block": false, "fs_type": null,
+        "staging_path": path_str(&driver.staging_path(id)),
+        "published": [], "single_writer": false, "formatting": true,
+    });
+    let path = records.join(format!("{id}.json"));
+    fs::write(&path, record.to_string()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_cut_short_mid_format_formats_again() {
+    let Some(mut driver) = Driver::start("midformat", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("halfmade", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    assert!(driver.stop().is_some_and(|s| s.success()));
+    let foreign = "0b3c5d7e-0000-4000-8000-00000000f00d";
+    half_made_filesystem(&driver, &volume, foreign, false);
 
     // Without a record of the interrupted format, that is someone else's
     // filesystem: refused, never mounted.
@@ -1786,25 +1828,48 @@ async fn a_stage_cut_short_mid_format_formats_again() {
 
     // With the stage's intent record marked "formatting", it is the half-made
     // filesystem of that stage, over a device that was blank: formatted again.
-    let records = driver.state_dir().join("node").join("volumes");
-    fs::create_dir_all(&records).unwrap();
-    let record = serde_json::json!({
-        "volume_id": id, "extents": [], "block": false, "fs_type": null,
-        "staging_path": path_str(&driver.staging_path(&id)),
-        "published": [], "single_writer": false, "formatting": true,
-    });
-    fs::write(records.join(format!("{id}.json")), record.to_string()).unwrap();
+    let record_path = mark_formatting(&driver, &volume);
     driver.spawn().await;
     let staging = driver.stage(&volume, &cap).await.expect("formatted again");
     fs::write(staging.join("hello"), b"written").unwrap();
     let record: serde_json::Value =
-        serde_json::from_slice(&fs::read(records.join(format!("{id}.json"))).unwrap()).unwrap();
+        serde_json::from_slice(&fs::read(&record_path).unwrap()).unwrap();
     assert_eq!(record["formatting"], false, "{record}");
     assert_eq!(record["fs_type"], "ext4", "{record}");
     // Restaged, it is the volume's own filesystem now: kept, not formatted.
     driver.unstage(&id, &staging).await.unwrap();
     let staging = driver.stage(&volume, &cap).await.unwrap();
     assert_eq!(fs::read(staging.join("hello")).unwrap(), b"written");
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unstaging_after_a_format_cut_short_wipes_the_half_made_filesystem() {
+    let Some(mut driver) = Driver::start("midformat-unstage", SMALL_DRIVES).await else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("halfmade", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    assert!(driver.stop().is_some_and(|s| s.success()));
+    // The half-made filesystem carries the volume's own uuid, as vdrive's mkfs
+    // writes it: only the record's mark tells it from a finished one.
+    half_made_filesystem(&driver, &volume, &id, true);
+    mark_formatting(&driver, &volume);
+
+    // The CO unstages before staging again (kubelet may): the mark goes with
+    // the record, so the half-made filesystem must go too.
+    driver.spawn().await;
+    driver
+        .unstage(&id, &driver.staging_path(&id))
+        .await
+        .expect("unstage after a cut-short stage");
+    let staging = driver.stage(&volume, &cap).await.expect("stage");
+    assert!(
+        !staging.join("stale").exists(),
+        "the half-made filesystem was mounted as the volume's"
+    );
     driver.unstage(&id, &staging).await.unwrap();
     driver.delete(&id).await.unwrap();
 }

@@ -320,7 +320,8 @@ impl<S: LedgerStore> NodeVolumes<S> {
         };
         let node = self.on_node();
         let (id, staging) = (volume_id.to_string(), staging.to_path_buf());
-        blocking(move || node.unstage(&id, &staging, record.is_some(), &extents)).await
+        let formatting = record.as_ref().is_some_and(|r| r.formatting);
+        blocking(move || node.unstage(&id, &staging, record.is_some(), formatting, &extents)).await
     }
 
     pub async fn publish(&self, req: PublishRequest) -> Result<(), NodeError> {
@@ -369,6 +370,22 @@ impl<S: LedgerStore> NodeVolumes<S> {
         blocking(move || node.expand(record, volume.extents)).await?;
         Ok(claimed)
     }
+}
+
+/// Zeroes the first MiB of a device whose mkfs was cut short (its staging
+/// record says so), where every filesystem vdrive makes has its superblock:
+/// the device was blank before that mkfs, so it reads blank again, and the
+/// next stage formats it instead of mounting the half-made filesystem, which
+/// already carries the volume's uuid.
+fn wipe_half_made_filesystem(device: &Path) -> Result<(), NodeError> {
+    const HEAD: u64 = 1 << 20;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(NodeError::io("open", device))?;
+    let len = blockdev::size_bytes(device)?.min(HEAD);
+    blockdev::zero_out_by_kernel(&file, device, 0, len)?;
+    file.sync_all().map_err(NodeError::io("flush", device))
 }
 
 /// A loop device over one of this node's drives that no staged volume accounts
@@ -594,6 +611,7 @@ impl OnNode {
         id: &str,
         staging: &Path,
         recorded: bool,
+        formatting: bool,
         extents: &[VolumeExtent],
     ) -> Result<(), NodeError> {
         let parts = match self.locate(extents) {
@@ -627,7 +645,17 @@ impl OnNode {
             if publish::mounted_from(staging, &device)? {
                 mounts::unmount(staging)?;
             }
+            if formatting {
+                wipe_half_made_filesystem(&device)?;
+            }
             self.backend.remove(id, &device)?;
+        } else if formatting {
+            // The mark goes with the record: its half-made filesystem must go
+            // first, or the next stage would take it for the volume's own.
+            let (device, _) = self.backend.ensure(id, &parts)?;
+            let wiped = wipe_half_made_filesystem(&device);
+            self.backend.remove(id, &device)?;
+            wiped?;
         }
         self.records.remove(id)
     }
