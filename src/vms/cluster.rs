@@ -289,15 +289,7 @@ impl ClusterVms {
                 .map_err(|e| api_error(id, "unlabel the PVC of", e))?;
         } else {
             if let Some(pv) = &volume {
-                let patch = json!({ "spec": { "persistentVolumeReclaimPolicy": "Delete" } });
-                match Api::<PersistentVolume>::all(self.client.clone())
-                    .patch(pv, &PatchParams::default(), &Patch::Merge(&patch))
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(status)) if status.code == 404 => {}
-                    Err(err) => return Err(api_error(id, "free the PersistentVolume of", err)),
-                }
+                self.free_pv(id, pv, &claim).await?;
             }
             match pvcs.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {}
@@ -325,9 +317,62 @@ impl ClusterVms {
             .get_opt(&name)
             .await
             .map_err(|e| api_error(id, "read the PVC of", e))?;
+        // A VM's PVC is labelled as one and of the VM class: a label alone, which
+        // anyone who may edit PVCs can set, must not make another PVC a VM whose
+        // delete switches its PV to Delete.
         match claim {
-            Some(claim) if claim.labels().get(VM_LABEL) == Some(&name) => Ok(claim),
+            Some(claim)
+                if claim.labels().get(VM_LABEL) == Some(&name)
+                    && claim
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.storage_class_name.as_deref())
+                        == Some(DISK_CLASS) =>
+            {
+                Ok(claim)
+            }
             _ => Err(VmError::NotFound { id: id.to_string() }),
+        }
+    }
+
+    /// Switches the PV of a VM's disk to Delete, so that deleting the PVC frees
+    /// the disk — only a vdrive PV bound to exactly this PVC (by uid): the
+    /// controller's rights must never free someone else's retained volume.
+    async fn free_pv(
+        &self,
+        id: &str,
+        pv: &str,
+        claim: &PersistentVolumeClaim,
+    ) -> Result<(), VmError> {
+        let pvs = Api::<PersistentVolume>::all(self.client.clone());
+        let Some(found) = pvs
+            .get_opt(pv)
+            .await
+            .map_err(|e| api_error(id, "read the PersistentVolume of", e))?
+        else {
+            return Ok(());
+        };
+        let spec = found.spec.as_ref();
+        let ours = spec
+            .and_then(|s| s.csi.as_ref())
+            .is_some_and(|c| c.driver == crate::csi::identity::DRIVER_NAME);
+        let bound_here = spec
+            .and_then(|s| s.claim_ref.as_ref())
+            .and_then(|r| r.uid.as_deref())
+            .is_some_and(|uid| Some(uid) == claim.metadata.uid.as_deref());
+        if !ours || !bound_here {
+            return Err(VmError::Precondition(format!(
+                "PersistentVolume {pv} is not a vdrive disk bound to this VM's PVC: it is left as it is; delete the VM with ?keep_disk=true"
+            )));
+        }
+        let patch = json!({ "spec": { "persistentVolumeReclaimPolicy": "Delete" } });
+        match pvs
+            .patch(pv, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(err) => Err(api_error(id, "free the PersistentVolume of", err)),
         }
     }
 
