@@ -665,6 +665,23 @@ async fn bad_requests_get_the_right_status_and_a_json_error() {
     api.settled(first["id"].as_str().expect("an id")).await;
     api.settled("team-b.twice").await;
 
+    // Unauthenticated on loopback: a request for another host name (a page
+    // that rebound its name to 127.0.0.1) is refused.
+    let rebound = {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(&api.address).expect("connect");
+        stream
+            .write_all(
+                b"GET /api/v1/vms HTTP/1.1\r\nHost: evil.example:8080\r\nConnection: close\r\n\r\n",
+            )
+            .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    };
+    assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
+    assert!(rebound.contains(r#""kind":"forbidden""#), "{rebound}");
+
     let not_json = request(
         &api.address,
         "POST",

@@ -10,6 +10,7 @@
 pub mod auth;
 mod error;
 mod json;
+mod loopback_host;
 pub mod openapi;
 mod pools;
 mod vms;
@@ -87,7 +88,14 @@ pub async fn spawn(
     let bound = listener
         .local_addr()
         .map_err(|e| format!("cannot serve the pool API on {address}: {e}"))?;
-    let app = router(state);
+    // Unauthenticated on loopback (all-in-one): only requests addressed to
+    // loopback by name, so that a web page that rebinds its own host name to
+    // 127.0.0.1 cannot drive the API from a local browser.
+    let loopback_only = state.auth.is_none() && bound.ip().is_loopback();
+    let mut app = router(state);
+    if loopback_only {
+        app = app.layer(axum::middleware::from_fn(loopback_host::only));
+    }
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
