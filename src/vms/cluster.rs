@@ -147,6 +147,10 @@ impl ClusterVms {
             .await
             .map_err(|e| match e {
                 kube::Error::Api(status) if status.code == 409 => exists(),
+                kube::Error::Api(status) if status.code == 404 => VmError::Invalid(format!(
+                    "namespace: there is no namespace {:?} to make the VM's PVC in: create it first ({})",
+                    resolved.namespace, status.message
+                )),
                 other => api_error(&resolved.id(), "create the PVC of", other),
             })?;
         let runtime = match self.kubevirt().await {
@@ -822,6 +826,15 @@ pub fn gib_of(quantity: &str) -> Option<u64> {
 fn api_error(id: &str, doing: &str, err: kube::Error) -> VmError {
     match err {
         kube::Error::Api(status) if status.code == 404 => VmError::NotFound { id: id.to_string() },
+        // A ResourceQuota of the namespace refuses with 403 too: no room there.
+        kube::Error::Api(status)
+            if status.code == 403 && status.message.contains("exceeded quota") =>
+        {
+            VmError::NoRoom(format!(
+                "the namespace's ResourceQuota refused to {doing} VM {id:?}: {}",
+                status.message
+            ))
+        }
         kube::Error::Api(status) if status.code == 403 => VmError::Internal(format!(
             "the controller may not {doing} VM {id:?}: {} (check the chart's RBAC)",
             status.message
@@ -975,6 +988,45 @@ mod tests {
             ..Default::default()
         });
         claim
+    }
+
+    #[test]
+    fn api_server_refusals_map_to_what_the_caller_can_do() {
+        let refusal = |code: u16, message: &str| {
+            kube::Error::Api(
+                kube::core::Status {
+                    code,
+                    message: message.into(),
+                    ..Default::default()
+                }
+                .boxed(),
+            )
+        };
+        let quota = api_error(
+            "a.b",
+            "create the PVC of",
+            refusal(
+                403,
+                "persistentvolumeclaims \"b\" is forbidden: exceeded quota: q, requested: requests.storage=50Gi",
+            ),
+        );
+        assert_eq!(quota.kind(), "insufficient_storage", "{quota}");
+        assert!(quota.to_string().contains("exceeded quota"), "{quota}");
+        let rbac = api_error("a.b", "create the PVC of", refusal(403, "forbidden"));
+        assert_eq!(
+            rbac.kind(),
+            "internal",
+            "the controller's own rights: {rbac}"
+        );
+        assert!(rbac.to_string().contains("chart's RBAC"), "{rbac}");
+        assert_eq!(
+            api_error("a.b", "read the PVC of", refusal(404, "not found")).kind(),
+            "not_found"
+        );
+        assert_eq!(
+            api_error("a.b", "patch", refusal(422, "invalid")).kind(),
+            "invalid_request"
+        );
     }
 
     #[test]
