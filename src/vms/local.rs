@@ -173,9 +173,13 @@ impl LocalVms {
     }
 
     /// Grows the VM's disk to `new_size_gb`.
+    /// The CSI calls run outside the records lock (an expansion waits on the
+    /// ledger and the node): only reading and writing the record hold it.
     pub async fn resize(&self, id: &str, request: ResizeVm) -> Result<Vm, VmError> {
-        let _records = self.records.lock().await;
-        let mut stored = self.load(id).await?;
+        let stored = {
+            let _records = self.records.lock().await;
+            self.load(id).await?
+        };
         let current = stored.vm.storage;
         if request.new_size_gb < current {
             return Err(VmError::Shrink {
@@ -232,17 +236,24 @@ impl LocalVms {
                 .await
                 .map_err(|status| VmError::from_csi(id, &status))?;
         }
-        stored.vm.storage = request.new_size_gb;
-        stored.vm.disk.size_gb = request.new_size_gb;
+        let _records = self.records.lock().await;
+        let mut stored = self.load(id).await?;
+        // Two resizes at once: the ledger keeps the larger, and so does the record.
+        stored.vm.storage = stored.vm.storage.max(request.new_size_gb);
+        stored.vm.disk.size_gb = stored.vm.storage;
         self.save(&stored).await?;
-        info!(vm = %id, gb = request.new_size_gb, "VM disk grown");
+        info!(vm = %id, gb = stored.vm.storage, "VM disk grown");
         Ok(stored.vm)
     }
 
     /// Deletes the VM; its disk is erased and released unless `keep_disk`.
+    /// The erase runs outside the records lock (a large disk takes a while);
+    /// a second delete meanwhile finds the disk gone or busy, which is safe.
     pub async fn delete(&self, id: &str, keep_disk: bool) -> Result<VmDeleted, VmError> {
-        let _records = self.records.lock().await;
-        let stored = self.load(id).await?;
+        let stored = {
+            let _records = self.records.lock().await;
+            self.load(id).await?
+        };
         if stored.vm.status == VmStatus::Provisioning {
             return Err(VmError::Busy {
                 id: id.to_string(),
@@ -260,7 +271,10 @@ impl LocalVms {
                 .await
                 .map_err(|status| VmError::from_csi(id, &status))?;
         }
-        self.remove(id).await?;
+        {
+            let _records = self.records.lock().await;
+            self.remove(id).await?;
+        }
         info!(vm = %id, keep_disk, "VM deleted");
         Ok(VmDeleted {
             id: id.to_string(),
