@@ -18,7 +18,7 @@ use tonic::Code;
 
 mod support;
 
-use support::devices::{loop_devices, mounts_under};
+use support::devices::{mounts_under, volume_devices};
 use support::driver::*;
 use vdrive::csi::proto::volume_capability;
 use vdrive::csi::proto::{
@@ -1368,20 +1368,6 @@ async fn unstage_without_a_record_leaves_a_pods_mount_alone() {
     driver.unstage(&id, &staging).await.unwrap();
     assert!(mounts_under(&driver.dir.join("staging")).is_empty());
     driver.delete(&id).await.unwrap();
-}
-
-/// Loop devices of volumes on the simulated drives under `dir`.
-fn volume_devices(dir: &Path) -> Vec<PathBuf> {
-    let all = loop_devices();
-    let drives: Vec<&PathBuf> = all
-        .iter()
-        .filter(|(_, backing)| backing.starts_with(dir))
-        .map(|(d, _)| d)
-        .collect();
-    all.iter()
-        .filter(|(_, backing)| drives.contains(&backing))
-        .map(|(device, _)| device.clone())
-        .collect()
 }
 
 fn volume_is_block(cap: &VolumeCapability) -> bool {

@@ -23,7 +23,7 @@ use tonic::Code;
 
 mod support;
 
-use support::devices::loop_devices;
+use support::devices::volume_devices;
 use support::driver::*;
 
 const MIB: u64 = 1 << 20;
@@ -414,20 +414,6 @@ fn assert_scratch_is_empty(driver: &Driver) {
         .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "temporary image files left: {left:?}");
-}
-
-/// Loop devices of volumes on the simulated drives under `dir`.
-fn volume_devices(dir: &Path) -> Vec<PathBuf> {
-    let all = loop_devices();
-    let drives: Vec<&PathBuf> = all
-        .iter()
-        .filter(|(_, backing)| backing.starts_with(dir))
-        .map(|(d, _)| d)
-        .collect();
-    all.iter()
-        .filter(|(_, backing)| drives.contains(&backing))
-        .map(|(device, _)| device.clone())
-        .collect()
 }
 
 /// An HTTP server on 127.0.0.1 that serves one file at `/<its name>` and 404

@@ -136,3 +136,17 @@ pub fn mounts_under(dir: &Path) -> Vec<MountPoint> {
         })
         .collect()
 }
+
+/// Loop devices of volumes on the simulated drives under `dir`.
+pub fn volume_devices(dir: &Path) -> Vec<PathBuf> {
+    let all = loop_devices();
+    let drives: Vec<&PathBuf> = all
+        .iter()
+        .filter(|(_, backing)| backing.starts_with(dir))
+        .map(|(d, _)| d)
+        .collect();
+    all.iter()
+        .filter(|(_, backing)| drives.contains(&backing))
+        .map(|(device, _)| device.clone())
+        .collect()
+}
