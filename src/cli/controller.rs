@@ -12,8 +12,9 @@ use super::all_in_one::shutdown_signal;
 use super::settings::SettingsArgs;
 use crate::api::{self, ApiState};
 use crate::cluster::auth::KubeAuth;
+use crate::cluster::auto_release::{self, OrphanAges};
 use crate::cluster::events::Notifier;
-use crate::cluster::{self, KubeStore, Scope, orphans, quarantine};
+use crate::cluster::{self, KubeStore, Scope, orphans, pool_watch, quarantine};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::server::{self, Services};
@@ -38,6 +39,11 @@ pub struct ControllerArgs {
     /// release; 0 turns them off.
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub orphan_check_interval: u64,
+    /// Release orphaned claims automatically once they were orphaned at two
+    /// checks at least this many seconds apart (through the erase path, with an
+    /// Event on the Node); 0, the default, only reports them.
+    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    pub orphan_auto_release_after: u64,
     /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
     /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
     #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
@@ -61,6 +67,14 @@ pub struct ControllerArgs {
 }
 
 pub async fn run(args: ControllerArgs) -> Result<(), String> {
+    if args.orphan_auto_release_after > 0 && args.orphan_check_interval == 0 {
+        return Err(
+            "--orphan-auto-release-after needs the orphan checks: set --orphan-check-interval above 0"
+                .into(),
+        );
+    }
+    let auto_release = (args.orphan_auto_release_after > 0)
+        .then(|| Duration::from_secs(args.orphan_auto_release_after));
     let socket = server::socket_path(&args.endpoint).map_err(|e| e.to_string())?;
     let pools = args.settings.pools()?;
     let catalog = match &args.vm_images {
@@ -96,6 +110,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
             notifier,
             gauges.clone(),
             Duration::from_secs(args.orphan_check_interval),
+            auto_release,
         ))
     });
     // A node whose ledger cannot be read is kept aside; make it seen.
@@ -103,6 +118,13 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         ledger.clone(),
         Notifier::new(client.clone(), &args.instance),
         gauges.clone(),
+    ));
+    // Servers joining and leaving pools, and pools changing health: logged and
+    // raised as Events.
+    let pool_changes = tokio::spawn(pool_watch::watch(
+        ledger.clone(),
+        client.clone(),
+        Notifier::new(client.clone(), &args.instance),
     ));
     let metrics = args.metrics_address.map(|address| {
         let refresh = pool_gauges(ledger.clone(), gauges.clone());
@@ -139,7 +161,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         .into_iter()
         .chain(metrics)
         .chain(api)
-        .chain([quarantine])
+        .chain([quarantine, pool_changes])
     {
         task.abort();
     }
@@ -154,7 +176,9 @@ async fn check_orphans(
     notifier: Notifier,
     gauges: Arc<Gauges>,
     every: Duration,
+    auto_release: Option<Duration>,
 ) {
+    let mut ages = OrphanAges::default();
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await; // not at start: let in-flight provisioning settle
     loop {
@@ -173,7 +197,17 @@ async fn check_orphans(
                     &[],
                     report.lost_volumes.len() as f64,
                 );
-                orphans::announce(&report, &notifier).await
+                orphans::announce(&report, &notifier).await;
+                if let Some(min_age) = auto_release {
+                    auto_release::release_due(
+                        &mut ages,
+                        &report.orphaned_claims,
+                        min_age,
+                        &ledger,
+                        &notifier,
+                    )
+                    .await;
+                }
             }
             Err(err) => tracing::warn!(%err, "orphan check failed"),
         }

@@ -34,8 +34,33 @@ impl Notifier {
         action: &str,
         note: String,
     ) {
+        self.publish(EventType::Warning, regarding, reason, action, note)
+            .await
+    }
+
+    /// A Normal Event: something an operator may want to see happened as asked
+    /// (a server joined a pool, drives were signed).
+    pub async fn normal(
+        &self,
+        regarding: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        self.publish(EventType::Normal, regarding, reason, action, note)
+            .await
+    }
+
+    async fn publish(
+        &self,
+        type_: EventType,
+        regarding: &ObjectReference,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
         let event = Event {
-            type_: EventType::Warning,
+            type_,
             reason: reason.to_string(),
             note: Some(truncate(note)),
             action: action.to_string(),
@@ -52,6 +77,18 @@ pub fn node_reference(name: &str, uid: Option<String>) -> ObjectReference {
     ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Node".into()),
+        name: Some(name.to_string()),
+        uid,
+        ..ObjectReference::default()
+    }
+}
+
+/// A reference to a cluster-scoped StorageClass (a pool's Events are shown on
+/// the classes that draw from it: `kubectl describe storageclass`).
+pub fn storage_class_reference(name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference {
+        api_version: Some("storage.k8s.io/v1".into()),
+        kind: Some("StorageClass".into()),
         name: Some(name.to_string()),
         uid,
         ..ObjectReference::default()

@@ -4,9 +4,11 @@
 
 pub mod annotations;
 pub mod auth;
+pub mod auto_release;
 pub mod events;
 pub mod inventory;
 pub mod orphans;
+pub mod pool_watch;
 pub mod quarantine;
 pub mod reclaim;
 pub mod store;
