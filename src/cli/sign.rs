@@ -6,9 +6,9 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
 use crate::drive::DriveType;
-use crate::node::NodeError;
-use crate::node::discovery::{DriveFacts, Machine, Skip, TypeGuess, human_bytes};
-use crate::node::drives::{self, DiskReport, DiskState, Swept};
+use crate::node::discovery::{DriveFacts, Machine, TypeGuess, human_bytes};
+use crate::node::drives::{self, DiskReport, DiskState};
+use crate::node::sweep_report::SweepReport;
 
 #[derive(Debug, Clone, Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -60,85 +60,41 @@ pub fn run(args: SignArgs) -> Result<String, String> {
             "name the drives with --device PATH (repeatable), or use --all-not-root".into(),
         );
     } else {
-        args.device
-            .iter()
-            .map(|path| {
-                let outcome = match drives::sign(path, drive_type, args.force) {
-                    Ok(drive) => Swept::Signed(drive),
-                    Err(err) => Swept::NotSigned(err),
-                };
-                (path.clone(), outcome)
-            })
-            .collect()
+        return sign_named(&args.device, drive_type, args.force);
     };
+    // Sweeping a machine meets drives that must be left alone: those are
+    // skipped, and only a drive that could not be signed for another reason fails.
+    let report = SweepReport::of(results);
+    let text = report.lines().join("\n");
+    if report.is_failure() {
+        Err(text)
+    } else {
+        Ok(text)
+    }
+}
+
+/// Signs the drives named with `--device`: each one is asked for, so any
+/// refusal (already signed, holding data without --force) is a failure.
+fn sign_named(devices: &[PathBuf], drive_type: DriveType, force: bool) -> Result<String, String> {
     let mut out = Vec::new();
     let mut failed = false;
-    let mut partitioned = false;
-    for (path, outcome) in results {
-        match outcome {
-            Swept::Signed(drive) => out.push(format!(
+    for path in devices {
+        match drives::sign(path, drive_type, force) {
+            Ok(drive) => out.push(format!(
                 "signed {} as {} ({} GiB, uuid {})",
                 path.display(),
                 drive.signature.drive_type.label(),
                 drive.signature.capacity_gib(),
                 drive.signature.uuid
             )),
-            Swept::Skipped(reasons) => {
-                partitioned |= reasons
-                    .iter()
-                    .any(|r| matches!(r, Skip::Partitioned { .. }));
-                out.push(format!(
-                    "skipped {}: {}",
-                    path.display(),
-                    drives::join(&reasons)
-                ));
-            }
-            // A sweep never re-signs: --force would otherwise orphan every
-            // volume and claim of a drive that happens to be idle.
-            Swept::NotSigned(NodeError::AlreadySigned { uuid, .. }) if args.all_not_root => {
-                out.push(format!(
-                    "skipped {}: already signed as vdrive {uuid}",
-                    path.display()
-                ));
-            }
-            // Sweeping a machine (the chart's sign-drives Job, run again on every
-            // install) meets drives that must be left alone: those are skipped,
-            // and only a drive that could not be signed for another reason fails.
-            Swept::NotSigned(err) if args.all_not_root && is_left_alone(&err) => {
-                out.push(format!("skipped {}: {err}", path.display()));
-            }
-            Swept::NotSigned(err) => {
+            Err(err) => {
                 failed = true;
                 out.push(format!("not signed {}: {err}", path.display()));
             }
         }
     }
-    if out.is_empty() {
-        out.push("no drive to sign: this machine has no disk that may be a drive".into());
-    }
-    if partitioned {
-        out.push(
-            "a sweep never signs a partitioned disk: to use one, sign it alone with \
-             `vdrive sign --device PATH --type tlc|qlc --force` (its partitions are wiped)"
-                .into(),
-        );
-    }
     let text = out.join("\n");
     if failed { Err(text) } else { Ok(text) }
-}
-
-/// Drives a sweep must not touch: the root disk, partitions, drives in use or
-/// mounted, drives holding data (without --force), drives already signed.
-fn is_left_alone(err: &NodeError) -> bool {
-    matches!(
-        err,
-        NodeError::RootDisk { .. }
-            | NodeError::NotWholeDisk { .. }
-            | NodeError::Mounted { .. }
-            | NodeError::InUse { .. }
-            | NodeError::HasData { .. }
-            | NodeError::AlreadySigned { .. }
-    )
 }
 
 fn show(all: bool, as_json: bool) -> Result<String, String> {
@@ -346,7 +302,6 @@ fn align(rows: &[Vec<String>]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
 
     use super::*;
 
@@ -480,18 +435,5 @@ mod tests {
             vec!["AAA".to_string(), "B".into(), "CCCC".into()],
         ];
         assert_eq!(align(&rows), "A    BB  C\nAAA  B   CCCC");
-    }
-
-    #[test]
-    fn a_sweep_skips_drives_it_must_not_touch_and_fails_on_the_rest() {
-        let device = PathBuf::from("/dev/sdz");
-        assert!(is_left_alone(&NodeError::RootDisk {
-            device: device.clone()
-        }));
-        assert!(is_left_alone(&NodeError::AlreadySigned {
-            device: device.clone(),
-            uuid: uuid::Uuid::nil(),
-        }));
-        assert!(!is_left_alone(&NodeError::NotBlockDevice { path: device }));
     }
 }

@@ -338,9 +338,20 @@ pub fn sign_all_not_root(
     drive_type: DriveType,
     force: bool,
 ) -> Result<Vec<(PathBuf, Swept)>, NodeError> {
+    sign_all_not_root_where(drive_type, force, |_, _| true)
+}
+
+/// [`sign_all_not_root`] over only the disks `within` keeps (a simulated
+/// node's own images); the others are not looked at, nor reported.
+pub fn sign_all_not_root_where(
+    drive_type: DriveType,
+    force: bool,
+    within: impl Fn(&Machine, &DriveFacts) -> bool,
+) -> Result<Vec<(PathBuf, Swept)>, NodeError> {
     let machine = Machine::read()?;
     Ok(sweep_plan(&machine)
         .into_iter()
+        .filter(|(disk, _)| within(&machine, disk))
         .map(|(disk, reasons)| {
             let path = disk.path;
             // Discovery would read this disk's signature; a drive in use by vdrive
@@ -660,7 +671,7 @@ fn simulate_one(
 
 /// Whether a loop device's backing file is one of `dir`'s simulated images (also
 /// after the image was deleted, which the kernel marks with " (deleted)").
-fn is_sim_image(backing: &Path, dir: &Path) -> bool {
+pub fn is_sim_image(backing: &Path, dir: &Path) -> bool {
     let text = backing.to_string_lossy();
     let path = Path::new(text.strip_suffix(" (deleted)").unwrap_or(&text));
     let name = path

@@ -41,6 +41,7 @@ pub mod publish;
 pub mod registry;
 pub mod signature;
 pub mod staging;
+pub mod sweep_report;
 pub mod volume;
 
 pub use error::{IMAGE_NOT_WRITTEN, NodeError};
