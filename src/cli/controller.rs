@@ -14,6 +14,7 @@ use crate::api::{self, ApiState};
 use crate::cluster::auth::KubeAuth;
 use crate::cluster::auto_release::{self, OrphanAges};
 use crate::cluster::events::Notifier;
+use crate::cluster::leader::Leadership;
 use crate::cluster::{self, KubeStore, Scope, orphans, pool_watch, quarantine};
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
@@ -59,6 +60,12 @@ pub struct ControllerArgs {
     /// vm.serverTypes.
     #[arg(long, value_name = "FILE")]
     pub vm_images: Option<PathBuf>,
+    /// In a pod, the release namespace (POD_NAMESPACE): the cluster-wide chores
+    /// (orphan checks and releases, pool change Events) then run only in the
+    /// replica whose csi-provisioner holds the driver's Lease there. Unset,
+    /// this process is taken to be the only controller.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub leader_lease_namespace: Option<String>,
     /// This replica's name in Events (in a pod: POD_NAME from metadata.name).
     #[arg(long, env = "POD_NAME", default_value = "vdrive-controller")]
     pub instance: String,
@@ -101,6 +108,10 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         InFlight::default(),
     )
     .with_images(vms.clone());
+    let leadership = match &args.leader_lease_namespace {
+        Some(namespace) => Leadership::follow_lease(client.clone(), namespace, &args.instance),
+        None => Leadership::Alone,
+    };
     let gauges = Arc::new(Gauges::default());
     let checks = (args.orphan_check_interval > 0).then(|| {
         let notifier = Notifier::new(client.clone(), &args.instance);
@@ -111,6 +122,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
             gauges.clone(),
             Duration::from_secs(args.orphan_check_interval),
             auto_release,
+            leadership.clone(),
         ))
     });
     // A node whose ledger cannot be read is kept aside; make it seen.
@@ -125,6 +137,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         ledger.clone(),
         client.clone(),
         Notifier::new(client.clone(), &args.instance),
+        leadership,
     ));
     let metrics = args.metrics_address.map(|address| {
         let refresh = pool_gauges(ledger.clone(), gauges.clone());
@@ -177,12 +190,19 @@ async fn check_orphans(
     gauges: Arc<Gauges>,
     every: Duration,
     auto_release: Option<Duration>,
+    leadership: Leadership,
 ) {
     let mut ages = OrphanAges::default();
     let mut ticks = tokio::time::interval(every);
     ticks.tick().await; // not at start: let in-flight provisioning settle
     loop {
         ticks.tick().await;
+        if !leadership.leading().await {
+            // Another replica checks; ages seen here would be stale by the
+            // time this one leads again.
+            ages = OrphanAges::default();
+            continue;
+        }
         match orphans::check(&ledger, &client).await {
             Ok(report) => {
                 gauges.set(

@@ -7,10 +7,12 @@ pub mod auth;
 pub mod auto_release;
 pub mod events;
 pub mod inventory;
+pub mod leader;
 pub mod orphans;
 pub mod pool_watch;
 pub mod quarantine;
 pub mod reclaim;
+pub mod sign_label;
 pub mod store;
 
 use std::path::Path;

@@ -8,12 +8,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::events::{Notifier, node_reference, storage_class_reference};
+use super::leader::Leadership;
 use super::store::KubeStore;
 use crate::csi::identity::DRIVER_NAME;
 use crate::ledger::{Ledger, NodeLedger};
@@ -200,17 +202,29 @@ pub fn changes(before: &PoolView, after: &PoolView) -> Vec<PoolChange> {
     out
 }
 
-/// Runs until the process stops: looks again whenever a watched Node changes.
-/// The servers in the pools at start are logged, not announced: they did not
-/// just join.
-pub async fn watch(ledger: Arc<Ledger<Arc<KubeStore>>>, client: Client, notifier: Notifier) {
+/// At most one look per this long: Node heartbeats change the watched Nodes
+/// all the time, and a look computes every pool.
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Runs until the process stops: looks again whenever a watched Node changes
+/// (at most once per [`SETTLE`]). The servers in the pools at start are logged,
+/// not announced: they did not just join. Only the leading replica reports;
+/// the others keep their view current, so a replica that takes over reports
+/// what changes from then on.
+pub async fn watch(
+    ledger: Arc<Ledger<Arc<KubeStore>>>,
+    client: Client,
+    notifier: Notifier,
+    leadership: Leadership,
+) {
     let mut changes_seen = ledger.store().subscribe();
     let mut seen: Option<PoolView> = None;
     loop {
         match ledger.survey().await {
             Ok(survey) => {
                 let now = PoolView::of(&survey.nodes, ledger.pool_settings());
-                match &seen {
+                let found = match &seen {
+                    Some(before) => changes(before, &now),
                     None => {
                         log_start(&now);
                         // Only health is reported at start: a pool already in
@@ -219,14 +233,17 @@ pub async fn watch(ledger: Arc<Ledger<Arc<KubeStore>>>, client: Client, notifier
                             members: now.members.clone(),
                             ..PoolView::empty()
                         };
-                        report(&changes(&start, &now), &client, &notifier).await;
+                        changes(&start, &now)
                     }
-                    Some(before) => report(&changes(before, &now), &client, &notifier).await,
+                };
+                if !found.is_empty() && leadership.leading().await {
+                    report(&found, &client, &notifier).await;
                 }
                 seen = Some(now);
             }
             Err(err) => tracing::warn!(%err, "could not read the pools"),
         }
+        tokio::time::sleep(SETTLE).await;
         if changes_seen.changed().await.is_err() {
             return;
         }
