@@ -13,7 +13,7 @@ use super::all_in_one::{
     SUGGESTED_SIMULATION, choose_backend, initial_drives, node_name, rescan_drives, shutdown_signal,
 };
 use crate::cluster::events::Notifier;
-use crate::cluster::{self, KubeStore, Scope, inventory, reclaim};
+use crate::cluster::{self, KubeStore, Scope, inventory, reclaim, sign_label};
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::input;
 use crate::csi::node::NodeService;
@@ -21,7 +21,9 @@ use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::Ledger;
 use crate::metrics::{self, Gauges};
+use crate::node::drives::SignedDrive;
 use crate::node::inflight::InFlight;
+use crate::node::sweep_report::sign_unused;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives, ownership};
 use crate::pools::PoolSettings;
 
@@ -88,7 +90,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     // The node only checks claims against its drives; pool shares are the controller's.
     let ledger = Arc::new(Ledger::new(store.clone(), PoolSettings::default()));
-    let notifier = Notifier::new(client, &node_id);
+    let notifier = Notifier::new(client.clone(), &node_id);
     let gauges = Arc::new(Gauges::default());
     let metrics = args
         .metrics_address
@@ -99,13 +101,14 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     if found.is_empty() {
         eprintln!(
             "vdrive node: no signed drives on {node_id}; volumes cannot be placed here until drives are signed \
-             (`vdrive sign --all-not-root --type tlc`, or the chart's sign-drives Job; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
+             (label the Node: `kubectl label node {node_id} vdrive.io/sign-drives=tlc`, or `vdrive sign --device PATH --type tlc`; for a test cluster: --simulate-drives {SUGGESTED_SIMULATION})"
         );
     }
-    let registry = Arc::new(DriveRegistry::at_start(
-        found.clone(),
-        args.simulate_drives.is_some(),
-    ));
+    let registry = DriveRegistry::at_start(found.clone(), args.simulate_drives.is_some());
+    let registry = Arc::new(match &args.simulate_drives {
+        Some(_) => registry.simulating_in(&simulated_dir),
+        None => registry,
+    });
     let backend = device_backend.kind();
     let sync = ownership::report_drives(&ledger, &registry, &node_id, found.clone(), backend)
         .await
@@ -135,43 +138,53 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
         gauges.clone(),
         node_id.clone(),
     ));
+    let reporter = Arc::new(DriveReporter {
+        ledger: ledger.clone(),
+        notifier: notifier.clone(),
+        gauges: gauges.clone(),
+        node_id: node_id.clone(),
+        registry: registry.clone(),
+        volumes: volumes.clone(),
+        backend,
+    });
     let rescans = tokio::spawn({
-        let (ledger, node_id) = (ledger.clone(), node_id.clone());
         let every = Duration::from_secs(args.rescan_interval.max(1));
-        let volumes = volumes.clone();
+        let reporter = reporter.clone();
         rescan_drives(every, registry.clone(), move |found| {
-            let (ledger, notifier, gauges, node_id, registry, volumes) = (
-                ledger.clone(),
-                notifier.clone(),
-                gauges.clone(),
-                node_id.clone(),
-                registry.clone(),
-                volumes.clone(),
-            );
-            async move {
-                let reported =
-                    ownership::report_drives(&ledger, &registry, &node_id, found, backend)
-                        .await
-                        .map_err(|e| format!("could not record this node's drives: {e}"));
-                let published = match reported {
-                    Ok(sync) => {
-                        inventory::publish(&ledger, &notifier, &gauges, &node_id, &sync).await
-                    }
-                    Err(err) => Err(err),
-                };
-                if let Err(err) = published {
-                    tracing::warn!(%err, "could not publish this node's drives");
-                }
-                match volumes.sweep_stray_devices().await {
-                    Ok(strays) => {
-                        inventory::report_strays(&ledger, &notifier, &gauges, &node_id, &strays)
-                            .await
-                    }
-                    Err(err) => tracing::warn!(%err, "could not look for stray loop devices"),
-                }
-            }
+            let reporter = reporter.clone();
+            async move { reporter.record(found).await }
         })
     });
+    // Drives signed because the Node is labelled vdrive.io/sign-drives are
+    // recorded at once, not at the next rescan.
+    let signing = tokio::spawn(sign_label::watch(
+        client.clone(),
+        node_id.clone(),
+        notifier.clone(),
+        {
+            let only_images_in = args
+                .simulate_drives
+                .is_some()
+                .then(|| simulated_dir.clone());
+            move |drive_type| {
+                let (reporter, only_images_in) = (reporter.clone(), only_images_in.clone());
+                async move {
+                    let report = tokio::task::spawn_blocking(move || {
+                        sign_unused(drive_type, only_images_in.as_deref())
+                    })
+                    .await
+                    .map_err(|e| format!("the sweep failed: {e}"))?
+                    .map_err(|e| format!("cannot tell which drives are in use: {e}"))?;
+                    let registry = reporter.registry.clone();
+                    if let Ok(found) = tokio::task::spawn_blocking(move || registry.rescan()).await
+                    {
+                        reporter.record(found).await;
+                    }
+                    Ok(report)
+                }
+            }
+        },
+    ));
     let readiness = Readiness::default();
     readiness.set_ready();
     let capacity: u64 = found.iter().map(|d| d.signature.capacity_gib()).sum();
@@ -188,6 +201,7 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     let served = server::serve(&socket, services, shutdown_signal()).await;
     reclaimer.abort();
     rescans.abort();
+    signing.abort();
     if let Some(metrics) = metrics {
         metrics.abort();
     }
@@ -199,4 +213,60 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     }
     println!("vdrive node: stopped");
     Ok(())
+}
+
+/// Records what a drive scan found: the drives in the ledger and on the Node,
+/// then stray loop devices looked for. Each rescan, and each signing by label,
+/// goes through here.
+struct DriveReporter {
+    ledger: Arc<Ledger<Arc<KubeStore>>>,
+    notifier: Notifier,
+    gauges: Arc<Gauges>,
+    node_id: String,
+    registry: Arc<DriveRegistry>,
+    volumes: Arc<NodeVolumes<Arc<KubeStore>>>,
+    backend: Backend,
+}
+
+impl DriveReporter {
+    async fn record(&self, found: Vec<SignedDrive>) {
+        let reported = ownership::report_drives(
+            &self.ledger,
+            &self.registry,
+            &self.node_id,
+            found,
+            self.backend,
+        )
+        .await
+        .map_err(|e| format!("could not record this node's drives: {e}"));
+        let published = match reported {
+            Ok(sync) => {
+                inventory::publish(
+                    &self.ledger,
+                    &self.notifier,
+                    &self.gauges,
+                    &self.node_id,
+                    &sync,
+                )
+                .await
+            }
+            Err(err) => Err(err),
+        };
+        if let Err(err) = published {
+            tracing::warn!(%err, "could not publish this node's drives");
+        }
+        match self.volumes.sweep_stray_devices().await {
+            Ok(strays) => {
+                inventory::report_strays(
+                    &self.ledger,
+                    &self.notifier,
+                    &self.gauges,
+                    &self.node_id,
+                    &strays,
+                )
+                .await
+            }
+            Err(err) => tracing::warn!(%err, "could not look for stray loop devices"),
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! detached and another attached in its place between two scans (a hot-swap,
 //! a loop device re-bound) leaves its old path naming another drive.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
 use uuid::Uuid;
@@ -27,6 +27,10 @@ pub struct DriveRegistry {
     /// drives are this node's own: several simulated nodes on one machine (a
     /// test cluster) must not pick up each other's loop devices.
     scan_machine: bool,
+    /// A simulated node's image directory: a rescan also takes the drives of
+    /// images added there later (signed because the Node was labelled
+    /// `vdrive.io/sign-drives`), at whatever loop devices they are bound to.
+    sim_dir: Option<PathBuf>,
     /// Held while the drives' claim records are read and written (see
     /// [`super::ownership`]).
     claim_records: tokio::sync::Mutex<()>,
@@ -40,6 +44,7 @@ impl DriveRegistry {
             extra: RwLock::new(extra),
             images: Vec::new(),
             scan_machine: true,
+            sim_dir: None,
             claim_records: tokio::sync::Mutex::new(()),
         }
     }
@@ -83,6 +88,13 @@ impl DriveRegistry {
         }
     }
 
+    /// Also looks at the loop devices of every simulated image in `dir`, not
+    /// only at those of the drives found at start.
+    pub fn simulating_in(mut self, dir: &Path) -> Self {
+        self.sim_dir = Some(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        self
+    }
+
     /// The lock over the drives' claim records.
     pub fn claim_records(&self) -> &tokio::sync::Mutex<()> {
         &self.claim_records
@@ -107,11 +119,18 @@ impl DriveRegistry {
                 paths.push(extra.clone());
             }
         }
-        if !self.images.is_empty() {
+        if !self.images.is_empty() || self.sim_dir.is_some() {
+            let ours = |backing: &Path| {
+                self.images.iter().any(|i| i == backing)
+                    || self
+                        .sim_dir
+                        .as_deref()
+                        .is_some_and(|dir| drives::is_sim_image(backing, dir))
+            };
             let rebound = loopdev::list()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|l| l.offset_bytes == 0 && self.images.contains(&l.backing))
+                .filter(|l| l.offset_bytes == 0 && ours(&l.backing))
                 .map(|l| l.device);
             for device in rebound {
                 if !paths.contains(&device) {

@@ -3,11 +3,35 @@
 //! disk, told the same way by both: the drives it signed, the disks it left
 //! alone and why, and the disks it could not sign.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::NodeError;
-use super::discovery::Skip;
+use super::discovery::{DiskKind, Skip};
 use super::drives::{self, SignedDrive, Swept};
+use crate::drive::DriveType;
+
+/// Signs this machine's unused drives as `drive_type` with the rules of
+/// `vdrive sign --all-not-root` (no `--force`). With `only_images_in`, a
+/// simulated node's directory, only the loop devices of the simulated images
+/// there are looked at: the other loop devices of a test machine belong to
+/// other nodes or other tests.
+pub fn sign_unused(
+    drive_type: DriveType,
+    only_images_in: Option<&Path>,
+) -> Result<SweepReport, NodeError> {
+    let dir = only_images_in.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
+    let results = drives::sign_all_not_root_where(drive_type, false, |machine, disk| {
+        let Some(dir) = &dir else {
+            return true;
+        };
+        disk.kind == DiskKind::Loop
+            && machine
+                .sysfs()
+                .attribute(&disk.name, "loop/backing_file")
+                .is_some_and(|backing| drives::is_sim_image(Path::new(&backing), dir))
+    })?;
+    Ok(SweepReport::of(results))
+}
 
 #[derive(Debug, Default)]
 pub struct SweepReport {
@@ -121,8 +145,6 @@ fn is_left_alone(err: &NodeError) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use uuid::Uuid;
 
     use super::*;
