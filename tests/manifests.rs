@@ -881,3 +881,55 @@ fn the_controller_may_do_what_the_pool_api_does() {
         &["get", "create", "delete", "patch"],
     );
 }
+
+#[test]
+fn only_the_leading_controller_checks_orphans_and_none_releases_them_unasked() {
+    let controller = one_of("Deployment");
+    let vdrive = container(&controller, "vdrive");
+    let vdrive_flags = flags(vdrive);
+    assert_eq!(
+        vdrive_flags.get("orphan-check-interval"),
+        Some(&"300"),
+        "orphans are checked every 5 minutes"
+    );
+    assert!(
+        !vdrive_flags.contains_key("orphan-auto-release-after"),
+        "orphaned claims are released only when orphans.autoRelease is enabled"
+    );
+    // The chores follow csi-provisioner's Lease, which is in the pod's
+    // namespace and names the pod.
+    let env: BTreeMap<&str, &str> = list(vdrive, &["env"])
+        .iter()
+        .filter_map(|e| {
+            let path = e
+                .get("valueFrom")?
+                .get("fieldRef")?
+                .get("fieldPath")?
+                .as_str()?;
+            Some((text(e, &["name"]), path))
+        })
+        .collect();
+    assert_eq!(env.get("POD_NAMESPACE"), Some(&"metadata.namespace"));
+    assert_eq!(env.get("POD_NAME"), Some(&"metadata.name"));
+}
+
+#[test]
+fn drives_are_signed_by_node_label_not_by_jobs() {
+    assert!(
+        objects_of("Job").is_empty(),
+        "no one-shot signing Jobs: the node plugin signs on vdrive.io/sign-drives"
+    );
+    // The node plugin watches its own Node (the label) and raises Events.
+    let node = one_of("DaemonSet");
+    let namespace = text(&node, &["metadata", "namespace"]);
+    let account = text(&node, &["spec", "template", "spec", "serviceAccountName"]);
+    let verbs = cluster_verbs(namespace, account, "nodes");
+    for verb in ["get", "list", "watch"] {
+        assert!(verbs.contains(verb), "the node plugin may {verb} Nodes");
+    }
+    let events = group_verbs(namespace, account, "events.k8s.io", "events");
+    assert!(
+        events.contains("create"),
+        "the node plugin may create Events"
+    );
+}
