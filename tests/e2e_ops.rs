@@ -1,0 +1,477 @@
+//! Running vdrive day to day, in a real control plane (see `support::cluster`):
+//! servers joining and leaving pools and pools changing health are logged and
+//! raised as Events; a claim orphaned across two checks at least the configured
+//! age apart is released on its own (and not before); a Node labelled
+//! `vdrive.io/sign-drives` has its blank drives signed by its node plugin, and
+//! a drive holding a filesystem left alone, with an Event saying so.
+//!
+//! The scenarios run in order on one cluster. Run with `e2e/run`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
+use support::devices::release_everything_under;
+use vdrive::cluster::annotations::{
+    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
+};
+
+const DRIVER: &str = "csi.vdrive.io";
+const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
+const K8S_CLASS: &str = "k8s-pool-storage";
+const SIGN_LABEL: &str = "vdrive.io/sign-drives";
+/// Each pool server's share: one 80 GiB volume puts a one-server pool at 80 %.
+const SHARE_GIB: u64 = 100;
+const DRIVES: &str = "tlc:160x1,qlc:160x1";
+/// Orphan checks every 2 s; a claim is released once orphaned at two checks
+/// at least 8 s apart.
+const CHECK_SECONDS: u64 = 2;
+const RELEASE_AFTER_SECONDS: u64 = 8;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Field order is drop order: vdrive stops before the control plane.
+struct Setup {
+    controller: Daemon,
+    nodes: Vec<Daemon>,
+    cluster: Cluster,
+    vdrive: PathBuf,
+    client: Client,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        if !release_everything_under(self.cluster.dir()) {
+            eprintln!(
+                "cleanup: mounts remain under {}",
+                self.cluster.dir().display()
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs Kubernetes binaries: run e2e/run"]
+fn running_vdrive_day_to_day() {
+    let bin = bin_dir_from_env();
+    runtime().block_on(async move {
+        let setup = set_up(&bin).await;
+        servers_joining_and_leaving_a_pool_are_logged_and_raised(&setup).await;
+        an_orphan_is_released_after_two_checks_and_not_before(&setup).await;
+        a_node_labelled_for_signing_signs_its_blank_drives(&setup).await;
+    });
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+async fn set_up(bin: &Path) -> Setup {
+    let cluster = Cluster::start(bin);
+    let client = cluster.client().await;
+    let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
+    // n1 is in the k8s pool; n2 in none, until the test labels it.
+    let mut nodes = Vec::new();
+    for (name, pool) in [("n1", Some("k8s")), ("n2", None)] {
+        let mut labels = vec![(TOPOLOGY_KEY, name)];
+        labels.extend(pool.map(|p| ("pool", p)));
+        cluster.add_node(name, &labels, "8", "32Gi").await;
+        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
+        let mut daemon = start_node(&cluster, &vdrive, name);
+        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+        nodes.push(daemon);
+    }
+    // The pool's class, where its health Events are shown.
+    let class: StorageClass = serde_json::from_value(json!({
+        "metadata": { "name": K8S_CLASS },
+        "provisioner": DRIVER,
+        "parameters": { "pool": "k8s" },
+        "volumeBindingMode": "WaitForFirstConsumer",
+    }))
+    .expect("a StorageClass");
+    Api::<StorageClass>::all(client.clone())
+        .create(&PostParams::default(), &class)
+        .await
+        .expect("the k8s pool's StorageClass");
+    let mut command = Command::new(&vdrive);
+    command
+        .arg("controller")
+        .arg(format!(
+            "--endpoint=unix://{}/controller.sock",
+            cluster.dir().display()
+        ))
+        .arg(format!(
+            "--kubeconfig={}",
+            cluster.kubeconfig_path().display()
+        ))
+        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
+        .arg("--system-reserve-per-server-gib=20")
+        .arg(format!("--orphan-check-interval={CHECK_SECONDS}"))
+        .arg(format!(
+            "--orphan-auto-release-after={RELEASE_AFTER_SECONDS}"
+        ))
+        .env_remove("POD_NAMESPACE")
+        .env("RUST_LOG", "info");
+    let mut controller = cluster.spawn("vdrive-controller", command);
+    wait_for_socket(&cluster.dir().join("controller.sock"), &mut controller).await;
+    Setup {
+        controller,
+        nodes,
+        cluster,
+        vdrive,
+        client,
+    }
+}
+
+fn start_node(cluster: &Cluster, vdrive: &Path, name: &str) -> Daemon {
+    let mut command = Command::new(vdrive);
+    command
+        .arg("node")
+        .arg(format!(
+            "--endpoint=unix://{}/{name}.sock",
+            cluster.dir().display()
+        ))
+        .arg(format!("--node-id={name}"))
+        .arg(format!("--state-dir={}/{name}", cluster.dir().display()))
+        .arg(format!("--simulate-drives={DRIVES}"))
+        .arg(format!("--kubelet-dir={}", cluster.dir().display()))
+        .arg("--rescan-interval=2")
+        .arg(format!(
+            "--kubeconfig={}",
+            cluster.kubeconfig_path().display()
+        ))
+        .env("RUST_LOG", "info");
+    cluster.spawn(&format!("vdrive-node-{name}"), command)
+}
+
+async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
+    for _ in 0..300 {
+        if path.exists() {
+            return;
+        }
+        daemon.assert_running();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
+}
+
+// ---- scenario 1 ----------------------------------------------------------------
+
+async fn servers_joining_and_leaving_a_pool_are_logged_and_raised(setup: &Setup) {
+    // The controller says at start what each pool holds.
+    eventually("the pools at start in the log", WAIT, || async {
+        let log = setup.controller.log();
+        log.contains("pool scaling: pool k8s starts with 1 servers and 100 GiB")
+            .then_some(())
+            .ok_or(log)
+    })
+    .await;
+
+    set_label(setup, "n2", "pool", Some("k8s")).await;
+    let joined = wait_for_event(setup, "n2", "PoolServerJoined", "joined").await;
+    assert_eq!(
+        joined,
+        "server n2 joined pool k8s: pool k8s now has 2 servers and 200 GiB (0 GiB used, 0.00%)"
+    );
+    assert!(
+        setup
+            .controller
+            .log()
+            .contains("pool scaling: server n2 joined pool k8s"),
+        "the join is in the controller's log"
+    );
+
+    set_label(setup, "n2", "pool", None).await;
+    let left = wait_for_event(setup, "n2", "PoolServerLeft", "left").await;
+    assert_eq!(
+        left,
+        "server n2 left pool k8s: pool k8s now has 1 server and 100 GiB (0 GiB used, 0.00%)"
+    );
+    assert!(
+        setup
+            .controller
+            .log()
+            .contains("pool scaling: server n2 left pool k8s")
+    );
+}
+
+// ---- scenario 2 ----------------------------------------------------------------
+
+async fn an_orphan_is_released_after_two_checks_and_not_before(setup: &Setup) {
+    // A volume made through CSI alone: no PersistentVolume will ever name it.
+    // 80 of the pool's 100 GiB: the pool goes from healthy to warning.
+    let endpoint = format!("unix://{}/controller.sock", setup.cluster.dir().display());
+    let created = Command::new(&setup.vdrive)
+        .args([
+            "csi",
+            "--endpoint",
+            &endpoint,
+            "create-volume",
+            "left-behind",
+            "--size",
+            "80Gi",
+            "--class",
+            K8S_CLASS,
+            "--node",
+            "n1",
+        ])
+        .output()
+        .expect("vdrive csi runs");
+    assert!(
+        created.status.success(),
+        "create-volume: {}{}",
+        String::from_utf8_lossy(&created.stderr),
+        String::from_utf8_lossy(&created.stdout)
+    );
+    let volume = live_volumes(setup, "n1")
+        .await
+        .into_iter()
+        .next()
+        .expect("the volume's claims are in n1's ledger");
+
+    let worse = wait_for_event(
+        setup,
+        K8S_CLASS,
+        "PoolHealthChanged",
+        "from healthy to warning",
+    )
+    .await;
+    assert!(
+        worse.starts_with(
+            "pool k8s health changed from healthy to warning: pool k8s now has 1 server and 100 GiB (80 GiB used, 80.00%)"
+        ),
+        "{worse}"
+    );
+
+    // The first check that sees it reports it, and releases nothing.
+    let (reported_at, _) = wait_for_event_at(setup, "n1", "OrphanedClaim", &volume).await;
+    assert!(
+        live_volumes(setup, "n1").await.contains(&volume),
+        "one check does not release"
+    );
+    assert!(
+        event_times(setup, "n1", "OrphanedClaimReleased")
+            .await
+            .is_empty(),
+        "nothing released at the first check"
+    );
+
+    let (released_at, note) =
+        wait_for_event_at(setup, "n1", "OrphanedClaimReleased", &volume).await;
+    assert!(
+        note.contains(&format!(
+            "after it stayed orphaned for at least {RELEASE_AFTER_SECONDS}s"
+        )),
+        "{note}"
+    );
+    let waited = released_at.duration_since(reported_at);
+    assert!(
+        waited.as_secs_f64() >= (RELEASE_AFTER_SECONDS - 1) as f64,
+        "released {waited:?} after it was first reported orphaned, sooner than {RELEASE_AFTER_SECONDS}s"
+    );
+    // Through the erase path: the node erases, then the claims leave the ledger.
+    eventually(
+        "the released claims gone from n1's ledger",
+        WAIT,
+        || async {
+            let claims = node_claims(setup, "n1").await;
+            claims.is_empty().then_some(()).ok_or(format!("{claims:?}"))
+        },
+    )
+    .await;
+    let better = wait_for_event(
+        setup,
+        K8S_CLASS,
+        "PoolHealthChanged",
+        "from warning to healthy",
+    )
+    .await;
+    assert!(better.ends_with("(0 GiB used, 0.00%)"), "{better}");
+}
+
+// ---- scenario 3 ----------------------------------------------------------------
+
+async fn a_node_labelled_for_signing_signs_its_blank_drives(setup: &Setup) {
+    // Two more disks in n2's simulated machine: one blank, one with ext4.
+    let dir = setup.cluster.dir().join("n2/simulated-drives");
+    let blank = attach_image(&dir.join("sim-spare-0.img"), 64 << 30);
+    let formatted = attach_image(&dir.join("sim-spare-1.img"), 1 << 30);
+    let mkfs = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&formatted)
+        .status()
+        .expect("mkfs.ext4 runs");
+    assert!(mkfs.success(), "mkfs.ext4 {}", formatted.display());
+    let drives_before = node_drives(setup, "n2").await;
+
+    set_label(setup, "n2", SIGN_LABEL, Some("qlc")).await;
+    let note = wait_for_event(setup, "n2", "DrivesSigned", "signed").await;
+    assert!(
+        note.starts_with("vdrive.io/sign-drives=qlc: signed 1 drive(s), skipped 3"),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!("signed {} as QLC", blank.display())),
+        "{note}"
+    );
+    assert!(
+        note.contains(&format!("skipped {}: ", formatted.display())) && note.contains("ext4"),
+        "the formatted disk is skipped, saying why: {note}"
+    );
+    assert!(
+        note.contains("already signed as vdrive"),
+        "the drives signed before are skipped: {note}"
+    );
+    // The new drive is recorded on the Node without waiting for a restart.
+    eventually("the new drive in n2's inventory", WAIT, || async {
+        let now = node_drives(setup, "n2").await;
+        (now.len() == drives_before.len() + 1)
+            .then_some(())
+            .ok_or(format!("{now:?}"))
+    })
+    .await;
+
+    // A value that names no drive type is reported, and signs nothing.
+    set_label(setup, "n2", SIGN_LABEL, Some("fast")).await;
+    let bad = wait_for_event(setup, "n2", "InvalidSignDrivesLabel", "fast").await;
+    assert!(bad.contains("set it to tlc or qlc"), "{bad}");
+    assert_eq!(event_times(setup, "n2", "DrivesSigned").await.len(), 1);
+    assert!(
+        setup.nodes[1]
+            .log()
+            .contains("vdrive.io/sign-drives: signed"),
+        "the node plugin logs what it signed"
+    );
+}
+
+/// A sparse image of `bytes` attached as a loop device; its device.
+fn attach_image(image: &Path, bytes: u64) -> PathBuf {
+    let file = std::fs::File::create(image).expect("the image file");
+    file.set_len(bytes).expect("the image's size");
+    let out = Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(image)
+        .output()
+        .expect("losetup runs");
+    assert!(out.status.success(), "losetup {}", image.display());
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+// ---- helpers -------------------------------------------------------------------
+
+async fn set_label(setup: &Setup, node: &str, key: &str, value: Option<&str>) {
+    let patch = json!({ "metadata": { "labels": { key: value } } });
+    Api::<Node>::all(setup.client.clone())
+        .patch(node, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap_or_else(|e| panic!("cannot label {node}: {e}"));
+}
+
+async fn node_annotation(setup: &Setup, node: &str, key: &str) -> Option<String> {
+    Api::<Node>::all(setup.client.clone())
+        .get(node)
+        .await
+        .unwrap_or_else(|e| panic!("cannot read Node {node}: {e}"))
+        .annotations()
+        .get(key)
+        .cloned()
+}
+
+async fn node_claims(setup: &Setup, node: &str) -> Vec<vdrive::ledger::Claim> {
+    match node_annotation(setup, node, CLAIMS_ANNOTATION).await {
+        Some(text) => decode_claims(&text).expect("a readable claims annotation"),
+        None => Vec::new(),
+    }
+}
+
+/// The volume ids with live (not releasing) claims on `node`.
+async fn live_volumes(setup: &Setup, node: &str) -> Vec<String> {
+    let mut ids: Vec<String> = node_claims(setup, node)
+        .await
+        .into_iter()
+        .filter(|c| !c.releasing)
+        .map(|c| c.volume_id)
+        .collect();
+    ids.dedup();
+    ids
+}
+
+async fn node_drives(setup: &Setup, node: &str) -> Vec<String> {
+    match node_annotation(setup, node, DRIVES_ANNOTATION).await {
+        Some(text) => decode_drives(&text)
+            .expect("a readable drives annotation")
+            .into_iter()
+            .map(|d| d.uuid.to_string())
+            .collect(),
+        None => Vec::new(),
+    }
+}
+
+/// The Events with `reason` about the object `name` (any namespace).
+async fn events(setup: &Setup, name: &str, reason: &str) -> Vec<Event> {
+    Api::<Event>::all(setup.client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("cannot list Events: {e}"))
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .collect()
+}
+
+async fn event_times(setup: &Setup, name: &str, reason: &str) -> Vec<k8s_openapi::jiff::Timestamp> {
+    events(setup, name, reason)
+        .await
+        .into_iter()
+        .filter_map(|e| e.event_time.map(|t| t.0))
+        .collect()
+}
+
+/// Waits for an Event with `reason` about `name` whose note contains `text`;
+/// its note.
+async fn wait_for_event(setup: &Setup, name: &str, reason: &str, text: &str) -> String {
+    wait_for_event_at(setup, name, reason, text).await.1
+}
+
+/// Like [`wait_for_event`], with the Event's time.
+async fn wait_for_event_at(
+    setup: &Setup,
+    name: &str,
+    reason: &str,
+    text: &str,
+) -> (k8s_openapi::jiff::Timestamp, String) {
+    eventually(
+        &format!("a {reason} Event on {name} saying {text:?}"),
+        WAIT,
+        || async {
+            let found = events(setup, name, reason).await;
+            found
+                .iter()
+                .find_map(|e| {
+                    let note = e.note.clone()?;
+                    let at = e.event_time.as_ref()?.0;
+                    note.contains(text).then_some((at, note))
+                })
+                .ok_or_else(|| {
+                    let notes: Vec<_> = found.iter().filter_map(|e| e.note.clone()).collect();
+                    format!("{notes:?}")
+                })
+        },
+    )
+    .await
+}
