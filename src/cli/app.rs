@@ -10,6 +10,7 @@ use super::all_in_one::{self, AllInOneArgs};
 use super::controller::{self, ControllerArgs};
 use super::csi::{self, CsiArgs, CsiCommand};
 use super::drives::{self, DrivesArgs};
+use super::kubectl::{self, KubectlArgs, PluginCli};
 use super::node::{self, NodeArgs};
 use super::orphans::{self, OrphansArgs};
 use super::outcome::{Answer, EXIT_ERROR, Failure};
@@ -19,7 +20,7 @@ use super::pools::{self, PoolsArgs};
 use super::sign::{self, SignArgs, SignCommand};
 
 /// Said in `vdrive --help`, and kept true by tests/cli_exit.rs.
-const CONVENTIONS: &str = "\
+pub const CONVENTIONS: &str = "\
 Output and exit codes (every command):
   The answer goes to stdout (-o json or -o yaml where a command has one),
   diagnostics to stderr. Under -o json|yaml an error is also printed on stdout
@@ -60,6 +61,9 @@ enum Command {
     Csi(CsiArgs),
     /// Plan the virtual drives for a request (the allocator, no side effects).
     Plan(PlanArgs),
+    /// The `kubectl vdrive` plugin's commands (drives, claims, pools, orphans),
+    /// for when the binary is not installed as kubectl-vdrive.
+    Kubectl(KubectlArgs),
 }
 
 impl Command {
@@ -77,6 +81,7 @@ impl Command {
                 command: CsiCommand::ListVolumes { output },
                 ..
             }) => output.format(),
+            Command::Kubectl(args) => args.output,
             _ => Format::Text,
         }
     }
@@ -89,18 +94,25 @@ impl Command {
     }
 }
 
-/// `vdrive`'s main: parse, run on one runtime, print, exit.
+/// `vdrive`'s main: parse, run on one runtime, print, exit. Started as
+/// `kubectl-vdrive`, the command line is the plugin's.
 pub fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().collect();
-    let cli = match Cli::try_parse_from(&args) {
-        Ok(cli) => cli,
+    let as_plugin = args.first().is_some_and(|a| kubectl::invoked_as_plugin(a));
+    let parsed = if as_plugin {
+        PluginCli::try_parse_from(&args).map(|plugin| Command::Kubectl(plugin.args))
+    } else {
+        Cli::try_parse_from(&args).map(|cli| cli.command)
+    };
+    let command = match parsed {
+        Ok(command) => command,
         Err(err) => return usage_error(&err, &args),
     };
-    let format = cli.command.format();
-    if cli.command.is_daemon() {
+    let format = command.format();
+    if command.is_daemon() {
         init_logging();
     }
-    let result = runtime().and_then(|rt| rt.block_on(dispatch(cli.command)));
+    let result = runtime().and_then(|rt| rt.block_on(dispatch(command)));
     output::emit(result, format)
 }
 
@@ -116,6 +128,7 @@ async fn dispatch(command: Command) -> Result<Answer, Failure> {
         Command::Pools(args) => pools::run(args).await,
         Command::Csi(args) => csi::run(args).await,
         Command::Drives(args) => Ok(drives::run(args).await.map(Answer::yes)?),
+        Command::Kubectl(args) => kubectl::run(args).await,
     }
 }
 
