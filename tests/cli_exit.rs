@@ -214,3 +214,49 @@ fn daemons_exit_2_when_they_cannot_start() {
     let state = format!("--state-dir={}/state", dir.path().display());
     vdrive(&["node", &endpoint, &state, "--node-id=n1", missing]).exits(2);
 }
+
+/// The binary under the plugin's name, in a temp dir, as kubectl would find
+/// it on the PATH.
+fn plugin() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let link = dir.path().join("kubectl-vdrive");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdrive"), &link).expect("symlink the plugin");
+    (dir, link)
+}
+
+fn run_plugin(link: &std::path::Path, args: &[&str]) -> Run {
+    let home = tempfile::tempdir().expect("a temp dir");
+    let output = Command::new(link)
+        .args(args)
+        .env("HOME", home.path())
+        .env("KUBECONFIG", home.path().join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .output()
+        .expect("run kubectl-vdrive");
+    Run::from(output)
+}
+
+#[test]
+fn the_plugin_follows_the_convention_without_a_cluster() {
+    let (_dir, link) = plugin();
+    let run = run_plugin(&link, &["--help"]).exits(0);
+    assert!(
+        run.stdout.contains("Usage: kubectl vdrive"),
+        "{}",
+        run.stdout
+    );
+    run_plugin(&link, &["frobnicate"]).fails_in_text();
+    run_plugin(&link, &["drives", "-o", "xml"]).fails_in_text();
+    for command in ["drives", "claims", "pools", "orphans"] {
+        run_plugin(&link, &[command]).fails_in_text();
+        run_plugin(&link, &[command, "-o", "json"]).fails_in_json("operational_error");
+        let run = run_plugin(&link, &[command, "--context", "elsewhere", "-o", "yaml"]).exits(2);
+        assert_eq!(run.yaml()["error"]["kind"], "operational_error");
+        run_plugin(&link, &[command, "--kubeconfig", "/nonexistent/kubeconfig"]).fails_in_text();
+    }
+    // The same commands without the symlink.
+    vdrive(&["kubectl", "drives"]).fails_in_text();
+    vdrive(&["kubectl", "claims", "-n", "default", "-o", "json"])
+        .fails_in_json("operational_error");
+}
