@@ -53,8 +53,12 @@ pub fn orphan_rows(report: &OrphanReport) -> Vec<OrphanRow> {
         kind: "orphaned-claim",
         node: Some(o.node.clone()),
         persistent_volume: None,
-        // The ledger spells a PVC owner namespace:name; kubectl spells it with a slash.
-        pvc: Some(o.owner.replacen(':', "/", 1)),
+        // The ledger spells a PVC owner namespace:name (kubectl: namespace/name);
+        // a volume made outside Kubernetes is its own owner, and has no PVC.
+        pvc: o
+            .owner
+            .split_once(':')
+            .map(|(namespace, name)| format!("{namespace}/{name}")),
         size_gib: Some(o.capacity_gib),
         reason: o.reason.clone(),
     });
@@ -86,5 +90,49 @@ impl super::PluginAnswer for OrphansTable {
         } else {
             answer.with_note("release orphaned claims with: vdrive orphans --release")
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::orphans::{LostVolume, OrphanedVolume};
+
+    #[test]
+    fn rows_say_which_kind_and_spell_pvcs_like_kubectl() {
+        let orphaned = |id: &str, owner: &str| OrphanedVolume {
+            volume_id: id.into(),
+            name: id.into(),
+            node: "n1".into(),
+            owner: owner.into(),
+            capacity_gib: 10,
+            reason: "no PersistentVolume".into(),
+        };
+        let report = OrphanReport {
+            orphaned_claims: vec![orphaned("v1", "apps:data"), orphaned("v2", "v2")],
+            lost_volumes: vec![LostVolume {
+                persistent_volume: "pv-3".into(),
+                volume_id: "v3".into(),
+                bound_to: Some("apps/db".into()),
+                uid: None,
+            }],
+        };
+        let text = table::render(&orphan_rows(&report));
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            lines[1][..6],
+            ["v1", "orphaned-claim", "n1", "-", "apps/data", "10Gi"]
+        );
+        assert_eq!(
+            lines[2][..6],
+            ["v2", "orphaned-claim", "n1", "-", "-", "10Gi"]
+        );
+        assert_eq!(
+            lines[3][..6],
+            ["v3", "lost-volume", "-", "pv-3", "apps/db", "-"]
+        );
     }
 }
