@@ -24,7 +24,8 @@ pub const CONVENTIONS: &str = "\
 Output and exit codes (every command):
   The answer goes to stdout (-o json or -o yaml where a command has one),
   diagnostics to stderr. Under -o json|yaml an error is also printed on stdout
-  as {\"error\": {\"kind\": ..., \"message\": ...}}. --json is the same as -o json.
+  as {\"error\": {\"kind\": ..., \"message\": ...}}. An older --json flag
+  is the same as -o json.
   0  yes: done, healthy, nothing found; a daemon shut down cleanly
   1  a definite no: not healthy, orphans found, no plan fits
   2  a usage or operational error: bad flags, no cluster, an unreachable API";

@@ -40,7 +40,8 @@ pub struct PoolsOptions {
     /// The pool settings the controller runs with (the chart's values).
     #[command(flatten)]
     pub settings: SettingsArgs,
-    /// The answer is the pool API's JSON; `-o text` prints it indented too.
+    /// The answer is the pool API's JSON under `-o text` too (`kubectl vdrive
+    /// pools` has the table); `-o yaml` prints it as YAML.
     #[command(flatten)]
     pub output: OutputArgs,
 }
