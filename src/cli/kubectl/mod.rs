@@ -88,6 +88,8 @@ plugin_commands! {
     Pools(pools::PoolsTable),
     /// Claims no PersistentVolume accounts for, volumes whose claims are gone; exits 1 if any.
     Orphans(orphans::OrphansTable),
+    // `kubectl vdrive doctor`, once src/cli/doctor.rs implements PluginAnswer:
+    // Doctor(crate::cli::doctor::DoctorArgs),
 }
 
 /// Connects with kubectl's flags, then answers.
