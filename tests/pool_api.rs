@@ -327,7 +327,11 @@ async fn pools_answer_in_the_seeds_shapes_over_http_and_the_cli() {
         .args(["pools", "status", "--api", "http://127.0.0.1:1"])
         .output()
         .expect("run vdrive pools");
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unreachable API is an operational error"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("cannot reach the pool API at http://127.0.0.1:1"),

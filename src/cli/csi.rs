@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use clap::{Args, Subcommand};
 use tonic::transport::Channel;
 
+use super::outcome::{Answer, Failure};
+use super::output::OutputArgs;
 use crate::csi::capability;
 use crate::csi::context;
 use crate::csi::params;
@@ -57,10 +59,10 @@ pub enum CsiCommand {
     },
     /// List volumes (ListVolumes).
     ListVolumes {
-        /// One JSON array: each volume's id, size, node and extents in device
-        /// order (drive uuid, type, offset and size in GiB).
-        #[arg(long)]
-        json: bool,
+        /// `-o json|yaml`: one array, each volume's id, size, node and extents
+        /// in device order (drive uuid, type, offset and size in GiB).
+        #[command(flatten)]
+        output: OutputArgs,
     },
     /// Capacity for a class, per node or in total (GetCapacity).
     Capacity {
@@ -212,7 +214,7 @@ fn status_text(status: tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
 }
 
-pub async fn run(args: CsiArgs) -> Result<String, String> {
+pub async fn run(args: CsiArgs) -> Result<Answer, Failure> {
     let channel: Channel = server::connect(&args.endpoint).await.map_err(|e| {
         format!(
             "cannot reach {}: {e}. Is `vdrive all-in-one` running?",
@@ -286,12 +288,9 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
                 gib(response.capacity_bytes)
             )
         }
-        CsiCommand::ListVolumes { json } => {
+        CsiCommand::ListVolumes { output: _ } => {
             let volumes = all_volumes(&mut controller).await?;
-            if json {
-                let entries: Vec<serde_json::Value> = volumes.iter().map(volume_json).collect();
-                return serde_json::to_string_pretty(&entries).map_err(|e| e.to_string());
-            }
+            let entries: Vec<serde_json::Value> = volumes.iter().map(volume_json).collect();
             let lines: Vec<String> = volumes
                 .iter()
                 .map(|v| {
@@ -308,11 +307,12 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
                     )
                 })
                 .collect();
-            if lines.is_empty() {
+            let text = if lines.is_empty() {
                 "no volumes".into()
             } else {
                 lines.join("\n")
-            }
+            };
+            return Ok(Answer::yes(text).with_data(serde_json::Value::Array(entries)));
         }
         CsiCommand::Capacity {
             class,
@@ -447,7 +447,7 @@ pub async fn run(args: CsiArgs) -> Result<String, String> {
                 .join("\n")
         }
     };
-    Ok(out)
+    Ok(Answer::yes(out))
 }
 
 /// A capacity range asking for at least `bytes`, with no limit.

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::outcome::{Answer, Failure};
+use super::output::OutputArgs;
 use crate::cluster::{self, KubeStore, Scope, orphans};
 use crate::ledger::Ledger;
 use crate::pools::PoolSettings;
@@ -16,16 +18,16 @@ pub struct OrphansArgs {
     /// Release the orphaned claims (their nodes erase the extents first).
     #[arg(long)]
     pub release: bool,
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
     /// A kubeconfig (default: KUBECONFIG, ~/.kube/config, or in-cluster).
     #[arg(long)]
     pub kubeconfig: Option<PathBuf>,
 }
 
-/// The report, and whether all is well: nothing orphaned or lost (or every
-/// orphan released). The command exits 1 when not, so scripts can alert on it.
-pub async fn run(args: OrphansArgs) -> Result<(String, bool), String> {
+/// The report: yes when all is well (nothing orphaned or lost, or every orphan
+/// released), a no otherwise, so scripts can alert on the exit code.
+pub async fn run(args: OrphansArgs) -> Result<Answer, Failure> {
     let client = cluster::client(args.kubeconfig.as_deref()).await?;
     let store = KubeStore::start(client.clone(), Scope::AllNodes);
     store
@@ -39,19 +41,14 @@ pub async fn run(args: OrphansArgs) -> Result<(String, bool), String> {
     } else {
         Vec::new()
     };
-    let out = if args.json {
-        serde_json::json!({
-            "orphaned_claims": report.orphaned_claims,
-            "lost_volumes": report.lost_volumes,
-            "released": released,
-        })
-        .to_string()
-    } else {
-        render(&report, &released, args.release)
-    };
+    let data = serde_json::json!({
+        "orphaned_claims": report.orphaned_claims,
+        "lost_volumes": report.lost_volumes,
+        "released": released,
+    });
     let clean = report.lost_volumes.is_empty()
         && (report.orphaned_claims.is_empty() || released.len() == report.orphaned_claims.len());
-    Ok((out, clean))
+    Ok(Answer::verdict(clean, render(&report, &released, args.release)).with_data(data))
 }
 
 fn render(report: &orphans::OrphanReport, released: &[String], releasing: bool) -> String {

@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use clap::Args;
 use serde_json::{Value, json};
 
+use super::outcome::{Answer, Failure};
+use super::output::OutputArgs;
 use crate::allocator::{
     self, AllocError, DEFAULT_MAX_VIRTUAL_DRIVES_PER_CORE, DEFAULT_MIN_DRIVE_GIB, DEFAULT_RATIO,
     FreeDrive, Plan, Ratio, Request, Shape,
@@ -45,9 +47,8 @@ pub struct PlanArgs {
     /// Without any, the plan assumes unlimited space.
     #[arg(long, value_name = "TYPE:FREE_GIB", value_parser = parse_physical)]
     pub physical: Vec<FreeDrive>,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 fn parse_physical(spec: &str) -> Result<FreeDrive, String> {
@@ -123,19 +124,19 @@ impl PlanArgs {
     }
 }
 
-/// Runs the plan and returns what to print and whether it succeeded.
-pub fn run(args: &PlanArgs) -> (String, bool) {
-    let outcome = args
+/// Runs the plan: yes with the plan, a definite no when no layout fits (why,
+/// on stderr), a usage failure when the flags contradict each other.
+pub fn run(args: &PlanArgs) -> Result<Answer, Failure> {
+    let request = args
         .request()
-        .and_then(|request| allocator::plan(&request, args.physical()).map(|plan| (request, plan)));
-    match (outcome, args.json) {
-        (Ok((_, plan)), true) => (
-            plan_json(&plan, args.physical().is_some()).to_string(),
-            true,
-        ),
-        (Ok((request, plan)), false) => (plan_table(&request, &plan, args.physical()), true),
-        (Err(err), true) => (error_json(&err).to_string(), false),
-        (Err(err), false) => (format!("error: {err}"), false),
+        .map_err(|err| Failure::usage(err.to_string()))?;
+    match allocator::plan(&request, args.physical()) {
+        Ok(plan) => Ok(Answer::yes(plan_table(&request, &plan, args.physical()))
+            .with_data(plan_json(&plan, args.physical().is_some()))),
+        Err(AllocError::InvalidArgument(message)) => Err(Failure::usage(message)),
+        Err(err) => Ok(Answer::no("")
+            .with_data(error_json(&err))
+            .with_note(format!("error: {err}"))),
     }
 }
 

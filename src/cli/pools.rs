@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::outcome::{Answer, Failure};
+use super::output::OutputArgs;
 use super::settings::SettingsArgs;
 use crate::cluster::{self, KubeStore, Scope};
 use crate::ledger::Ledger;
@@ -38,11 +40,29 @@ pub struct PoolsOptions {
     /// The pool settings the controller runs with (the chart's values).
     #[command(flatten)]
     pub settings: SettingsArgs,
+    /// The answer is the pool API's JSON under `-o text` too (`kubectl vdrive
+    /// pools` has the table); `-o yaml` prints it as YAML.
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
-/// The answer as pretty JSON, and whether it is a good one: always true for
-/// status; for health, whether the cluster is healthy.
-pub async fn run(args: PoolsArgs) -> Result<(String, bool), String> {
+impl PoolsArgs {
+    pub fn options(&self) -> &PoolsOptions {
+        match &self.command {
+            PoolsCommand::Status(options) | PoolsCommand::Health(options) => options,
+        }
+    }
+}
+
+/// The answer, and whether it is a good one: always yes for status; for
+/// health, yes only when the cluster is healthy.
+pub async fn run(args: PoolsArgs) -> Result<Answer, Failure> {
+    let (value, good) = answer(args).await?;
+    let text = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
+    Ok(Answer::verdict(good, text).with_data(value))
+}
+
+async fn answer(args: PoolsArgs) -> Result<(serde_json::Value, bool), String> {
     let (options, health) = match args.command {
         PoolsCommand::Status(options) => (options, false),
         PoolsCommand::Health(options) => (options, true),
@@ -59,21 +79,18 @@ pub async fn run(args: PoolsArgs) -> Result<(String, bool), String> {
         .map_err(|e| e.to_string())?;
     let ledger = Ledger::new(store, settings);
     let survey = ledger.survey().await.map_err(|e| e.to_string())?;
-    let pretty = |value: serde_json::Result<String>| value.map_err(|e| e.to_string());
+    let value = |v: serde_json::Result<serde_json::Value>| v.map_err(|e| e.to_string());
     if !health {
-        let status = pretty(serde_json::to_string_pretty(&pools_status(
-            &survey.nodes,
-            &settings,
-        )))?;
+        let status = value(serde_json::to_value(pools_status(&survey.nodes, &settings)))?;
         return Ok((status, true));
     }
     let report = cluster_health(&survey.nodes, &survey.quarantined, &settings);
-    let out = pretty(serde_json::to_string_pretty(&report))?;
+    let out = value(serde_json::to_value(&report))?;
     Ok((out, report.status == Health::Healthy))
 }
 
 /// The same answers from a pool API.
-async fn from_api(url: &str, health: bool) -> Result<(String, bool), String> {
+async fn from_api(url: &str, health: bool) -> Result<(serde_json::Value, bool), String> {
     let path = if health {
         "/api/v1/pools/health"
     } else {
@@ -90,8 +107,7 @@ async fn from_api(url: &str, health: bool) -> Result<(String, bool), String> {
         return Err(format!("{url}{path} answered {status}: {message}"));
     }
     let healthy = !health || value.get("status").and_then(|s| s.as_str()) == Some("healthy");
-    let out = serde_json::to_string_pretty(&value).map_err(|e| e.to_string())?;
-    Ok((out, healthy))
+    Ok((value, healthy))
 }
 
 /// A plain HTTP/1.1 GET of `path` on `base` (`http://HOST:PORT`): the status

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 
+use super::outcome::{Answer, Failure};
+use super::output::OutputArgs;
 use crate::drive::DriveType;
 use crate::node::discovery::{DriveFacts, Machine, TypeGuess, human_bytes};
 use crate::node::drives::{self, DiskReport, DiskState};
@@ -36,19 +38,23 @@ pub struct SignArgs {
 pub enum SignCommand {
     /// List the signed drives of this machine with their hardware facts.
     Show {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        output: OutputArgs,
         /// Also list the disks that are not signed, and why each is left alone.
         #[arg(long)]
         all: bool,
     },
 }
 
-/// Runs the command; Err carries what to print on failure.
-pub fn run(args: SignArgs) -> Result<String, String> {
-    if let Some(SignCommand::Show { json, all }) = args.command {
-        return show(all, json);
+/// Runs the command: `show` answers with the drives, signing with what it did.
+pub fn run(args: SignArgs) -> Result<Answer, Failure> {
+    if let Some(SignCommand::Show { all, .. }) = args.command {
+        return Ok(show(all)?);
     }
+    Ok(Answer::yes(sign(args)?))
+}
+
+fn sign(args: SignArgs) -> Result<String, String> {
     let drive_type = args
         .drive_type
         .ok_or("--type tlc|qlc is required: vdrive allocates each type separately")?;
@@ -97,18 +103,15 @@ fn sign_named(devices: &[PathBuf], drive_type: DriveType, force: bool) -> Result
     if failed { Err(text) } else { Ok(text) }
 }
 
-fn show(all: bool, as_json: bool) -> Result<String, String> {
+fn show(all: bool) -> Result<Answer, String> {
     let machine =
         Machine::read().map_err(|e| format!("cannot tell which disks are drives: {e}"))?;
     let reports: Vec<DiskReport> = drives::survey(&machine)
         .into_iter()
         .filter(|r| all || matches!(r.state, DiskState::Signed(_)))
         .collect();
-    Ok(if as_json {
-        Value::Array(reports.iter().map(report_json).collect()).to_string()
-    } else {
-        report_table(&reports, all)
-    })
+    Ok(Answer::yes(report_table(&reports, all))
+        .with_data(Value::Array(reports.iter().map(report_json).collect())))
 }
 
 /// The signed drive of a report, if it is one.

@@ -50,11 +50,11 @@ findmnt "$VM_SCRATCH_DIR" >/dev/null || fail "the scratch disk is no longer moun
 [[ $(blkid -o value -s TYPE "$VM_SCRATCH_DEV") == ext4 ]] || fail "the scratch disk's filesystem is gone"
 shown=$(vdrive sign show --json)
 echo "$shown"
-n_tlc=$(grep -o '"type":"tlc"' <<<"$shown" | wc -l)
-n_qlc=$(grep -o '"type":"qlc"' <<<"$shown" | wc -l)
+n_tlc=$(grep -Eo '"type": ?"tlc"' <<<"$shown" | wc -l)
+n_qlc=$(grep -Eo '"type": ?"qlc"' <<<"$shown" | wc -l)
 ((n_tlc == ${#tlc[@]} && n_qlc == ${#qlc[@]})) ||
     fail "vdrive sign show lists $n_tlc TLC and $n_qlc QLC drives, want ${#tlc[@]} and ${#qlc[@]}"
-grep -q '"serial":"vdrive-tlc-0"' <<<"$shown" || fail "vdrive sign show does not name the serial vdrive-tlc-0"
+grep -Eq '"serial": ?"vdrive-tlc-0"' <<<"$shown" || fail "vdrive sign show does not name the serial vdrive-tlc-0"
 vdrive sign show
 
 step "vdrive all-in-one on the signed drives"
