@@ -1,6 +1,9 @@
 //! Kubernetes Events for what an operator must see: a drive that vanished while
 //! holding volumes, orphaned claims, PersistentVolumes whose claims are gone.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -9,10 +12,27 @@ use crate::csi::identity::DRIVER_NAME;
 
 /// Publishes Events as `csi.vdrive.io` from one instance (a pod or node name).
 /// Repeats of the same Event are folded into a series by the recorder.
+///
+/// The recorder folds by object, reason, action and type, not by note: a
+/// second, different note with the same reason about the same object (server
+/// n2 joined pool vm after it joined pool k8s; a second orphaned volume on a
+/// node) would only count up the first Event's series, its news lost. So each
+/// (object, reason, action, type) keeps the note it last published and the
+/// recorder that published it; a different note gets a fresh recorder, which
+/// starts a new Event.
 #[derive(Clone)]
 pub struct Notifier {
-    recorder: Recorder,
+    client: Client,
+    reporter: Reporter,
+    series: Arc<Mutex<HashMap<SeriesKey, (String, Recorder)>>>,
 }
+
+/// What the recorder folds Events by.
+type SeriesKey = (String, String, String, String, String, String);
+
+/// More series than this are forgotten at once (objects come and go over the
+/// years); the next Event of each simply starts a new one.
+const MAX_SERIES: usize = 10_000;
 
 impl Notifier {
     pub fn new(client: Client, instance: &str) -> Notifier {
@@ -21,8 +41,27 @@ impl Notifier {
             instance: Some(instance.to_string()),
         };
         Notifier {
-            recorder: Recorder::new(client, reporter),
+            client,
+            reporter,
+            series: Arc::default(),
         }
+    }
+
+    /// The recorder that folds `note` into the Event it continues, or a fresh
+    /// one when the note is news.
+    fn recorder_for(&self, key: SeriesKey, note: &str) -> Recorder {
+        let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((last, recorder)) = series.get(&key)
+            && last == note
+        {
+            return recorder.clone();
+        }
+        if series.len() >= MAX_SERIES {
+            series.clear();
+        }
+        let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+        series.insert(key, (note.to_string(), recorder.clone()));
+        recorder
     }
 
     /// A Warning about `regarding`. Failing to publish is logged, never fatal:
@@ -59,14 +98,24 @@ impl Notifier {
         action: &str,
         note: String,
     ) {
+        let note = truncate(note);
+        let key = (
+            format!("{type_:?}"),
+            reason.to_string(),
+            action.to_string(),
+            regarding.kind.clone().unwrap_or_default(),
+            regarding.namespace.clone().unwrap_or_default(),
+            regarding.name.clone().unwrap_or_default(),
+        );
+        let recorder = self.recorder_for(key, &note);
         let event = Event {
             type_,
             reason: reason.to_string(),
-            note: Some(truncate(note)),
+            note: Some(note),
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, regarding).await {
+        if let Err(err) = recorder.publish(&event, regarding).await {
             tracing::warn!(%err, reason, "could not publish an Event");
         }
     }
