@@ -13,9 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -66,6 +68,7 @@ fn running_vdrive_day_to_day() {
     runtime().block_on(async move {
         let setup = set_up(&bin).await;
         servers_joining_and_leaving_a_pool_are_logged_and_raised(&setup).await;
+        only_the_replica_holding_the_lease_reports(&setup).await;
         an_orphan_is_released_after_two_checks_and_not_before(&setup).await;
         a_node_labelled_for_signing_signs_its_blank_drives(&setup).await;
     });
@@ -205,6 +208,116 @@ async fn servers_joining_and_leaving_a_pool_are_logged_and_raised(setup: &Setup)
             .log()
             .contains("pool scaling: server n2 left pool k8s")
     );
+}
+
+// ---- scenario 1b ---------------------------------------------------------------
+
+/// A second controller replica in a pod's place (POD_NAMESPACE set): it
+/// reports pool changes only while csi-provisioner's Lease names it.
+async fn only_the_replica_holding_the_lease_reports(setup: &Setup) {
+    const NAMESPACE: &str = "vdrive";
+    const STANDBY: &str = "vdrive-controller-standby";
+    setup.cluster.create_namespace(NAMESPACE).await;
+    let leases: Api<Lease> = Api::namespaced(setup.client.clone(), NAMESPACE);
+    let lease = |holder: &str| Lease {
+        metadata: ObjectMeta {
+            name: Some("csi-vdrive-io".into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(holder.into()),
+            lease_duration_seconds: Some(3600),
+            renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+            ..LeaseSpec::default()
+        }),
+    };
+    let held = lease("another-replica");
+    leases
+        .create(&PostParams::default(), &held)
+        .await
+        .expect("the provisioner's Lease");
+    let mut command = Command::new(&setup.vdrive);
+    command
+        .arg("controller")
+        .arg(format!(
+            "--endpoint=unix://{}/standby.sock",
+            setup.cluster.dir().display()
+        ))
+        .arg(format!(
+            "--kubeconfig={}",
+            setup.cluster.kubeconfig_path().display()
+        ))
+        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
+        .arg("--system-reserve-per-server-gib=20")
+        .arg("--orphan-check-interval=0")
+        .arg(format!("--instance={STANDBY}"))
+        .env("POD_NAMESPACE", NAMESPACE)
+        .env("RUST_LOG", "info");
+    let mut standby = setup.cluster.spawn("vdrive-controller-standby", command);
+    wait_for_socket(&setup.cluster.dir().join("standby.sock"), &mut standby).await;
+    eventually("the standby's view of the pools", WAIT, || async {
+        let log = standby.log();
+        log.contains("pool scaling: pool vm starts with 0 servers")
+            .then_some(())
+            .ok_or(log)
+    })
+    .await;
+
+    // Not the holder: the change is the other controller's to report.
+    set_label(setup, "n2", "pool", Some("vm")).await;
+    wait_for_event(setup, "n2", "PoolServerJoined", "joined pool vm").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let by_standby = |reason: &'static str| async move {
+        events(setup, "n2", reason)
+            .await
+            .into_iter()
+            .filter(|e| e.reporting_instance.as_deref() == Some(STANDBY))
+            .filter_map(|e| e.note)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_standby("PoolServerJoined").await, Vec::<String>::new());
+    assert!(
+        !standby
+            .log()
+            .contains("pool scaling: server n2 joined pool vm"),
+        "a replica that does not lead stays quiet"
+    );
+
+    // The Lease moves to the standby: it reports the next change.
+    let moved = lease(STANDBY);
+    leases
+        .replace("csi-vdrive-io", &PostParams::default(), &{
+            let mut moved = moved;
+            moved.metadata.resource_version = leases
+                .get("csi-vdrive-io")
+                .await
+                .expect("the Lease")
+                .metadata
+                .resource_version;
+            moved
+        })
+        .await
+        .expect("the Lease moves to the standby");
+    set_label(setup, "n2", "pool", None).await;
+    eventually(
+        "the standby reporting n2 leaving the vm pool",
+        WAIT,
+        || async {
+            let notes = by_standby("PoolServerLeft").await;
+            notes
+                .iter()
+                .any(|n| n.starts_with("server n2 left pool vm"))
+                .then_some(())
+                .ok_or(format!("{notes:?}"))
+        },
+    )
+    .await;
+    assert!(
+        standby
+            .log()
+            .contains("pool scaling: server n2 left pool vm")
+    );
+    drop(standby);
 }
 
 // ---- scenario 2 ----------------------------------------------------------------
