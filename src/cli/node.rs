@@ -20,7 +20,7 @@ use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::Ledger;
-use crate::metrics::{self, Gauges};
+use crate::metrics;
 use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, drives, ownership};
 use crate::pools::PoolSettings;
@@ -89,10 +89,8 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     // The node only checks claims against its drives; pool shares are the controller's.
     let ledger = Arc::new(Ledger::new(store.clone(), PoolSettings::default()));
     let notifier = Notifier::new(client, &node_id);
-    let gauges = Arc::new(Gauges::default());
-    let metrics = args
-        .metrics_address
-        .map(|address| metrics::spawn(address, gauges.clone(), None));
+    let gauges = metrics::global().gauges().clone();
+    let metrics = metrics::start("node", args.metrics_address, None).await;
 
     let simulated_dir = args.state_dir.join("simulated-drives");
     let found = initial_drives(args.simulate_drives.clone(), simulated_dir.clone()).await?;

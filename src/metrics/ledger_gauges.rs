@@ -1,0 +1,83 @@
+//! Gauges computed from the ledger on each scrape, where the ledger is (the
+//! controller, all-in-one): the pools' servers, capacity, usage and health, and
+//! each drive's size, claims and largest free extent.
+
+use std::sync::Arc;
+
+use super::gauges::Gauges;
+use super::names::{
+    DRIVE_CAPACITY, DRIVE_CLAIMED, DRIVE_LARGEST_FREE_EXTENT, POOL_CAPACITY, POOL_HEALTH,
+    POOL_SERVERS, POOL_USED,
+};
+use super::server::Refresh;
+use crate::ledger::{Ledger, LedgerStore, NodeLedger};
+use crate::pools::{Health, Pool, pools_health, pools_status};
+
+/// On each scrape: the pools' servers, capacity, usage and health, and every
+/// drive's size, claims and largest free extent, from the watched labels and
+/// the ledger (never stored twice).
+pub fn refresh<S: LedgerStore + 'static>(ledger: Arc<Ledger<S>>, gauges: Arc<Gauges>) -> Refresh {
+    Arc::new(move || {
+        let ledger = ledger.clone();
+        let gauges = gauges.clone();
+        Box::pin(async move {
+            let Ok(nodes) = ledger.nodes().await else {
+                return;
+            };
+            let settings = ledger.pool_settings();
+            let status = pools_status(&nodes, settings);
+            let health = pools_health(&nodes, settings);
+            for pool in Pool::ALL {
+                let s = status.pool(pool);
+                let labels = [("pool", pool.as_str())];
+                gauges.set(&POOL_SERVERS, &labels, s.servers as f64);
+                gauges.set(&POOL_CAPACITY, &labels, s.total_capacity_gb as f64);
+                gauges.set(&POOL_USED, &labels, s.used_capacity_gb as f64);
+                let level = match pool {
+                    Pool::K8s => health.pools.k8s_pool,
+                    Pool::Vm => health.pools.vm_pool,
+                };
+                let level = match level {
+                    Health::Healthy => 0.0,
+                    Health::Warning => 1.0,
+                    Health::Critical => 2.0,
+                };
+                gauges.set(&POOL_HEALTH, &labels, level);
+            }
+            drive_gauges(&nodes, &gauges);
+        })
+    })
+}
+
+/// Each drive of each node: its size, what its virtual drives claim, and the
+/// largest virtual drive it could take now.
+fn drive_gauges(nodes: &[Arc<NodeLedger>], gauges: &Gauges) {
+    let mut capacity = Vec::new();
+    let mut claimed = Vec::new();
+    let mut largest_free = Vec::new();
+    for node in nodes {
+        for (drive, free) in node.drives.iter().zip(node.free_drives()) {
+            let uuid = drive.uuid.to_string();
+            let labels = || {
+                vec![
+                    ("node", node.node.clone()),
+                    ("drive", uuid.clone()),
+                    ("type", drive.drive_type.as_str().to_string()),
+                ]
+            };
+            let claims: u64 = node
+                .claims
+                .iter()
+                .filter(|c| c.physical_uuid == drive.uuid)
+                .map(|c| c.size_gib)
+                .sum();
+            let largest = free.extents.iter().map(|e| e.size_gib).max().unwrap_or(0);
+            capacity.push((labels(), drive.capacity_gib as f64));
+            claimed.push((labels(), claims as f64));
+            largest_free.push((labels(), largest as f64));
+        }
+    }
+    gauges.replace(&DRIVE_CAPACITY, capacity);
+    gauges.replace(&DRIVE_CLAIMED, claimed);
+    gauges.replace(&DRIVE_LARGEST_FREE_EXTENT, largest_free);
+}
