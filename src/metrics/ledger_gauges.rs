@@ -81,3 +81,66 @@ fn drive_gauges(nodes: &[Arc<NodeLedger>], gauges: &Gauges) {
     gauges.replace(&DRIVE_CLAIMED, claimed);
     gauges.replace(&DRIVE_LARGEST_FREE_EXTENT, largest_free);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::allocator::{Ratio, Request};
+    use crate::ledger::{
+        ClaimRequest, DriveHeader, EmbeddedStore, PhysicalDrive, PoolSettings, ReportedDrive,
+        SizeRange,
+    };
+    use crate::metrics::Metrics;
+
+    const NODE: &str = "n1";
+    const DRIVE: &str = "00000000-0000-0000-0000-000000000001";
+
+    #[tokio::test]
+    async fn each_drive_shows_its_size_claims_and_largest_free_extent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path().join("ledger.redb")).unwrap();
+        let ledger = Arc::new(Ledger::new(store, PoolSettings::default()));
+        let drive: PhysicalDrive = serde_json::from_value(serde_json::json!({
+            "uuid": DRIVE, "serial": "SN1", "type": "tlc", "capacity_gib": 64,
+        }))
+        .unwrap();
+        let reported = ReportedDrive {
+            drive,
+            header: DriveHeader::Blank,
+        };
+        ledger.sync_drives(NODE, vec![reported]).await.unwrap();
+        let mut layout = Request::with_ratio(10, Ratio { tlc: 1, qlc: 0 }, 1);
+        layout.min_drive_gib = 1;
+        let request = ClaimRequest {
+            volume_name: "pvc-1".into(),
+            owner: String::new(),
+            pool: None,
+            layout,
+            accepts: SizeRange::exactly(10),
+            access: None,
+            image: None,
+            image_format: None,
+        };
+        ledger.claim(NODE, &request).await.unwrap();
+
+        let metrics = Metrics::new();
+        refresh(ledger.clone(), metrics.gauges().clone())().await;
+        let labels = [("node", NODE), ("drive", DRIVE), ("type", "tlc")];
+        let gauges = metrics.gauges();
+        assert_eq!(gauges.get(&DRIVE_CAPACITY, &labels), Some(64.0));
+        assert_eq!(gauges.get(&DRIVE_CLAIMED, &labels), Some(10.0));
+        assert_eq!(gauges.get(&DRIVE_LARGEST_FREE_EXTENT, &labels), Some(54.0));
+        // Both pools are always shown, empty or not.
+        for pool in ["k8s", "vm"] {
+            assert_eq!(gauges.get(&POOL_SERVERS, &[("pool", pool)]), Some(0.0));
+        }
+
+        // A drive the node no longer sees stays in the ledger while it holds a
+        // claim, missing: still shown, with no free extent.
+        ledger.sync_drives(NODE, Vec::new()).await.unwrap();
+        refresh(ledger.clone(), metrics.gauges().clone())().await;
+        let missing = gauges.get(&DRIVE_LARGEST_FREE_EXTENT, &labels);
+        assert_eq!(missing, Some(0.0), "a missing drive offers no extent");
+        assert_eq!(gauges.get(&DRIVE_CLAIMED, &labels), Some(10.0));
+    }
+}
