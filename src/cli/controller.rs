@@ -39,7 +39,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 300, value_name = "SECONDS")]
     pub orphan_check_interval: u64,
     /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
-    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets; port 0:
+    /// any free port, printed at start); off by default.
     #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Serve the pool API (`/api/v1/pools/*`, `/api/v1/vms`) on this address,

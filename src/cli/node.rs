@@ -65,7 +65,8 @@ pub struct NodeArgs {
     #[arg(long, default_value = "/var/lib/kubelet", value_name = "DIR")]
     pub kubelet_dir: PathBuf,
     /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
-    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets; port 0:
+    /// any free port, printed at start); off by default.
     #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
 }

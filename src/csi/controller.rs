@@ -52,6 +52,58 @@ pub type VolumeImage = (String, Option<String>);
 pub use params::{IMAGE_FORMAT_KEY as IMAGE_FORMAT_PARAM, IMAGE_KEY as IMAGE_PARAM};
 
 impl<S: LedgerStore> ControllerService<S> {
+    /// `in_flight` is shared with the node service when both run in one process,
+    /// so that a volume is never deleted while it is being staged.
+    pub fn new(
+        ledger: Arc<Ledger<S>>,
+        defaults: Defaults,
+        eraser: Option<Arc<dyn ExtentEraser>>,
+        in_flight: InFlight,
+    ) -> Self {
+        ControllerService {
+            ledger,
+            defaults,
+            eraser,
+            in_flight,
+            images: None,
+        }
+    }
+
+    /// Volumes of PVCs that name an image get it (see [`VolumeImages`]).
+    pub fn with_images(mut self, images: Arc<dyn VolumeImages>) -> Self {
+        self.images = Some(images);
+        self
+    }
+
+    /// `parameters` with the image of the PVC they name, if it names one. A
+    /// class's own `image` stays as it is.
+    async fn add_image(&self, parameters: &mut HashMap<String, String>) -> Result<(), Status> {
+        let Some(images) = &self.images else {
+            return Ok(());
+        };
+        if parameters.contains_key(IMAGE_PARAM) {
+            return Ok(());
+        }
+        let (Some(namespace), Some(name)) = (
+            parameters.get(params::PVC_NAMESPACE_KEY),
+            parameters.get(params::PVC_NAME_KEY),
+        ) else {
+            return Ok(());
+        };
+        let found = images.image_for(namespace, name).await.map_err(|e| {
+            Status::unavailable(format!(
+                "cannot read the image of PVC {namespace}/{name}: {e}"
+            ))
+        })?;
+        if let Some((source, format)) = found {
+            parameters.insert(IMAGE_PARAM.to_string(), source);
+            if let Some(format) = format {
+                parameters.insert(IMAGE_FORMAT_PARAM.to_string(), format);
+            }
+        }
+        Ok(())
+    }
+
     /// CreateVolume: validate the request and its class, then claim the
     /// volume's capacity on a node that can take it.
     async fn create(&self, mut req: CreateVolumeRequest) -> Result<CreateVolumeResponse, Status> {
@@ -116,58 +168,6 @@ impl<S: LedgerStore> ControllerService<S> {
         let volume = self.ledger.create(&claim, &wanted).await?;
         info!(volume = %volume.id, node = %volume.node, gib = volume.capacity_gib, "volume ready");
         Ok(self.volume_response(&volume, &fs_type))
-    }
-
-    /// `in_flight` is shared with the node service when both run in one process,
-    /// so that a volume is never deleted while it is being staged.
-    pub fn new(
-        ledger: Arc<Ledger<S>>,
-        defaults: Defaults,
-        eraser: Option<Arc<dyn ExtentEraser>>,
-        in_flight: InFlight,
-    ) -> Self {
-        ControllerService {
-            ledger,
-            defaults,
-            eraser,
-            in_flight,
-            images: None,
-        }
-    }
-
-    /// Volumes of PVCs that name an image get it (see [`VolumeImages`]).
-    pub fn with_images(mut self, images: Arc<dyn VolumeImages>) -> Self {
-        self.images = Some(images);
-        self
-    }
-
-    /// `parameters` with the image of the PVC they name, if it names one. A
-    /// class's own `image` stays as it is.
-    async fn add_image(&self, parameters: &mut HashMap<String, String>) -> Result<(), Status> {
-        let Some(images) = &self.images else {
-            return Ok(());
-        };
-        if parameters.contains_key(IMAGE_PARAM) {
-            return Ok(());
-        }
-        let (Some(namespace), Some(name)) = (
-            parameters.get(params::PVC_NAMESPACE_KEY),
-            parameters.get(params::PVC_NAME_KEY),
-        ) else {
-            return Ok(());
-        };
-        let found = images.image_for(namespace, name).await.map_err(|e| {
-            Status::unavailable(format!(
-                "cannot read the image of PVC {namespace}/{name}: {e}"
-            ))
-        })?;
-        if let Some((source, format)) = found {
-            parameters.insert(IMAGE_PARAM.to_string(), source);
-            if let Some(format) = format {
-                parameters.insert(IMAGE_FORMAT_PARAM.to_string(), format);
-            }
-        }
-        Ok(())
     }
 
     fn volume_response(&self, volume: &Volume, fs_type: &str) -> CreateVolumeResponse {
