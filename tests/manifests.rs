@@ -12,12 +12,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use serde_json::{Map, Value};
 
 use vdrive::cluster::annotations::{CAPACITY_RESOURCE, CLAIMS_ANNOTATION, DRIVES_ANNOTATION};
 use vdrive::csi::identity::DRIVER_NAME;
 use vdrive::csi::params::{Defaults, FSTYPE_KEY, presets};
+use vdrive::metrics::names;
 use vdrive::pools::PoolSettings;
 use vdrive::vms::Catalog;
 
@@ -52,6 +54,11 @@ fn documents(name: &str) -> Vec<Value> {
             path.display()
         )
     });
+    documents_in(name, &text)
+}
+
+/// Every document of `text`, read from the file `name` (for messages).
+fn documents_in(name: &str, text: &str) -> Vec<Value> {
     let mut docs = Vec::new();
     let mut lines = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -932,4 +939,302 @@ fn drives_are_signed_by_node_label_not_by_jobs() {
         events.contains("create"),
         "the node plugin may create Events"
     );
+}
+
+// ---- monitoring: metrics Services, ServiceMonitor, alerts, dashboard -----------
+
+/// The values switches that turn on every monitoring object of the chart.
+const MONITORING_SWITCHES: &str = "monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true";
+
+/// The Helm that scripts/render-manifests builds and caches (HELM_VERSION is
+/// read from the script, so it is named once), or `helm` on the PATH.
+fn helm() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = fs::read_to_string(root.join("scripts/render-manifests"))
+        .expect("scripts/render-manifests is readable");
+    let version = script
+        .lines()
+        .find_map(|l| l.strip_prefix("HELM_VERSION="))
+        .expect("scripts/render-manifests sets HELM_VERSION");
+    let tools = std::env::var_os("VDRIVE_TOOLS_DIR")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+            Some(cache.join("vdrive/tools"))
+        });
+    if let Some(cached) = tools.map(|t| t.join(format!("helm-{version}/helm")))
+        && cached.is_file()
+    {
+        return cached;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("helm"))
+        .find(|h| h.is_file());
+    on_path.unwrap_or_else(|| {
+        panic!(
+            "no helm: run scripts/render-manifests once (it builds helm {version} and caches it)"
+        )
+    })
+}
+
+/// The chart rendered as scripts/render-manifests renders it, with every
+/// monitoring switch on.
+fn monitoring_objects() -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(helm())
+        .args(["template", "vdrive"])
+        .arg(root.join("charts/vdrive"))
+        .args(["--namespace", "vdrive", "--kube-version", "1.34.0"])
+        .args(["--set", MONITORING_SWITCHES])
+        .output()
+        .expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let rendered = String::from_utf8(output.stdout).expect("helm prints UTF-8");
+    documents_in("(helm template with monitoring on)", &rendered)
+}
+
+fn rendered_of(objects: &[Value], kind: &str) -> Vec<Value> {
+    objects
+        .iter()
+        .filter(|o| text(o, &["kind"]) == kind)
+        .cloned()
+        .collect()
+}
+
+/// Every series name `expr` reads, after checking that it parses as PromQL.
+fn series_in(expr: &str, what: &str) -> BTreeSet<String> {
+    use promql_parser::parser::{self, Expr};
+
+    fn walk(expr: &Expr, found: &mut BTreeSet<String>) {
+        match expr {
+            Expr::Aggregate(a) => {
+                walk(&a.expr, found);
+                if let Some(param) = &a.param {
+                    walk(param, found);
+                }
+            }
+            Expr::Unary(u) => walk(&u.expr, found),
+            Expr::Binary(b) => {
+                walk(&b.lhs, found);
+                walk(&b.rhs, found);
+            }
+            Expr::Paren(p) => walk(&p.expr, found),
+            Expr::Subquery(s) => walk(&s.expr, found),
+            Expr::VectorSelector(v) => selector(v, found),
+            Expr::MatrixSelector(m) => selector(&m.vs, found),
+            Expr::Call(c) => c.args.args.iter().for_each(|a| walk(a, found)),
+            Expr::NumberLiteral(_) | Expr::StringLiteral(_) | Expr::Extension(_) => {}
+        }
+    }
+    fn selector(v: &promql_parser::parser::VectorSelector, found: &mut BTreeSet<String>) {
+        let by_matcher = v.matchers.matchers.iter().filter(|m| m.name == "__name__");
+        let names: Vec<String> = v
+            .name
+            .iter()
+            .cloned()
+            .chain(by_matcher.map(|m| m.value.clone()))
+            .collect();
+        assert!(!names.is_empty(), "a selector without a metric name: {v}");
+        found.extend(names);
+    }
+
+    let parsed =
+        parser::parse(expr).unwrap_or_else(|e| panic!("{what}: {expr:?} is not PromQL: {e}"));
+    let mut found = BTreeSet::new();
+    walk(&parsed, &mut found);
+    found
+}
+
+/// Panics unless every series in `used` is one vdrive exports.
+fn assert_exported(used: &BTreeSet<String>, what: &str) {
+    for series in used {
+        assert!(
+            names::metric_of(series).is_some(),
+            "{what} uses {series}, which vdrive does not export (src/metrics/names.rs)"
+        );
+    }
+}
+
+#[test]
+fn the_metrics_services_select_each_component_on_its_metrics_port() {
+    let services: Vec<Value> = documents("metrics-services.yaml");
+    let mut components = BTreeSet::new();
+    for service in &services {
+        assert_eq!(text(service, &["kind"]), "Service");
+        assert_eq!(text(service, &["spec", "clusterIP"]), "None", "headless");
+        assert_eq!(
+            text(service, &["metadata", "labels", "vdrive.io/metrics"]),
+            "true"
+        );
+        let port = &list(service, &["spec", "ports"])[0];
+        assert_eq!(text(port, &["name"]), "metrics");
+        assert_eq!(text(port, &["targetPort"]), "metrics");
+        assert_eq!(text(port, &["port"]), "9810");
+        components.insert(
+            text(
+                service,
+                &["spec", "selector", "app.kubernetes.io/component"],
+            )
+            .to_string(),
+        );
+    }
+    assert_eq!(
+        components,
+        BTreeSet::from(["controller".to_string(), "node".to_string()])
+    );
+    // Each selected workload has a container port named metrics.
+    for kind in ["Deployment", "DaemonSet"] {
+        let workload = one_of(kind);
+        let vdrive = container(&workload, "vdrive");
+        assert!(
+            list(vdrive, &["ports"])
+                .iter()
+                .any(|p| text(p, &["name"]) == "metrics"),
+            "{kind} has a metrics port"
+        );
+    }
+    // Off by default: the ServiceMonitor and PrometheusRule need the
+    // Prometheus Operator's CRDs.
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        assert!(objects_of(kind).is_empty(), "deploy/ has no {kind}");
+    }
+}
+
+#[test]
+fn the_service_monitor_scrapes_the_metrics_services() {
+    let objects = monitoring_objects();
+    let monitors = rendered_of(&objects, "ServiceMonitor");
+    assert_eq!(monitors.len(), 1);
+    let monitor = &monitors[0];
+    let selector = at(monitor, &["spec", "selector", "matchLabels"]);
+    for service in documents("metrics-services.yaml") {
+        for (key, value) in selector.as_object().expect("matchLabels") {
+            assert_eq!(
+                at(&service, &["metadata", "labels", key]),
+                value,
+                "{} carries {key}",
+                text(&service, &["metadata", "name"])
+            );
+        }
+    }
+    let endpoint = &list(monitor, &["spec", "endpoints"])[0];
+    assert_eq!(text(endpoint, &["port"]), "metrics");
+    assert_eq!(text(endpoint, &["path"]), "/metrics");
+}
+
+#[test]
+fn every_alert_parses_and_reads_only_metrics_vdrive_exports() {
+    let objects = monitoring_objects();
+    let rules = rendered_of(&objects, "PrometheusRule");
+    assert_eq!(rules.len(), 1);
+    let mut alerts = BTreeMap::new();
+    for group in list(&rules[0], &["spec", "groups"]) {
+        for rule in list(group, &["rules"]) {
+            let name = text(rule, &["alert"]).to_string();
+            let expr = text(rule, &["expr"]).to_string();
+            let used = series_in(&expr, &format!("alert {name}"));
+            assert_exported(&used, &format!("alert {name}"));
+            let severity = text(rule, &["labels", "severity"]).to_string();
+            assert!(
+                ["warning", "critical"].contains(&severity.as_str()),
+                "{name}: {severity}"
+            );
+            alerts.insert(name, (expr, severity, used));
+        }
+    }
+    let expect = |alert: &str, metric: &names::Metric, severity: &str, threshold: &str| {
+        let (expr, sev, used) = alerts
+            .get(alert)
+            .unwrap_or_else(|| panic!("no alert {alert}"));
+        assert!(
+            metric.series().iter().any(|s| used.contains(s)),
+            "{alert} reads {}",
+            metric.name
+        );
+        assert_eq!(sev, severity, "{alert}");
+        assert!(expr.ends_with(&format!("> {threshold}")), "{alert}: {expr}");
+    };
+    expect("VdrivePoolUsageHigh", &names::POOL_USED, "warning", "75");
+    expect(
+        "VdrivePoolUsageCritical",
+        &names::POOL_USED,
+        "critical",
+        "90",
+    );
+    expect(
+        "VdriveOrphanedClaims",
+        &names::ORPHANED_CLAIMS,
+        "warning",
+        "0",
+    );
+    expect(
+        "VdriveDriveMissingWithClaims",
+        &names::NODE_MISSING_DRIVES_WITH_CLAIMS,
+        "critical",
+        "0",
+    );
+    expect(
+        "VdriveEraseBacklog",
+        &names::NODE_ERASE_BACKLOG_AGE,
+        "warning",
+        "600",
+    );
+    expect("VdriveCsiErrors", &names::CSI_CALLS, "warning", "0.05");
+    assert_eq!(alerts.len(), 6, "{:?}", alerts.keys());
+}
+
+#[test]
+fn the_dashboard_is_json_for_the_grafana_sidecar_and_its_panels_read_exported_metrics() {
+    let objects = monitoring_objects();
+    let maps: Vec<Value> = rendered_of(&objects, "ConfigMap")
+        .into_iter()
+        .filter(|m| !at(m, &["metadata", "labels", "grafana_dashboard"]).is_null())
+        .collect();
+    assert_eq!(maps.len(), 1, "one dashboard ConfigMap");
+    assert_eq!(
+        text(&maps[0], &["metadata", "labels", "grafana_dashboard"]),
+        "1"
+    );
+    let json = text(&maps[0], &["data", "vdrive.json"]);
+    let dashboard: Value =
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("the dashboard is not JSON: {e}"));
+    let mut used = BTreeSet::new();
+    let mut titles = BTreeSet::new();
+    for panel in list(&dashboard, &["panels"]) {
+        let title = text(panel, &["title"]);
+        titles.insert(title.to_string());
+        let targets = list(panel, &["targets"]);
+        assert!(!targets.is_empty(), "panel {title} has queries");
+        for target in targets {
+            let series = series_in(text(target, &["expr"]), &format!("panel {title}"));
+            assert_exported(&series, &format!("panel {title}"));
+            used.extend(series);
+        }
+    }
+    for shown in [
+        "Pool capacity over time",
+        "Drive usage per node",
+        "CSI latency",
+    ] {
+        assert!(titles.contains(shown), "no panel {shown}: {titles:?}");
+    }
+    for metric in [
+        names::POOL_CAPACITY,
+        names::DRIVE_CLAIMED,
+        names::CSI_CALL_DURATION,
+    ] {
+        assert!(
+            metric.series().iter().any(|s| used.contains(s)),
+            "the dashboard shows {}",
+            metric.name
+        );
+    }
 }

@@ -11,6 +11,7 @@ pub mod auth;
 mod error;
 mod json;
 mod loopback_host;
+mod metered;
 pub mod openapi;
 mod pools;
 mod vms;
@@ -96,6 +97,8 @@ pub async fn spawn(
     if loopback_only {
         app = app.layer(axum::middleware::from_fn(loopback_host::only));
     }
+    // Outermost, so the Host check's refusals are counted too.
+    let app = app.layer(axum::middleware::from_fn(metered::count));
     let task = tokio::spawn(async move {
         if let Err(err) = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

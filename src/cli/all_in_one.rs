@@ -17,6 +17,7 @@ use crate::csi::node::NodeService;
 use crate::csi::server::{self, Services};
 use crate::drive::Backend;
 use crate::ledger::{DriveSync, EmbeddedStore, Ledger};
+use crate::metrics;
 use crate::node::drives::{self, SignedDrive};
 use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, ownership};
@@ -74,6 +75,10 @@ pub struct AllInOneArgs {
     /// cloud images and server types.
     #[arg(long, value_name = "FILE")]
     pub vm_images: Option<PathBuf>,
+    /// Serve Prometheus metrics on this address, IP:PORT (port 0: any free
+    /// port, printed at start); off by default.
+    #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
+    pub metrics_address: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub settings: SettingsArgs,
 }
@@ -227,6 +232,9 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
         device_backend.kind()
     );
 
+    let refresh =
+        metrics::ledger_gauges::refresh(ledger.clone(), metrics::global().gauges().clone());
+    let metrics = metrics::start("all-in-one", args.metrics_address, Some(refresh)).await;
     let api = match api_address {
         Some(address) => {
             let vms = LocalVms::new(
@@ -257,6 +265,9 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
     };
     let served = server::serve(&socket, services, shutdown_signal()).await;
     rescans.abort();
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     if let Some(api) = api {
         api.abort();
     }

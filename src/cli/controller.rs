@@ -20,9 +20,9 @@ use crate::csi::controller::ControllerService;
 use crate::csi::identity::{IdentityService, Readiness};
 use crate::csi::server::{self, Services};
 use crate::ledger::Ledger;
-use crate::metrics::{self, Gauges, Refresh};
+use crate::metrics::names::{ORPHANED_CLAIMS, VOLUMES_MISSING_CLAIMS};
+use crate::metrics::{self, Gauges};
 use crate::node::inflight::InFlight;
-use crate::pools::{Health, Pool, pools_health, pools_status};
 use crate::vms::Catalog;
 use crate::vms::cluster::ClusterVms;
 
@@ -46,7 +46,8 @@ pub struct ControllerArgs {
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub orphan_auto_release_after: u64,
     /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
-    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets; port 0:
+    /// any free port, printed at start); off by default.
     #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
     /// Serve the pool API (`/api/v1/pools/*`, `/api/v1/vms`) on this address,
@@ -112,7 +113,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         Some(namespace) => Leadership::follow_lease(client.clone(), namespace, &args.instance),
         None => Leadership::Alone,
     };
-    let gauges = Arc::new(Gauges::default());
+    let gauges = metrics::global().gauges().clone();
     let checks = (args.orphan_check_interval > 0).then(|| {
         let notifier = Notifier::new(client.clone(), &args.instance);
         tokio::spawn(check_orphans(
@@ -139,10 +140,8 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         Notifier::new(client.clone(), &args.instance),
         leadership,
     ));
-    let metrics = args.metrics_address.map(|address| {
-        let refresh = pool_gauges(ledger.clone(), gauges.clone());
-        metrics::spawn(address, gauges.clone(), Some(refresh))
-    });
+    let refresh = metrics::ledger_gauges::refresh(ledger.clone(), gauges.clone());
+    let metrics = metrics::start("controller", args.metrics_address, Some(refresh)).await;
     let api = match args.api_address {
         Some(address) => {
             let state = ApiState {
@@ -205,18 +204,10 @@ async fn check_orphans(
         }
         match orphans::check(&ledger, &client).await {
             Ok(report) => {
-                gauges.set(
-                    "vdrive_orphaned_claims",
-                    "Volumes in the ledger that no PersistentVolume accounts for (last orphan check).",
-                    &[],
-                    report.orphaned_claims.len() as f64,
-                );
-                gauges.set(
-                    "vdrive_volumes_missing_claims",
-                    "vdrive PersistentVolumes whose claims are missing from the ledger (last orphan check).",
-                    &[],
-                    report.lost_volumes.len() as f64,
-                );
+                let orphans = report.orphaned_claims.len() as f64;
+                gauges.set(&ORPHANED_CLAIMS, &[], orphans);
+                let lost = report.lost_volumes.len() as f64;
+                gauges.set(&VOLUMES_MISSING_CLAIMS, &[], lost);
                 orphans::announce(&report, &notifier).await;
                 if let Some(min_age) = auto_release {
                     auto_release::release_due(
@@ -232,58 +223,4 @@ async fn check_orphans(
             Err(err) => tracing::warn!(%err, "orphan check failed"),
         }
     }
-}
-
-/// On each scrape: the pools' servers, capacity, usage and health, from the
-/// watched labels and the ledger (never stored twice).
-fn pool_gauges(ledger: Arc<Ledger<Arc<KubeStore>>>, gauges: Arc<Gauges>) -> Refresh {
-    Arc::new(move || {
-        let ledger = ledger.clone();
-        let gauges = gauges.clone();
-        Box::pin(async move {
-            let Ok(nodes) = ledger.nodes().await else {
-                return;
-            };
-            let settings = ledger.pool_settings();
-            let status = pools_status(&nodes, settings);
-            let health = pools_health(&nodes, settings);
-            for pool in Pool::ALL {
-                let s = status.pool(pool);
-                let labels = [("pool", pool.as_str())];
-                gauges.set(
-                    "vdrive_pool_servers",
-                    "Servers labelled into the pool.",
-                    &labels,
-                    s.servers as f64,
-                );
-                gauges.set(
-                    "vdrive_pool_capacity_gib",
-                    "The pool's capacity: servers x capacityPerServerGiB.",
-                    &labels,
-                    s.total_capacity_gb as f64,
-                );
-                gauges.set(
-                    "vdrive_pool_used_gib",
-                    "GiB the pool's volumes hold.",
-                    &labels,
-                    s.used_capacity_gb as f64,
-                );
-                let level = match pool {
-                    Pool::K8s => health.pools.k8s_pool,
-                    Pool::Vm => health.pools.vm_pool,
-                };
-                let level = match level {
-                    Health::Healthy => 0.0,
-                    Health::Warning => 1.0,
-                    Health::Critical => 2.0,
-                };
-                gauges.set(
-                    "vdrive_pool_health",
-                    "0 healthy, 1 warning, 2 critical.",
-                    &labels,
-                    level,
-                );
-            }
-        })
-    })
 }

@@ -67,7 +67,8 @@ pub struct NodeArgs {
     #[arg(long, default_value = "/var/lib/kubelet", value_name = "DIR")]
     pub kubelet_dir: PathBuf,
     /// Serve Prometheus metrics on this address only, IP:PORT (e.g. the pod's
-    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets); off by default.
+    /// IP, 10.1.2.3:9810; an IPv6 address with or without brackets; port 0:
+    /// any free port, printed at start); off by default.
     #[arg(long, value_name = "IP:PORT", value_parser = crate::metrics::parse_address)]
     pub metrics_address: Option<std::net::SocketAddr>,
 }
@@ -91,10 +92,8 @@ pub async fn run(args: NodeArgs) -> Result<(), String> {
     // The node only checks claims against its drives; pool shares are the controller's.
     let ledger = Arc::new(Ledger::new(store.clone(), PoolSettings::default()));
     let notifier = Notifier::new(client.clone(), &node_id);
-    let gauges = Arc::new(Gauges::default());
-    let metrics = args
-        .metrics_address
-        .map(|address| metrics::spawn(address, gauges.clone(), None));
+    let gauges = metrics::global().gauges().clone();
+    let metrics = metrics::start("node", args.metrics_address, None).await;
 
     let simulated_dir = args.state_dir.join("simulated-drives");
     let found = initial_drives(args.simulate_drives.clone(), simulated_dir.clone()).await?;

@@ -15,6 +15,10 @@ use super::events::{Notifier, node_reference};
 use super::store::{FIELD_MANAGER, KubeStore};
 use crate::ledger::{DriveSync, Ledger};
 use crate::metrics::Gauges;
+use crate::metrics::names::{
+    NODE_CAPACITY, NODE_MISSING_DRIVES_WITH_CLAIMS, NODE_QUARANTINED_DRIVES,
+    NODE_STRAY_LOOP_DEVICES,
+};
 use crate::node::StrayDevice;
 
 /// Publishes what follows from the drives the node just reported (`sync`): the
@@ -37,24 +41,11 @@ pub async fn publish(
         .map(|d| d.capacity_gib)
         .sum();
     set_capacity(api, node, usable_gib).await?;
-    gauges.set(
-        "vdrive_node_capacity_gib",
-        "GiB of this node's signed drives that are present and trusted (the vdrive.io/shared-drives-capacity resource).",
-        &[],
-        usable_gib as f64,
-    );
-    gauges.set(
-        "vdrive_node_missing_drives_with_claims",
-        "Signed drives this node no longer sees that still hold virtual drives.",
-        &[],
-        sync.missing_with_claims.len() as f64,
-    );
-    gauges.set(
-        "vdrive_node_quarantined_drives",
-        "Signed drives here whose header disagrees with the ledger: they take no new virtual drives until `vdrive drives adopt` reconciles them.",
-        &[],
-        sync.quarantined.len() as f64,
-    );
+    gauges.set(&NODE_CAPACITY, &[], usable_gib as f64);
+    let missing = sync.missing_with_claims.len() as f64;
+    gauges.set(&NODE_MISSING_DRIVES_WITH_CLAIMS, &[], missing);
+    let quarantined = sync.quarantined.len() as f64;
+    gauges.set(&NODE_QUARANTINED_DRIVES, &[], quarantined);
     if sync.missing_with_claims.is_empty() && sync.quarantined.is_empty() {
         return Ok(());
     }
@@ -105,12 +96,7 @@ pub async fn report_strays(
     node: &str,
     strays: &[StrayDevice],
 ) {
-    gauges.set(
-        "vdrive_node_stray_loop_devices",
-        "Loop devices over this node's drives that matched no staged volume at the last scan (a mapping changed under vdrive, or a crash left them); each was detached once free.",
-        &[],
-        strays.len() as f64,
-    );
+    gauges.set(&NODE_STRAY_LOOP_DEVICES, &[], strays.len() as f64);
     if strays.is_empty() {
         return;
     }

@@ -10,11 +10,8 @@ use super::events::{Notifier, node_reference};
 use super::store::KubeStore;
 use crate::ledger::{Ledger, Quarantined};
 use crate::metrics::Gauges;
+use crate::metrics::names::QUARANTINED_NODES;
 
-/// The gauge of quarantined nodes.
-pub const QUARANTINED_NODES: &str = "vdrive_quarantined_nodes";
-const QUARANTINED_HELP: &str =
-    "Nodes whose vdrive ledger (annotations) cannot be read: they take no volumes until repaired.";
 /// The Event reason on such a Node.
 pub const REASON: &str = "LedgerUnreadable";
 
@@ -26,7 +23,7 @@ pub async fn watch(ledger: Arc<Ledger<Arc<KubeStore>>>, notifier: Notifier, gaug
         match ledger.survey().await {
             Ok(survey) => {
                 let count = survey.quarantined.len() as f64;
-                gauges.set(QUARANTINED_NODES, QUARANTINED_HELP, &[], count);
+                gauges.set(&QUARANTINED_NODES, &[], count);
                 for bad in newly_quarantined(&mut announced, &survey.quarantined) {
                     tracing::error!(node = %bad.node, reason = %bad.reason, "node quarantined: its ledger cannot be read");
                     notifier

@@ -7,12 +7,14 @@
 //! calls take: a volume being staged is not erased under the stage, and a
 //! stage of a volume being erased is refused with Aborted.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::store::KubeStore;
 use crate::ledger::{Ledger, LedgerStore};
 use crate::metrics::Gauges;
+use crate::metrics::names::{NODE_ERASE_BACKLOG_AGE, NODE_VOLUMES_AWAITING_ERASE};
 use crate::node::inflight::InFlight;
 use crate::node::{Erasure, ExtentEraser};
 
@@ -29,22 +31,47 @@ pub async fn erase_released(
     node: String,
 ) {
     let mut changes = ledger.store().subscribe();
+    let mut backlog = Backlog::default();
     loop {
         if let Err(err) = erase_once(&ledger, &eraser, &in_flight, &node).await {
             tracing::warn!(%err, "could not erase released volumes; retrying");
         }
         if let Ok(now) = ledger.node(&node).await {
-            gauges.set(
-                "vdrive_node_volumes_awaiting_erase",
-                "Deleted volumes whose extents this node has not erased and released yet (still staged, or failing).",
-                &[],
-                now.releasing_volumes().len() as f64,
-            );
+            let waiting = now.releasing_volumes();
+            gauges.set(&NODE_VOLUMES_AWAITING_ERASE, &[], waiting.len() as f64);
+            let age = backlog.age(waiting.into_iter().map(|v| v.id), Instant::now());
+            gauges.set(&NODE_ERASE_BACKLOG_AGE, &[], age.as_secs_f64().floor());
         }
         tokio::select! {
             _ = changes.changed() => {}
             _ = tokio::time::sleep(RETRY_EVERY) => {}
         }
+    }
+}
+
+/// When this process first saw each deleted volume waiting to be erased. The
+/// ledger keeps no time, so after a restart the wait counts from then: an
+/// alert on the age fires late, never falsely.
+#[derive(Debug, Default)]
+struct Backlog {
+    since: HashMap<String, Instant>,
+}
+
+impl Backlog {
+    /// Notes the volumes `waiting` now, forgets the others, and returns how long
+    /// the one waiting longest has waited (zero when none waits).
+    fn age(&mut self, waiting: impl IntoIterator<Item = String>, now: Instant) -> Duration {
+        let mut still = HashMap::new();
+        for id in waiting {
+            let since = self.since.get(&id).copied().unwrap_or(now);
+            still.insert(id, since);
+        }
+        self.since = still;
+        self.since
+            .values()
+            .map(|since| now.saturating_duration_since(*since))
+            .max()
+            .unwrap_or_default()
     }
 }
 
@@ -122,6 +149,25 @@ mod tests {
             self.0.fetch_add(1, Ordering::SeqCst);
             Erasure::Erased
         }
+    }
+
+    #[test]
+    fn the_backlog_age_is_the_longest_wait_of_a_volume_still_waiting() {
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let ids = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut backlog = Backlog::default();
+        assert_eq!(backlog.age(ids(&[]), at(0)), Duration::ZERO);
+        assert_eq!(backlog.age(ids(&["a"]), at(10)), Duration::ZERO);
+        assert_eq!(
+            backlog.age(ids(&["a", "b"]), at(70)),
+            Duration::from_secs(60)
+        );
+        // a was erased: b has waited since 70.
+        assert_eq!(backlog.age(ids(&["b"]), at(100)), Duration::from_secs(30));
+        assert_eq!(backlog.age(ids(&[]), at(200)), Duration::ZERO);
+        // A volume that comes back waits afresh.
+        assert_eq!(backlog.age(ids(&["a"]), at(300)), Duration::ZERO);
     }
 
     #[tokio::test]

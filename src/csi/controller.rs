@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 use tracing::{info, instrument};
 
 use super::capability;
@@ -14,6 +14,7 @@ use super::params::{self, ClassParams, Defaults};
 use super::proto::controller_server::Controller;
 use super::proto::*;
 use crate::ledger::{ClaimRequest, Ledger, LedgerStore, SizeRange, Volume, Wanted};
+use crate::metrics::{self, Outcome};
 use crate::node::inflight::InFlight;
 use crate::node::{Erasure, ExtentEraser, GIB};
 
@@ -101,6 +102,72 @@ impl<S: LedgerStore> ControllerService<S> {
             }
         }
         Ok(())
+    }
+
+    /// CreateVolume: validate the request and its class, then claim the
+    /// volume's capacity on a node that can take it.
+    async fn create(&self, mut req: CreateVolumeRequest) -> Result<CreateVolumeResponse, Status> {
+        if req.name.is_empty() {
+            return Err(Status::invalid_argument("name must not be empty"));
+        }
+        capability::validate_all(&req.volume_capabilities)?;
+        self.add_image(&mut req.parameters).await?;
+        if req.volume_content_source.is_some() {
+            return Err(Status::invalid_argument(
+                "volume content sources (snapshots, clones) are not supported by vdrive",
+            ));
+        }
+        let params = ClassParams::parse(&req.parameters, &self.defaults)?;
+        let fs_type = req
+            .volume_capabilities
+            .iter()
+            .find_map(capability::fs_type)
+            .or(params.fs_type.as_deref())
+            .unwrap_or(capability::DEFAULT_FS_TYPE)
+            .to_string();
+        if !capability::FS_TYPES.contains(&fs_type.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "filesystem {fs_type:?} is not supported: use one of {}",
+                capability::FS_TYPES.join(", ")
+            )));
+        }
+        // An image is written into a raw block device; a filesystem volume is
+        // formatted instead, which would bury it.
+        if params.image.is_some() && !req.volume_capabilities.iter().all(capability::is_block) {
+            return Err(Status::invalid_argument(
+                "an image is written only into block volumes: request the volume with volumeMode: Block (a block capability), or drop the class's image parameter",
+            ));
+        }
+        // A class whose mount options can never mount fails here, not at staging.
+        for cap in &req.volume_capabilities {
+            input::mount_flags(capability::mount_flags(cap), Some(&fs_type))?;
+        }
+        let gib = size_gib(req.capacity_range.as_ref(), params.fixed_gib())?;
+        let wanted = wanted_nodes(req.accessibility_requirements.as_ref())?;
+        let claim = ClaimRequest {
+            volume_name: req.name.clone(),
+            owner: params.owner.clone().unwrap_or_default(),
+            pool: params.pool,
+            layout: params.request(gib),
+            accepts: accepted_sizes(req.capacity_range.as_ref()),
+            access: Some(
+                if req.volume_capabilities.iter().all(capability::is_block) {
+                    "block".to_string()
+                } else {
+                    fs_type.clone()
+                },
+            ),
+            image: params.image.as_ref().map(|i| i.source.to_string()),
+            image_format: params
+                .image
+                .as_ref()
+                .and_then(|i| i.format)
+                .map(|f| f.as_str().to_string()),
+        };
+        let _flight = self.in_flight.begin(&req.name)?;
+        let volume = self.ledger.create(&claim, &wanted).await?;
+        info!(volume = %volume.id, node = %volume.node, gib = volume.capacity_gib, "volume ready");
+        Ok(self.volume_response(&volume, &fs_type))
     }
 
     fn volume_response(&self, volume: &Volume, fs_type: &str) -> CreateVolumeResponse {
@@ -207,68 +274,10 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         &self,
         request: Request<CreateVolumeRequest>,
     ) -> Result<Response<CreateVolumeResponse>, Status> {
-        let mut req = request.into_inner();
-        if req.name.is_empty() {
-            return Err(Status::invalid_argument("name must not be empty"));
-        }
-        capability::validate_all(&req.volume_capabilities)?;
-        self.add_image(&mut req.parameters).await?;
-        if req.volume_content_source.is_some() {
-            return Err(Status::invalid_argument(
-                "volume content sources (snapshots, clones) are not supported by vdrive",
-            ));
-        }
-        let params = ClassParams::parse(&req.parameters, &self.defaults)?;
-        let fs_type = req
-            .volume_capabilities
-            .iter()
-            .find_map(capability::fs_type)
-            .or(params.fs_type.as_deref())
-            .unwrap_or(capability::DEFAULT_FS_TYPE)
-            .to_string();
-        if !capability::FS_TYPES.contains(&fs_type.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "filesystem {fs_type:?} is not supported: use one of {}",
-                capability::FS_TYPES.join(", ")
-            )));
-        }
-        // An image is written into a raw block device; a filesystem volume is
-        // formatted instead, which would bury it.
-        if params.image.is_some() && !req.volume_capabilities.iter().all(capability::is_block) {
-            return Err(Status::invalid_argument(
-                "an image is written only into block volumes: request the volume with volumeMode: Block (a block capability), or drop the class's image parameter",
-            ));
-        }
-        // A class whose mount options can never mount fails here, not at staging.
-        for cap in &req.volume_capabilities {
-            input::mount_flags(capability::mount_flags(cap), Some(&fs_type))?;
-        }
-        let gib = size_gib(req.capacity_range.as_ref(), params.fixed_gib())?;
-        let wanted = wanted_nodes(req.accessibility_requirements.as_ref())?;
-        let claim = ClaimRequest {
-            volume_name: req.name.clone(),
-            owner: params.owner.clone().unwrap_or_default(),
-            pool: params.pool,
-            layout: params.request(gib),
-            accepts: accepted_sizes(req.capacity_range.as_ref()),
-            access: Some(
-                if req.volume_capabilities.iter().all(capability::is_block) {
-                    "block".to_string()
-                } else {
-                    fs_type.clone()
-                },
-            ),
-            image: params.image.as_ref().map(|i| i.source.to_string()),
-            image_format: params
-                .image
-                .as_ref()
-                .and_then(|i| i.format)
-                .map(|f| f.as_str().to_string()),
-        };
-        let _flight = self.in_flight.begin(&req.name)?;
-        let volume = self.ledger.create(&claim, &wanted).await?;
-        info!(volume = %volume.id, node = %volume.node, gib = volume.capacity_gib, "volume ready");
-        Ok(Response::new(self.volume_response(&volume, &fs_type)))
+        let created = self.create(request.into_inner()).await;
+        let code = created.as_ref().map_or_else(Status::code, |_| Code::Ok);
+        metrics::global().record_allocation(Outcome::of(code));
+        created.map(Response::new)
     }
 
     #[instrument(skip_all, fields(volume = %request.get_ref().volume_id))]

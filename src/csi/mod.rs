@@ -6,6 +6,7 @@ pub mod context;
 pub mod controller;
 pub mod identity;
 pub mod input;
+mod metered;
 pub mod node;
 pub mod params;
 pub mod proto;

@@ -16,6 +16,7 @@ use tower::{BoxError, Layer, Service};
 
 use super::controller::ControllerService;
 use super::identity::IdentityService;
+use super::metered::Metered;
 use super::node::NodeService;
 use super::proto::controller_server::ControllerServer;
 use super::proto::identity_server::IdentityServer;
@@ -115,6 +116,8 @@ pub async fn serve<S: LedgerStore>(
     let listener = bind(path)?;
     let router = Server::builder()
         .layer(RunToEnd)
+        // Inside RunToEnd, so a call whose caller gave up is still counted.
+        .layer(Metered)
         .add_service(IdentityServer::new(services.identity))
         .add_optional_service(services.controller.map(ControllerServer::new))
         .add_optional_service(services.node.map(NodeServer::from_arc));

@@ -771,8 +771,12 @@ impl<S: LedgerStore> Ledger<S> {
                     {
                         return Ok(value);
                     }
-                    tracing::debug!(node, attempt, "ledger changed under us; retrying");
-                    tokio::time::sleep(backoff(attempt)).await;
+                    let retrying = attempt + 1 < MAX_ATTEMPTS;
+                    crate::metrics::global().record_cas_conflict(retrying);
+                    if retrying {
+                        tracing::debug!(node, attempt, "ledger changed under us; retrying");
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
                 }
             }
         }
