@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use vdrive::cli::all_in_one::{self, AllInOneArgs};
 use vdrive::cli::controller::{self, ControllerArgs};
 use vdrive::cli::csi::{self, CsiArgs};
+use vdrive::cli::doctor::{self, DoctorArgs};
 use vdrive::cli::drives::{self, DrivesArgs};
 use vdrive::cli::node::{self, NodeArgs};
 use vdrive::cli::orphans::{self, OrphansArgs};
@@ -45,6 +46,8 @@ enum Command {
     Csi(CsiArgs),
     /// Plan the virtual drives for a request (the allocator, no side effects).
     Plan(PlanArgs),
+    /// Check a live cluster's vdrive: each finding with the command that fixes it.
+    Doctor(DoctorArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,6 +108,7 @@ fn main() -> ExitCode {
         },
         Command::Csi(args) => finish(run_async(csi::run(args))),
         Command::Drives(args) => finish(run_async(drives::run(args))),
+        Command::Doctor(args) => doctor::run(args),
     }
 }
 

@@ -3,6 +3,7 @@
 pub mod all_in_one;
 pub mod controller;
 pub mod csi;
+pub mod doctor;
 pub mod drives;
 pub mod node;
 pub mod orphans;
