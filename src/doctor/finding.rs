@@ -121,11 +121,12 @@ impl Report {
                 out.push(format!("{:<4}  {:<width$}  fix: {fix}", "", ""));
             }
         }
+        let warnings = self.count(Status::Warn);
         out.push(format!(
-            "{} checks: {} ok, {} warnings, {} failed",
+            "{} findings: {} ok, {warnings} {}, {} failed",
             self.findings.len(),
             self.count(Status::Ok),
-            self.count(Status::Warn),
+            if warnings == 1 { "warning" } else { "warnings" },
             self.count(Status::Fail)
         ));
         out.join("\n")
@@ -161,7 +162,7 @@ mod tests {
         assert!(text.contains("FAIL  drives n1   no drives"), "{text}");
         assert!(text.contains("fix: vdrive sign"), "{text}");
         assert!(
-            text.ends_with("3 checks: 1 ok, 1 warnings, 1 failed"),
+            text.ends_with("3 findings: 1 ok, 1 warning, 1 failed"),
             "{text}"
         );
         let json = report.to_json();
