@@ -10,15 +10,17 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::storage::v1::{CSINode, CSIStorageCapacity};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams};
-use serde_json::Value;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
 use support::devices::release_everything_under;
 
@@ -30,6 +32,10 @@ const SHARE_GIB: u64 = 100;
 const RESERVE_GIB: u64 = 20;
 const DRIVES: &str = "tlc:160x1,qlc:160x1";
 const WAIT: Duration = Duration::from_secs(90);
+/// The chart's helm test ServiceAccount.
+const DOCTOR_ACCOUNT: &str = "vdrive-doctor";
+/// The Helm scripts/render-manifests builds and caches.
+const HELM_VERSION: &str = "v3.22.0";
 
 /// Field order is drop order: vdrive and the provisioner stop before the
 /// control plane.
@@ -62,14 +68,17 @@ struct Outcome {
 }
 
 impl Setup {
-    /// Runs `vdrive doctor` against this cluster with the test's pool shares.
+    /// Runs `vdrive doctor` against this cluster, as its admin, with the
+    /// test's pool shares.
     fn doctor(&self, args: &[&str]) -> Outcome {
+        self.doctor_as(self.cluster.kubeconfig_path(), args)
+    }
+
+    /// Runs `vdrive doctor` with the credentials in `kubeconfig`.
+    fn doctor_as(&self, kubeconfig: &Path, args: &[&str]) -> Outcome {
         let out = Command::new(env!("CARGO_BIN_EXE_vdrive"))
             .arg("doctor")
-            .arg(format!(
-                "--kubeconfig={}",
-                self.cluster.kubeconfig_path().display()
-            ))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
             .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
             .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
             .args(args)
@@ -244,6 +253,7 @@ fn doctor_is_green_on_a_healthy_cluster_and_names_each_fault() {
             let mut setup = set_up(&bin).await;
             wait_until_settled(&setup, &["n1", "n2"]).await;
             healthy_with_a_probe(&setup);
+            the_helm_test_account_is_enough(&setup).await;
             a_stopped_node_plugin_is_named(&mut setup).await;
             a_pool_node_without_drives_is_named(&setup).await;
         });
@@ -286,6 +296,89 @@ fn healthy_with_a_probe(setup: &Setup) {
     let report: Value = serde_json::from_str(&json.stdout).unwrap_or_default();
     assert_eq!(report["passed"], true, "{report}");
     assert_eq!(report["summary"]["fail"], 0, "{report}");
+}
+
+/// The chart's helm test account (probe on, as `--set doctor.probe=true`
+/// renders it) may do all that doctor does: with a token of it, doctor is
+/// as green as with the admin's.
+async fn the_helm_test_account_is_enough(setup: &Setup) {
+    let rendered = render_chart(&[
+        "--show-only",
+        "templates/tests/doctor.yaml",
+        "--set",
+        "doctor.probe=true",
+    ]);
+    // The account and its rights; the Pod itself needs a kubelet.
+    let objects: Vec<&str> = rendered
+        .split("\n---\n")
+        .filter(|doc| !doc.lines().any(|l| l == "kind: Pod"))
+        .collect();
+    setup.cluster.apply(&objects.join("\n---\n"));
+    let request: TokenRequest = serde_json::from_value(json!({
+        "spec": { "audiences": [], "expirationSeconds": 3600 },
+    }))
+    .unwrap_or_default();
+    let token = Api::<ServiceAccount>::namespaced(setup.client.clone(), NAMESPACE)
+        .create_token_request(DOCTOR_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("cannot get a token of {DOCTOR_ACCOUNT}: {e}"))
+        .status
+        .map(|s| s.token)
+        .unwrap_or_else(|| panic!("the token request came back without a token"));
+    let admin = std::fs::read_to_string(setup.cluster.kubeconfig_path())
+        .unwrap_or_else(|e| panic!("cannot read the admin kubeconfig: {e}"));
+    let mut config: Value = serde_json::from_str(&admin)
+        .unwrap_or_else(|e| panic!("the admin kubeconfig is not JSON: {e}"));
+    config["users"][0]["user"] = json!({ "token": token });
+    let path = setup.cluster.dir().join("doctor.kubeconfig");
+    std::fs::write(&path, config.to_string())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+
+    let outcome = setup.doctor_as(&path, &["--probe", "--probe-timeout=90s"]);
+    assert_eq!(
+        outcome.code,
+        Some(0),
+        "doctor as {DOCTOR_ACCOUNT}: the chart's rights fall short"
+    );
+    assert!(
+        !outcome.stdout.contains("cannot read"),
+        "{}",
+        outcome.stdout
+    );
+}
+
+/// `helm template` of the chart with `args`. The Helm that
+/// scripts/render-manifests builds, or `VDRIVE_HELM`.
+fn render_chart(args: &[&str]) -> String {
+    let helm = std::env::var_os("VDRIVE_HELM")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("VDRIVE_TOOLS_DIR")
+                .map(PathBuf::from)
+                .or_else(|| Some(PathBuf::from(std::env::var_os("HOME")?).join(".cache/vdrive/tools")))?;
+            Some(cache.join(format!("helm-{HELM_VERSION}/helm")))
+        })
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!("no helm: run scripts/render-manifests once (it builds Helm {HELM_VERSION}), or set VDRIVE_HELM")
+        });
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vdrive");
+    let out = Command::new(&helm)
+        .arg("template")
+        .arg("vdrive")
+        .arg(&chart)
+        .args(["--namespace", NAMESPACE])
+        // The test cluster's version (helm template assumes an old one).
+        .args(["--kube-version", "1.36.3"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", helm.display()));
+    assert!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The node plugin on n2 stops and kubelet drops its registration.
@@ -353,4 +446,46 @@ async fn a_pool_node_without_drives_is_named(setup: &Setup) {
         "{}",
         text.stdout
     );
+}
+
+/// No API server to ask is an operational error, exit 2, said on stderr; bad
+/// flags are too. Needs no cluster.
+#[test]
+fn no_api_server_or_bad_flags_exit_2() {
+    let dir = std::env::temp_dir().join(format!("vdrive-doctor-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
+    let kubeconfig = dir.join("kubeconfig");
+    // Port 1 on loopback: nothing listens, the connection is refused at once.
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "gone", "cluster": { "server": "https://127.0.0.1:1", "insecure-skip-tls-verify": true } }],
+        "users": [{ "name": "nobody", "user": { "token": "x" } }],
+        "contexts": [{ "name": "gone", "context": { "cluster": "gone", "user": "nobody" } }],
+        "current-context": "gone",
+    });
+    std::fs::write(&kubeconfig, config.to_string())
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", kubeconfig.display()));
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vdrive"))
+            .arg("doctor")
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run vdrive doctor: {e}"))
+    };
+    let unreachable = run(&[&format!("--kubeconfig={}", kubeconfig.display())]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(unreachable.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("cannot reach the Kubernetes API server"),
+        "{stderr}"
+    );
+
+    let bad = run(&["--output=yaml"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = run(&["--probe-timeout=soon"]);
+    assert_eq!(bad.status.code(), Some(2));
 }
