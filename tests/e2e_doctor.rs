@@ -291,6 +291,21 @@ fn healthy_with_a_probe(setup: &Setup) {
     ]);
     assert_eq!(leftovers.trim(), "", "the probe's claims are gone");
 
+    // A class that keeps its volumes would keep the probe's: refused.
+    let kept = setup.doctor(&["--probe", "--storage-class=vm-pool-storage", "-o", "json"]);
+    assert_eq!(kept.code, Some(1), "a probe of a Retain class");
+    let refused = findings(&kept)
+        .into_iter()
+        .find(|f| f["check"] == "probe" && f["status"] == "fail")
+        .unwrap_or_else(|| panic!("no probe failure in {}", kept.stdout));
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("retains"),
+        "{refused}"
+    );
+
     let json = setup.doctor(&["-o", "json"]);
     assert_eq!(json.code, Some(0));
     let report: Value = serde_json::from_str(&json.stdout).unwrap_or_default();

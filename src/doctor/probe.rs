@@ -23,6 +23,8 @@ const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
 /// Small enough to fit anywhere a volume fits at all.
 const PROBE_SIZE: &str = "1Gi";
 const POLL: Duration = Duration::from_millis(500);
+/// The label the probe's claims carry (set in [`probe_claim`]).
+const PROBE_SELECTOR: &str = "app.kubernetes.io/component=doctor-probe";
 
 #[derive(Debug, Clone)]
 pub struct ProbeOptions {
@@ -75,6 +77,7 @@ pub async fn probe(client: &Client, inst: &Installation, options: &ProbeOptions)
         None
     };
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &inst.namespace);
+    findings.extend(leftovers(&claims, &inst.namespace).await);
     let created = match claims
         .create(
             &PostParams::default(),
@@ -147,6 +150,28 @@ pub async fn probe(client: &Client, inst: &Installation, options: &ProbeOptions)
     };
     findings.extend(clean_up(client, &claims, &name, volume.as_deref(), options.timeout).await);
     findings
+}
+
+/// Claims of an earlier probe that was killed before it could clean up: they
+/// hold a volume each.
+async fn leftovers(claims: &Api<PersistentVolumeClaim>, namespace: &str) -> Option<Finding> {
+    let params = ListParams::default().labels(PROBE_SELECTOR);
+    let names: Vec<String> = claims
+        .list(&params)
+        .await
+        .ok()?
+        .items
+        .iter()
+        .map(|c| c.name_any())
+        .collect();
+    (!names.is_empty()).then(|| {
+        Finding::warn(
+            CHECK,
+            format!("an earlier probe left PVCs behind: {}", names.join(", ")),
+            format!("kubectl -n {namespace} delete pvc -l {PROBE_SELECTOR}"),
+        )
+        .on("leftovers")
+    })
 }
 
 /// The probe deletes what it made, so a class that keeps volumes would leave
@@ -467,6 +492,16 @@ mod tests {
     }
 
     #[test]
+    fn quantities_of_nothing_are_zero() {
+        for nothing in ["0", "0Gi", "0.0", ""] {
+            assert!(!not_zero(nothing), "{nothing}");
+        }
+        for something in ["1", "100Gi", "0.5Gi", "1500M"] {
+            assert!(not_zero(something), "{something}");
+        }
+    }
+
+    #[test]
     fn the_claim_names_the_chosen_node() {
         let claim = probe_claim("k8s-pool-storage", Some("n1"));
         assert_eq!(
@@ -478,5 +513,7 @@ mod tests {
             Some("vdrive-doctor-probe-")
         );
         assert!(probe_claim("x", None).annotations().is_empty());
+        let (key, value) = PROBE_SELECTOR.split_once('=').unwrap_or_default();
+        assert_eq!(claim.labels().get(key).map(String::as_str), Some(value));
     }
 }
