@@ -34,122 +34,137 @@ pub struct ProbeOptions {
 }
 
 pub async fn probe(client: &Client, inst: &Installation, options: &ProbeOptions) -> Vec<Finding> {
-    let class_name = &options.storage_class;
-    let class = match Api::<StorageClass>::all(client.clone())
-        .get_opt(class_name)
-        .await
-    {
-        Ok(Some(class)) => class,
-        Ok(None) => {
-            return vec![Finding::fail(
-                CHECK,
-                format!("no StorageClass {class_name} to probe with"),
-                "kubectl get storageclass; vdrive doctor --probe --storage-class <a vdrive class>",
-            )];
-        }
-        Err(e) => return vec![super::unreadable(CHECK, "storageclasses.storage.k8s.io", e)],
+    let class = match probe_class(client, &options.storage_class).await {
+        Ok(class) => class,
+        Err(refusal) => return vec![refusal],
     };
-    if let Some(refusal) = unsuitable(&class) {
-        return vec![refusal];
-    }
-    let mut findings = Vec::new();
-    let node = if waits_for_consumer(&class) {
-        match choose_node(client, &class).await {
-            Ok(Some(node)) => Some(node),
-            Ok(None) => {
-                findings.push(Finding::fail(
-                    CHECK,
-                    format!("no registered pool node takes {class_name} volumes: nowhere to place the probe"),
-                    "see the node-plugin, drives and storage-capacity findings",
-                ));
-                return findings;
-            }
-            Err(e) => {
-                findings.push(Finding::fail(
-                    CHECK,
-                    format!("cannot choose a node for the probe: {e}"),
-                    "",
-                ));
-                return findings;
-            }
-        }
-    } else {
-        None
+    let node = match placement(client, &class).await {
+        Ok(node) => node,
+        Err(nowhere) => return vec![nowhere],
     };
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &inst.namespace);
-    findings.extend(leftovers(&claims, &inst.namespace).await);
-    let created = match claims
-        .create(
-            &PostParams::default(),
-            &probe_claim(class_name, node.as_deref()),
-        )
+    let mut findings: Vec<Finding> = leftovers(&claims, &inst.namespace)
         .await
-    {
-        Ok(created) => created,
-        Err(e) => {
-            findings.push(Finding::fail(
-                CHECK,
-                format!("cannot create a PersistentVolumeClaim in namespace {}: {e}", inst.namespace),
-                "let the account vdrive doctor runs as create, get and delete persistentvolumeclaims there (the chart's doctor.probe: true)",
-            ));
+        .into_iter()
+        .collect();
+    let name = match create(&claims, &class.name_any(), node.as_deref()).await {
+        Ok((name, created)) => {
+            findings.push(created);
+            name
+        }
+        Err(refused) => {
+            findings.push(refused);
             return findings;
         }
     };
-    let name = created.name_any();
-    let claim = format!("{}/{name}", inst.namespace);
-    let on = node
-        .as_ref()
-        .map_or(String::new(), |n| format!(" on node {n}"));
-    findings.push(
-        Finding::ok(
-            CHECK,
-            format!("created PVC {claim} ({PROBE_SIZE}, {class_name}){on}"),
-        )
-        .on("create"),
-    );
-
-    let started = Instant::now();
-    let bound = wait_bound(&claims, &name, options.timeout).await;
-    let volume = match &bound {
-        Ok(volume) => {
-            findings.push(
-                Finding::ok(
-                    CHECK,
-                    format!(
-                        "bound to {volume} in {:.1}s",
-                        started.elapsed().as_secs_f64()
-                    ),
-                )
-                .on("bind"),
-            );
-            Some(volume.clone())
-        }
-        Err(last) => {
-            let why = last_event(client, &inst.namespace, &name).await;
-            findings.push(
-                Finding::fail(
-                    CHECK,
-                    format!(
-                        "PVC {claim} not bound within {}s ({last}){why}",
-                        options.timeout.as_secs()
-                    ),
-                    format!(
-                        "{} logs deploy/{} -c csi-provisioner; {} logs deploy/{} -c vdrive",
-                        inst.kubectl(),
-                        inst.controller(),
-                        inst.kubectl(),
-                        inst.controller()
-                    ),
-                )
-                .on("bind"),
-            );
-            // A volume may still arrive for the claim after the timeout; read it
-            // once more so that it too is waited for after the delete.
-            current_volume(&claims, &name).await
-        }
-    };
+    let (bound, volume) = bind(client, &claims, &name, inst, options.timeout).await;
+    findings.push(bound);
     findings.extend(clean_up(client, &claims, &name, volume.as_deref(), options.timeout).await);
     findings
+}
+
+/// The class to probe with, if it is one the probe may use.
+async fn probe_class(client: &Client, name: &str) -> Result<StorageClass, Finding> {
+    let class = Api::<StorageClass>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|e| super::unreadable(CHECK, "storageclasses.storage.k8s.io", e))?
+        .ok_or_else(|| {
+            Finding::fail(
+                CHECK,
+                format!("no StorageClass {name} to probe with"),
+                "kubectl get storageclass; vdrive doctor --probe --storage-class <a vdrive class>",
+            )
+        })?;
+    match unsuitable(&class) {
+        Some(refusal) => Err(refusal),
+        None => Ok(class),
+    }
+}
+
+/// The node the claim names, for a class that waits for a consumer; none for
+/// one that binds at once.
+async fn placement(client: &Client, class: &StorageClass) -> Result<Option<String>, Finding> {
+    if class.volume_binding_mode.as_deref() != Some("WaitForFirstConsumer") {
+        return Ok(None);
+    }
+    match choose_node(client, class).await {
+        Ok(Some(node)) => Ok(Some(node)),
+        Ok(None) => Err(Finding::fail(
+            CHECK,
+            format!(
+                "no registered pool node takes {} volumes: nowhere to place the probe",
+                class.name_any()
+            ),
+            "see the node-plugin, drives and storage-capacity findings",
+        )),
+        Err(e) => Err(Finding::fail(
+            CHECK,
+            format!("cannot choose a node for the probe: {e}"),
+            "let the account vdrive doctor runs as list nodes, csinodes and csistoragecapacities",
+        )),
+    }
+}
+
+/// Creates the claim: its generated name, and the step's finding.
+async fn create(
+    claims: &Api<PersistentVolumeClaim>,
+    class: &str,
+    node: Option<&str>,
+) -> Result<(String, Finding), Finding> {
+    let namespace = claims.namespace().unwrap_or_default();
+    let created = claims
+        .create(&PostParams::default(), &probe_claim(class, node))
+        .await
+        .map_err(|e| {
+            Finding::fail(
+                CHECK,
+                format!("cannot create a PersistentVolumeClaim in namespace {namespace}: {e}"),
+                "let the account vdrive doctor runs as create, get and delete persistentvolumeclaims there (the chart's doctor.probe: true)",
+            )
+            .on("create")
+        })?;
+    let name = created.name_any();
+    let on = node.map_or(String::new(), |n| format!(" on node {n}"));
+    let message = format!("created PVC {namespace}/{name} ({PROBE_SIZE}, {class}){on}");
+    Ok((name, Finding::ok(CHECK, message).on("create")))
+}
+
+/// Waits for the claim to bind: the step's finding, and the claim's volume
+/// if it has one (after a timeout too: one may arrive late, and the clean-up
+/// then waits for it to go).
+async fn bind(
+    client: &Client,
+    claims: &Api<PersistentVolumeClaim>,
+    name: &str,
+    inst: &Installation,
+    timeout: Duration,
+) -> (Finding, Option<String>) {
+    let started = Instant::now();
+    match wait_bound(claims, name, timeout).await {
+        Ok(volume) => {
+            let took = started.elapsed().as_secs_f64();
+            let message = format!("bound to {volume} in {took:.1}s");
+            (Finding::ok(CHECK, message).on("bind"), Some(volume))
+        }
+        Err(last) => {
+            let why = last_event(client, &inst.namespace, name).await;
+            let (kubectl, deployment) = (inst.kubectl(), inst.controller());
+            let finding = Finding::fail(
+                CHECK,
+                format!(
+                    "PVC {}/{name} not bound within {}s ({last}){why}",
+                    inst.namespace,
+                    timeout.as_secs()
+                ),
+                format!(
+                    "{kubectl} logs deploy/{deployment} -c csi-provisioner; {kubectl} logs deploy/{deployment} -c vdrive"
+                ),
+            )
+            .on("bind");
+            (finding, current_volume(claims, name).await)
+        }
+    }
 }
 
 /// Claims of an earlier probe that was killed before it could clean up: they
@@ -199,10 +214,6 @@ fn unsuitable(class: &StorageClass) -> Option<Finding> {
         ));
     }
     None
-}
-
-fn waits_for_consumer(class: &StorageClass) -> bool {
-    class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
 }
 
 /// The claim: labelled as the probe's, with the chosen node when the class
