@@ -64,55 +64,49 @@ pub fn verdict(
     let look = format!(
         "{kubectl} rollout status deploy/{deployment}; {kubectl} logs deploy/{deployment} -c csi-provisioner"
     );
-    let lease_name = format!("{}/{}", inst.namespace, provisioner_lease_name());
-    let mut findings = Vec::new();
-    let Some(lease) = lease else {
-        findings.push(Finding::fail(
-            CHECK,
-            format!("no Lease {lease_name}: no controller replica has ever led, so no volume is provisioned"),
-            look,
-        ));
-        return findings;
-    };
+    match lease_verdict(lease, now, inst) {
+        Ok((holder, leads)) => {
+            let mut findings = vec![Finding::ok(CHECK, leads)];
+            findings.extend(pods_verdict(holder, pods, inst, &look));
+            findings
+        }
+        Err(problem) => vec![Finding::fail(CHECK, problem, look)],
+    }
+}
+
+/// Who leads and since when it renewed, or why nobody does.
+fn lease_verdict<'a>(
+    lease: Option<&'a Lease>,
+    now: Timestamp,
+    inst: &Installation,
+) -> Result<(&'a str, String), String> {
+    let name = format!("{}/{}", inst.namespace, provisioner_lease_name());
+    let lease = lease.ok_or_else(|| {
+        format!("no Lease {name}: no controller replica has ever led, so no volume is provisioned")
+    })?;
     let spec = lease.spec.as_ref();
     let holder = spec
         .and_then(|s| s.holder_identity.as_deref())
-        .filter(|h| !h.is_empty());
-    let Some(holder) = holder else {
-        findings.push(Finding::fail(
-            CHECK,
-            format!("Lease {lease_name} is held by nobody: no controller replica leads"),
-            look,
-        ));
-        return findings;
-    };
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("Lease {name} is held by nobody: no controller replica leads"))?;
     let duration = i64::from(spec.and_then(|s| s.lease_duration_seconds).unwrap_or(15));
-    let renewed = spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0);
-    let age = renewed.map(|t| now.as_second() - t.as_second());
+    let age = spec
+        .and_then(|s| s.renew_time.as_ref())
+        .map(|t| now.as_second() - t.0.as_second());
     match age {
-        Some(age) if age <= duration + RENEW_GRACE_SECONDS => {
-            findings.push(Finding::ok(
-                CHECK,
-                format!(
-                    "{holder} leads (Lease {lease_name} renewed {}s ago)",
-                    age.max(0)
-                ),
-            ));
-        }
+        Some(age) if age <= duration + RENEW_GRACE_SECONDS => Ok((
+            holder,
+            format!("{holder} leads (Lease {name} renewed {}s ago)", age.max(0)),
+        )),
         _ => {
             let when = age.map_or("never renewed".to_string(), |a| {
                 format!("last renewed {a}s ago")
             });
-            findings.push(Finding::fail(
-                CHECK,
-                format!("Lease {lease_name} is held by {holder} but {when} (it lasts {duration}s): the leader is gone or stuck and no replica provisions"),
-                look,
-            ));
-            return findings;
+            Err(format!(
+                "Lease {name} is held by {holder} but {when} (it lasts {duration}s): the leader is gone or stuck and no replica provisions"
+            ))
         }
     }
-    findings.extend(pods_verdict(holder, pods, inst, &look));
-    findings
 }
 
 /// The leader must be a Running, Ready controller pod; the others should be.
