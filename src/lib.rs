@@ -7,13 +7,15 @@
 //! - [`pools`]: the k8s/vm pools derived from node labels plus the ledger;
 //! - [`node`]: the node proxy's devices: signatures, loop devices, filesystems, mounts.
 //!
-//! [`csi`] is the gRPC layer over them; [`cli`] the commands.
+//! [`csi`] is the gRPC layer over them; [`cli`] the commands; [`doctor`] checks a
+//! live cluster's installation.
 
 pub mod allocator;
 pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod csi;
+pub mod doctor;
 pub mod drive;
 pub mod ledger;
 pub mod metrics;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use super::all_in_one::{self, AllInOneArgs};
 use super::controller::{self, ControllerArgs};
 use super::csi::{self, CsiArgs, CsiCommand};
+use super::doctor::{self, DoctorArgs};
 use super::drives::{self, DrivesArgs};
 use super::kubectl::{self, KubectlArgs, PluginCli};
 use super::node::{self, NodeArgs};
@@ -62,6 +63,8 @@ enum Command {
     Csi(CsiArgs),
     /// Plan the virtual drives for a request (the allocator, no side effects).
     Plan(PlanArgs),
+    /// Check a live cluster's vdrive: each finding with the command that fixes it.
+    Doctor(DoctorArgs),
     /// The `kubectl vdrive` plugin's commands (drives, claims, pools, orphans),
     /// for when the binary is not installed as kubectl-vdrive.
     Kubectl(KubectlArgs),
@@ -83,6 +86,7 @@ impl Command {
                 ..
             }) => output.format(),
             Command::Kubectl(args) => args.output,
+            Command::Doctor(args) => args.output.format(),
             _ => Format::Text,
         }
     }
@@ -130,6 +134,7 @@ async fn dispatch(command: Command) -> Result<Answer, Failure> {
         Command::Csi(args) => csi::run(args).await,
         Command::Drives(args) => Ok(drives::run(args).await.map(Answer::yes)?),
         Command::Kubectl(args) => kubectl::run(args).await,
+        Command::Doctor(args) => doctor::run(args).await,
     }
 }
 

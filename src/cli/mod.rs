@@ -4,6 +4,7 @@ pub mod all_in_one;
 pub mod app;
 pub mod controller;
 pub mod csi;
+pub mod doctor;
 pub mod drives;
 pub mod kubectl;
 pub mod node;

@@ -25,15 +25,31 @@ pub use store::{KubeStore, Scope};
 /// A client from `--kubeconfig`, else the usual places (`KUBECONFIG`,
 /// `~/.kube/config`, the in-cluster service account).
 pub async fn client(kubeconfig: Option<&Path>) -> Result<Client, String> {
-    let config = match kubeconfig {
-        Some(path) => {
+    client_in_context(kubeconfig, None).await
+}
+
+/// [`client`], in the kubeconfig context `context` rather than its current one.
+pub async fn client_in_context(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> Result<Client, String> {
+    let options = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..KubeConfigOptions::default()
+    };
+    let config = match (kubeconfig, context) {
+        (Some(path), _) => {
             let file = Kubeconfig::read_from(path)
                 .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+            kube::Config::from_custom_kubeconfig(file, &options)
                 .await
                 .map_err(|e| format!("the kubeconfig {} is not usable: {e}", path.display()))?
         }
-        None => kube::Config::infer().await.map_err(|e| {
+        // A context is a kubeconfig's: no in-cluster fallback.
+        (None, Some(name)) => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| format!("cannot use the kubeconfig context {name}: {e}"))?,
+        (None, None) => kube::Config::infer().await.map_err(|e| {
             format!("no Kubernetes configuration found ({e}): run in a pod, set KUBECONFIG, or pass --kubeconfig")
         })?,
     };

@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use clap::Args;
 use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 
 use crate::cli::outcome::Failure;
-use crate::cluster::{KubeStore, Scope};
+use crate::cluster::{self, KubeStore, Scope};
 use crate::csi::identity::DRIVER_NAME;
 use crate::ledger::{Ledger, Survey};
 use crate::pools::PoolSettings;
@@ -28,8 +27,9 @@ pub struct KubeArgs {
     /// The kubeconfig context to use (default: its current context).
     #[arg(long, global = true, value_name = "NAME")]
     pub context: Option<String>,
-    /// Only the claims of PersistentVolumeClaims in this namespace (drives and
-    /// pools belong to no namespace).
+    /// A namespace: `claims` lists only the PersistentVolumeClaims in it (drives
+    /// and pools belong to none); `doctor` checks the vdrive installed in it
+    /// (default: vdrive).
     #[arg(short = 'n', long, global = true, value_name = "NAMESPACE")]
     pub namespace: Option<String>,
 }
@@ -42,39 +42,11 @@ pub struct Cluster {
 
 impl KubeArgs {
     pub async fn connect(&self) -> Result<Cluster, Failure> {
-        let client = Client::try_from(self.config().await?)
-            .map_err(|e| format!("cannot build a Kubernetes client: {e}"))?;
+        let client =
+            cluster::client_in_context(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
         Ok(Cluster {
             client,
             namespace: self.namespace.clone(),
-        })
-    }
-
-    async fn config(&self) -> Result<Config, Failure> {
-        let options = KubeConfigOptions {
-            context: self.context.clone(),
-            ..KubeConfigOptions::default()
-        };
-        let unusable = |what: String| {
-            move |e: kube::config::KubeconfigError| format!("{what} is not usable: {e}")
-        };
-        Ok(match (&self.kubeconfig, &self.context) {
-            (Some(path), _) => {
-                let file = Kubeconfig::read_from(path)
-                    .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
-                Config::from_custom_kubeconfig(file, &options)
-                    .await
-                    .map_err(unusable(format!("the kubeconfig {}", path.display())))?
-            }
-            // A context names a kubeconfig entry: no in-cluster fallback.
-            (None, Some(context)) => Config::from_kubeconfig(&options)
-                .await
-                .map_err(unusable(format!("the context {context:?}")))?,
-            (None, None) => Config::infer().await.map_err(|e| {
-                format!(
-                    "no Kubernetes configuration found ({e}): set KUBECONFIG or pass --kubeconfig"
-                )
-            })?,
         })
     }
 }

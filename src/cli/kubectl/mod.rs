@@ -88,8 +88,9 @@ plugin_commands! {
     Pools(pools::PoolsTable),
     /// Claims no PersistentVolume accounts for, volumes whose claims are gone; exits 1 if any.
     Orphans(orphans::OrphansTable),
-    // `kubectl vdrive doctor`, once src/cli/doctor.rs implements PluginAnswer:
-    // Doctor(crate::cli::doctor::DoctorArgs),
+    /// Check the cluster's vdrive: each finding with the command that fixes it
+    /// (-n: the namespace vdrive runs in, default vdrive); exits 1 on a failure.
+    Doctor(crate::cli::doctor::DoctorChecks),
 }
 
 /// Connects with kubectl's flags, then answers.
