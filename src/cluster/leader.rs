@@ -43,20 +43,24 @@ pub enum Leadership {
     Alone,
     /// In a pod: this replica leads while the provisioner's Lease in
     /// `namespace` names `identity` (the pod's name) and is not expired.
-    Lease {
-        leases: Api<Lease>,
-        name: String,
-        identity: String,
-    },
+    Lease(Box<LeaseHolder>),
+}
+
+/// The Lease a replica follows, and the holder that is this replica.
+#[derive(Clone)]
+pub struct LeaseHolder {
+    leases: Api<Lease>,
+    name: String,
+    identity: String,
 }
 
 impl Leadership {
     pub fn follow_lease(client: Client, namespace: &str, identity: &str) -> Leadership {
-        Leadership::Lease {
+        Leadership::Lease(Box::new(LeaseHolder {
             leases: Api::namespaced(client, namespace),
             name: provisioner_lease_name(),
             identity: identity.to_string(),
-        }
+        }))
     }
 
     /// Whether this replica should do the chores now. A Lease that cannot be
@@ -64,15 +68,11 @@ impl Leadership {
     pub async fn leading(&self) -> bool {
         match self {
             Leadership::Alone => true,
-            Leadership::Lease {
-                leases,
-                name,
-                identity,
-            } => match leases.get_opt(name).await {
-                Ok(Some(lease)) => held_by(&lease, identity, Timestamp::now()),
+            Leadership::Lease(holder) => match holder.leases.get_opt(&holder.name).await {
+                Ok(Some(lease)) => held_by(&lease, &holder.identity, Timestamp::now()),
                 Ok(None) => false,
                 Err(err) => {
-                    tracing::warn!(%err, lease = %name, "cannot read the leader Lease; not leading");
+                    tracing::warn!(%err, lease = %holder.name, "cannot read the leader Lease; not leading");
                     false
                 }
             },
