@@ -8,7 +8,6 @@ use clap::Args;
 use serde::Serialize;
 
 use super::connect::Cluster;
-use super::drives::unreadable_note;
 use crate::cli::outcome::{Answer, Failure};
 use crate::cli::table::{self, Row};
 use crate::ledger::{Claim, NodeLedger};
@@ -126,12 +125,7 @@ impl super::PluginAnswer for ClaimsTable {
             namespace: cluster.namespace.as_deref(),
         };
         let rows = claim_rows(&survey.nodes, &pvcs, &filter);
-        let data = serde_json::to_value(&rows).map_err(|e| e.to_string())?;
-        let answer = Answer::yes(table::render(&rows)).with_data(data);
-        Ok(match unreadable_note(&survey.quarantined) {
-            Some(note) => answer.with_note(note),
-            None => answer,
-        })
+        super::ledger_table(&rows, &survey.quarantined, "claims")
     }
 }
 

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::connect::Cluster;
 use crate::cli::outcome::{Answer, Failure};
 use crate::cli::table::{self, Row};
-use crate::ledger::{NodeLedger, PhysicalDrive, Quarantined};
+use crate::ledger::{NodeLedger, PhysicalDrive};
 
 #[derive(Debug, Clone, Args)]
 pub struct DrivesTable {}
@@ -103,29 +103,10 @@ pub fn drive_rows<N: Borrow<NodeLedger>>(nodes: &[N]) -> Vec<DriveRow> {
         .collect()
 }
 
-/// Nodes whose ledger cannot be read have no rows: said on stderr instead.
-pub fn unreadable_note(quarantined: &[Quarantined]) -> Option<String> {
-    (!quarantined.is_empty()).then(|| {
-        quarantined
-            .iter()
-            .map(|q| {
-                format!("warning: the ledger of {q} cannot be read; its drives are not listed")
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
-}
-
 impl super::PluginAnswer for DrivesTable {
     async fn answer(self, cluster: &Cluster) -> Result<Answer, Failure> {
         let survey = cluster.survey().await?;
-        let rows = drive_rows(&survey.nodes);
-        let data = serde_json::to_value(&rows).map_err(|e| e.to_string())?;
-        let answer = Answer::yes(table::render(&rows)).with_data(data);
-        Ok(match unreadable_note(&survey.quarantined) {
-            Some(note) => answer.with_note(note),
-            None => answer,
-        })
+        super::ledger_table(&drive_rows(&survey.nodes), &survey.quarantined, "drives")
     }
 }
 

@@ -15,6 +15,9 @@ use clap::{Args, Parser, Subcommand};
 use self::connect::{Cluster, KubeArgs};
 use super::outcome::{Answer, Failure};
 use super::output::Format;
+use super::table::{self, Row};
+use crate::ledger::Quarantined;
+use serde::Serialize;
 
 /// The file name kubectl looks for on the PATH to run `kubectl vdrive`.
 pub const PLUGIN_NAME: &str = "kubectl-vdrive";
@@ -91,6 +94,27 @@ plugin_commands! {
     /// Check the cluster's vdrive: each finding with the command that fixes it
     /// (-n: the namespace vdrive runs in, default vdrive); exits 1 on a failure.
     Doctor(crate::cli::doctor::DoctorChecks),
+}
+
+/// A table of rows read from the nodes' ledgers (and the same rows as the
+/// JSON or YAML document). Nodes whose ledger cannot be read have no rows:
+/// that is said on stderr, naming `what` they are missing.
+fn ledger_table<R: Row + Serialize>(
+    rows: &[R],
+    quarantined: &[Quarantined],
+    what: &str,
+) -> Result<Answer, Failure> {
+    let data = serde_json::to_value(rows).map_err(|e| e.to_string())?;
+    let answer = Answer::yes(table::render(rows)).with_data(data);
+    if quarantined.is_empty() {
+        return Ok(answer);
+    }
+    let note = quarantined
+        .iter()
+        .map(|q| format!("warning: the ledger of {q} cannot be read; its {what} are not listed"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok(answer.with_note(note))
 }
 
 /// Connects with kubectl's flags, then answers.
