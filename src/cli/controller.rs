@@ -131,6 +131,7 @@ pub async fn run(args: ControllerArgs) -> Result<(), String> {
         ledger.clone(),
         Notifier::new(client.clone(), &args.instance),
         gauges.clone(),
+        leadership.clone(),
     ));
     // Servers joining and leaving pools, and pools changing health: logged and
     // raised as Events.

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::events::{Notifier, node_reference};
+use super::leader::Leadership;
 use super::store::KubeStore;
 use crate::ledger::{Ledger, Quarantined};
 use crate::metrics::Gauges;
@@ -16,7 +17,13 @@ use crate::metrics::names::QUARANTINED_NODES;
 pub const REASON: &str = "LedgerUnreadable";
 
 /// Runs until the process stops: looks again whenever a watched Node changes.
-pub async fn watch(ledger: Arc<Ledger<Arc<KubeStore>>>, notifier: Notifier, gauges: Arc<Gauges>) {
+/// Every replica keeps the gauge; only the leading one raises the Events.
+pub async fn watch(
+    ledger: Arc<Ledger<Arc<KubeStore>>>,
+    notifier: Notifier,
+    gauges: Arc<Gauges>,
+    leadership: Leadership,
+) {
     let mut changes = ledger.store().subscribe();
     let mut announced = HashMap::new();
     loop {
@@ -24,16 +31,19 @@ pub async fn watch(ledger: Arc<Ledger<Arc<KubeStore>>>, notifier: Notifier, gaug
             Ok(survey) => {
                 let count = survey.quarantined.len() as f64;
                 gauges.set(&QUARANTINED_NODES, &[], count);
-                for bad in newly_quarantined(&mut announced, &survey.quarantined) {
-                    tracing::error!(node = %bad.node, reason = %bad.reason, "node quarantined: its ledger cannot be read");
-                    notifier
-                        .warn(
-                            &node_reference(&bad.node, None),
-                            REASON,
-                            "Quarantine",
-                            note(&bad),
-                        )
-                        .await;
+                let news = newly_quarantined(&mut announced, &survey.quarantined);
+                if !news.is_empty() && leadership.leading().await {
+                    for bad in news {
+                        tracing::error!(node = %bad.node, reason = %bad.reason, "node quarantined: its ledger cannot be read");
+                        notifier
+                            .warn(
+                                &node_reference(&bad.node, None),
+                                REASON,
+                                "Quarantine",
+                                note(&bad),
+                            )
+                            .await;
+                    }
                 }
             }
             Err(err) => tracing::warn!(%err, "could not read the nodes' ledgers"),
