@@ -11,10 +11,15 @@ use super::drives::{self, SignedDrive, Swept};
 use crate::drive::DriveType;
 
 /// Signs this machine's unused drives as `drive_type` with the rules of
-/// `vdrive sign --all-not-root` (no `--force`). With `only_images_in`, a
-/// simulated node's directory, only the loop devices of the simulated images
-/// there are looked at: the other loop devices of a test machine belong to
-/// other nodes or other tests.
+/// `vdrive sign --all-not-root` (no `--force`), for the node plugin.
+///
+/// Without `only_images_in` (a real server) loop devices are never looked
+/// at: on a server they are other software's (a file-backed raw block volume
+/// of another driver, a mounted image not mounted right now), and only a
+/// person naming one with `vdrive sign --device` may make it a drive. With
+/// `only_images_in`, a simulated node's directory, only the loop devices of
+/// the simulated images there are: the other loop devices of a test machine
+/// belong to other nodes or other tests.
 pub fn sign_unused(
     drive_type: DriveType,
     only_images_in: Option<&Path>,
@@ -22,7 +27,7 @@ pub fn sign_unused(
     let dir = only_images_in.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
     let results = drives::sign_all_not_root_where(drive_type, false, |machine, disk| {
         let Some(dir) = &dir else {
-            return true;
+            return disk.kind != DiskKind::Loop;
         };
         disk.kind == DiskKind::Loop
             && machine
