@@ -17,18 +17,18 @@ use crate::csi::identity::DRIVER_NAME;
 /// second, different note with the same reason about the same object (server
 /// n2 joined pool vm after it joined pool k8s; a second orphaned volume on a
 /// node) would only count up the first Event's series, its news lost. So each
-/// (object, reason, action, type) keeps the note it last published and the
-/// recorder that published it; a different note gets a fresh recorder, which
-/// starts a new Event.
+/// (object, reason, action, type, note) has a recorder of its own: the same
+/// note again counts up its own Event, a new note starts another.
 #[derive(Clone)]
 pub struct Notifier {
     client: Client,
     reporter: Reporter,
-    series: Arc<Mutex<HashMap<SeriesKey, (String, Recorder)>>>,
+    series: Arc<Mutex<HashMap<SeriesKey, Recorder>>>,
 }
 
-/// What the recorder folds Events by.
-type SeriesKey = (String, String, String, String, String, String);
+/// What an Event series is: type, reason, action, the object (kind,
+/// namespace, name) and the note.
+type SeriesKey = [String; 7];
 
 /// More series than this are forgotten at once (objects come and go over the
 /// years); the next Event of each simply starts a new one.
@@ -47,20 +47,18 @@ impl Notifier {
         }
     }
 
-    /// The recorder that folds `note` into the Event it continues, or a fresh
-    /// one when the note is news.
-    fn recorder_for(&self, key: SeriesKey, note: &str) -> Recorder {
+    /// The recorder of this series: the one that published it before (which
+    /// folds the repeat into its Event), or a new one.
+    fn recorder_for(&self, key: SeriesKey) -> Recorder {
         let mut series = self.series.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((last, recorder)) = series.get(&key)
-            && last == note
-        {
+        if let Some(recorder) = series.get(&key) {
             return recorder.clone();
         }
         if series.len() >= MAX_SERIES {
             series.clear();
         }
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
-        series.insert(key, (note.to_string(), recorder.clone()));
+        series.insert(key, recorder.clone());
         recorder
     }
 
@@ -99,15 +97,16 @@ impl Notifier {
         note: String,
     ) {
         let note = truncate(note);
-        let key = (
+        let key = [
             format!("{type_:?}"),
             reason.to_string(),
             action.to_string(),
             regarding.kind.clone().unwrap_or_default(),
             regarding.namespace.clone().unwrap_or_default(),
             regarding.name.clone().unwrap_or_default(),
-        );
-        let recorder = self.recorder_for(key, &note);
+            note.clone(),
+        ];
+        let recorder = self.recorder_for(key);
         let event = Event {
             type_,
             reason: reason.to_string(),
