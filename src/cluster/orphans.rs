@@ -167,7 +167,8 @@ fn orphan(volume: &Volume, reason: String) -> OrphanedVolume {
 }
 
 /// Marks the orphaned claims releasing; their nodes erase and release them.
-/// Returns the ids released.
+/// Returns the ids this call released (not those someone else retired since
+/// the check).
 pub async fn release(
     ledger: &Ledger<Arc<KubeStore>>,
     orphans: &[OrphanedVolume],
@@ -175,10 +176,10 @@ pub async fn release(
     let mut released = Vec::new();
     for orphan in orphans {
         if ledger
-            .retire_on(&orphan.node, &orphan.volume_id)
+            .retire(&orphan.node, &orphan.volume_id)
             .await
             .map_err(|e| format!("could not release volume {}: {e}", orphan.volume_id))?
-            .is_some()
+            .is_some_and(|(_, newly)| newly)
         {
             released.push(orphan.volume_id.clone());
         }

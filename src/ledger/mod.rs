@@ -639,12 +639,25 @@ impl<S: LedgerStore> Ledger<S> {
         node: &str,
         volume_id: &str,
     ) -> Result<Option<Volume>, LedgerError> {
+        Ok(self
+            .retire(node, volume_id)
+            .await?
+            .map(|(volume, _)| volume))
+    }
+
+    /// [`Ledger::retire_on`], also saying whether this call marked the volume
+    /// (false: it was releasing already, someone else retired it).
+    pub async fn retire(
+        &self,
+        node: &str,
+        volume_id: &str,
+    ) -> Result<Option<(Volume, bool)>, LedgerError> {
         self.update(node, |ledger| {
             let Some(volume) = ledger.volume(volume_id) else {
                 return Ok(Change::Unchanged(None));
             };
             if volume.releasing {
-                return Ok(Change::Unchanged(Some(volume)));
+                return Ok(Change::Unchanged(Some((volume, false))));
             }
             for claim in ledger
                 .claims
@@ -653,7 +666,7 @@ impl<S: LedgerStore> Ledger<S> {
             {
                 claim.releasing = true;
             }
-            Ok(Change::Write(ledger.volume(volume_id)))
+            Ok(Change::Write(ledger.volume(volume_id).map(|v| (v, true))))
         })
         .await
     }
