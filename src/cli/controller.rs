@@ -198,9 +198,11 @@ async fn check_orphans(
     loop {
         ticks.tick().await;
         if !leadership.leading().await {
-            // Another replica checks; ages seen here would be stale by the
-            // time this one leads again.
+            // Another replica checks (and reports the counts); ages and counts
+            // seen here would be stale by the time this one leads again.
             ages = OrphanAges::default();
+            gauges.set(&ORPHANED_CLAIMS, &[], 0.0);
+            gauges.set(&VOLUMES_MISSING_CLAIMS, &[], 0.0);
             continue;
         }
         match orphans::check(&ledger, &client).await {

@@ -66,18 +66,53 @@ impl Leadership {
     /// Whether this replica should do the chores now. A Lease that cannot be
     /// read means no: another replica may hold it, and the chores wait.
     pub async fn leading(&self) -> bool {
+        self.state().await == Lead::Leading
+    }
+
+    /// Who leads now, as far as this replica can tell.
+    pub async fn state(&self) -> Lead {
         match self {
-            Leadership::Alone => true,
+            Leadership::Alone => Lead::Leading,
             Leadership::Lease(holder) => match holder.leases.get_opt(&holder.name).await {
-                Ok(Some(lease)) => held_by(&lease, &holder.identity, Timestamp::now()),
-                Ok(None) => false,
+                Ok(Some(lease)) => {
+                    let now = Timestamp::now();
+                    if held_by(&lease, &holder.identity, now) {
+                        Lead::Leading
+                    } else if held_by_anyone(&lease, now) {
+                        Lead::Other
+                    } else {
+                        Lead::Unknown
+                    }
+                }
+                Ok(None) => Lead::Unknown,
                 Err(err) => {
-                    tracing::warn!(%err, lease = %holder.name, "cannot read the leader Lease; not leading");
-                    false
+                    tracing::warn!(%err, lease = %holder.name, "cannot read the leader Lease");
+                    Lead::Unknown
                 }
             },
         }
     }
+}
+
+/// Who leads, as one replica sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lead {
+    /// This replica.
+    Leading,
+    /// Another replica, which is alive (its Lease is fresh): it does the chores.
+    Other,
+    /// Nobody for now (no Lease yet, an expired one during a handover) or the
+    /// Lease cannot be read: what happens now may be reported by nobody.
+    Unknown,
+}
+
+/// Whether `lease` is held by anyone and was renewed within its duration.
+fn held_by_anyone(lease: &Lease, now: Timestamp) -> bool {
+    lease
+        .spec
+        .as_ref()
+        .and_then(|s| s.holder_identity.as_deref())
+        .is_some_and(|holder| !holder.is_empty() && held_by(lease, holder, now))
 }
 
 /// Whether `lease` is held by `identity` and was renewed within its duration.

@@ -15,7 +15,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::events::{Notifier, node_reference, storage_class_reference};
-use super::leader::Leadership;
+use super::leader::{Lead, Leadership};
 use super::store::KubeStore;
 use crate::csi::identity::DRIVER_NAME;
 use crate::ledger::{Ledger, NodeLedger};
@@ -208,9 +208,11 @@ const SETTLE: Duration = Duration::from_secs(1);
 
 /// Runs until the process stops: looks again whenever a watched Node changes
 /// (at most once per [`SETTLE`]). The servers in the pools at start are logged,
-/// not announced: they did not just join. Only the leading replica reports;
-/// the others keep their view current, so a replica that takes over reports
-/// what changes from then on.
+/// not announced: they did not just join. Only the leading replica reports.
+/// A replica that knows another one leads moves on with it, so one that takes
+/// over reports what changes from then on; while nobody is known to lead (a
+/// handover, an unreadable Lease) changes are kept until someone can report
+/// them, so none is lost.
 pub async fn watch(
     ledger: Arc<Ledger<Arc<KubeStore>>>,
     client: Client,
@@ -218,28 +220,41 @@ pub async fn watch(
     leadership: Leadership,
 ) {
     let mut changes_seen = ledger.store().subscribe();
-    let mut seen: Option<PoolView> = None;
+    // What was last reported (by this replica or the leading one).
+    let mut reported: Option<PoolView> = None;
     loop {
         match ledger.survey().await {
             Ok(survey) => {
-                let now = PoolView::of(&survey.nodes, ledger.pool_settings());
-                let found = match &seen {
-                    Some(before) => changes(before, &now),
-                    None => {
-                        log_start(&now);
-                        // Only health is reported at start: a pool already in
-                        // trouble when the controller (re)starts is news.
-                        let start = PoolView {
-                            members: now.members.clone(),
-                            ..PoolView::empty()
-                        };
-                        changes(&start, &now)
+                let mut now = PoolView::of(&survey.nodes, ledger.pool_settings());
+                let before = reported.get_or_insert_with(|| {
+                    log_start(&now);
+                    // Only health is news at start: a pool already in trouble
+                    // when the controller (re)starts is reported.
+                    PoolView {
+                        members: now.members.clone(),
+                        ..PoolView::empty()
                     }
-                };
-                if !found.is_empty() && leadership.leading().await {
-                    report(&found, &client, &notifier).await;
+                });
+                // A node whose ledger cannot be read is left out of the survey,
+                // but its pool label did not change: it stays where it was.
+                for bad in &survey.quarantined {
+                    if let Some(pool) = before.members.get(&bad.node) {
+                        now.members.insert(bad.node.clone(), *pool);
+                    }
                 }
-                seen = Some(now);
+                let found = changes(before, &now);
+                let moved_on = found.is_empty()
+                    || match leadership.state().await {
+                        Lead::Leading => {
+                            report(&found, &client, &notifier).await;
+                            true
+                        }
+                        Lead::Other => true,
+                        Lead::Unknown => false,
+                    };
+                if moved_on {
+                    reported = Some(now);
+                }
             }
             Err(err) => tracing::warn!(%err, "could not read the pools"),
         }
