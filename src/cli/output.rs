@@ -72,9 +72,14 @@ fn fail(failure: &Failure, format: Format) -> ExitCode {
     failure.exit_code()
 }
 
+/// Writes the answer to stdout. A reader that went away (`| head`) is not an
+/// error of the command: what it wanted it has, so this never panics as
+/// `println!` would on a closed pipe.
 fn print_document(out: &str) {
+    use std::io::Write;
     if !out.is_empty() {
-        println!("{}", out.trim_end());
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{}", out.trim_end()).and_then(|()| stdout.flush());
     }
 }
 

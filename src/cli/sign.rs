@@ -47,43 +47,44 @@ pub enum SignCommand {
 }
 
 /// Runs the command: `show` answers with the drives, signing with what it did.
+/// A drive that could not be signed (refused: in use, holding data, already
+/// signed; or failed) is a definite no, exit 1, with the whole report on
+/// stdout: the drives that were signed are still signed.
 pub fn run(args: SignArgs) -> Result<Answer, Failure> {
     if let Some(SignCommand::Show { all, .. }) = args.command {
         return Ok(show(all)?);
     }
-    Ok(Answer::yes(sign(args)?))
-}
-
-fn sign(args: SignArgs) -> Result<String, String> {
-    let drive_type = args
-        .drive_type
-        .ok_or("--type tlc|qlc is required: vdrive allocates each type separately")?;
-    let results = if args.all_not_root {
-        drives::sign_all_not_root(drive_type, args.force)
-            .map_err(|e| format!("cannot tell which drives are in use: {e}"))?
+    let drive_type = args.drive_type.ok_or_else(|| {
+        Failure::usage("--type tlc|qlc is required: vdrive allocates each type separately")
+    })?;
+    let (text, all_signed) = if args.all_not_root {
+        let results = drives::sign_all_not_root(drive_type, args.force)
+            .map_err(|e| format!("cannot tell which drives are in use: {e}"))?;
+        // Sweeping a machine meets drives that must be left alone: those are
+        // skipped, and only a drive that could not be signed for another
+        // reason fails.
+        let report = SweepReport::of(results);
+        (report.lines().join("\n"), !report.is_failure())
     } else if args.device.is_empty() {
-        return Err(
-            "name the drives with --device PATH (repeatable), or use --all-not-root".into(),
-        );
+        return Err(Failure::usage(
+            "name the drives with --device PATH (repeatable), or use --all-not-root",
+        ));
     } else {
-        return sign_named(&args.device, drive_type, args.force);
+        sign_named(&args.device, drive_type, args.force)
     };
-    // Sweeping a machine meets drives that must be left alone: those are
-    // skipped, and only a drive that could not be signed for another reason fails.
-    let report = SweepReport::of(results);
-    let text = report.lines().join("\n");
-    if report.is_failure() {
-        Err(text)
+    Ok(if all_signed {
+        Answer::yes(text)
     } else {
-        Ok(text)
-    }
+        Answer::no(text).with_note("vdrive: some drives were not signed (see each line)")
+    })
 }
 
 /// Signs the drives named with `--device`: each one is asked for, so any
 /// refusal (already signed, holding data without --force) is a failure.
-fn sign_named(devices: &[PathBuf], drive_type: DriveType, force: bool) -> Result<String, String> {
+/// The report, and whether every drive was signed.
+fn sign_named(devices: &[PathBuf], drive_type: DriveType, force: bool) -> (String, bool) {
     let mut out = Vec::new();
-    let mut failed = false;
+    let mut all_signed = true;
     for path in devices {
         match drives::sign(path, drive_type, force) {
             Ok(drive) => out.push(format!(
@@ -94,13 +95,12 @@ fn sign_named(devices: &[PathBuf], drive_type: DriveType, force: bool) -> Result
                 drive.signature.uuid
             )),
             Err(err) => {
-                failed = true;
+                all_signed = false;
                 out.push(format!("not signed {}: {err}", path.display()));
             }
         }
     }
-    let text = out.join("\n");
-    if failed { Err(text) } else { Ok(text) }
+    (out.join("\n"), all_signed)
 }
 
 fn show(all: bool) -> Result<Answer, String> {
