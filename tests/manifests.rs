@@ -1188,7 +1188,13 @@ fn every_alert_parses_and_reads_only_metrics_vdrive_exports() {
         "600",
     );
     expect("VdriveCsiErrors", &names::CSI_CALLS, "warning", "0.05");
-    assert_eq!(alerts.len(), 6, "{:?}", alerts.keys());
+    let (expr, severity, used) = &alerts["VdrivePoolWithoutServers"];
+    assert_eq!(severity, "critical");
+    assert!(
+        used.contains(names::POOL_HEALTH.name) && expr.ends_with("== 0"),
+        "{expr}"
+    );
+    assert_eq!(alerts.len(), 7, "{:?}", alerts.keys());
 }
 
 #[test]
