@@ -1,0 +1,248 @@
+//! What every `tests/e2e_*.rs` does with vdrive in a [`Cluster`]: start `vdrive
+//! node` and `vdrive controller` as the cluster's processes, wait for their
+//! sockets, clean up their drives and mounts, and read what they wrote back from
+//! the API: the ledger in the Nodes' annotations and the Events they raised.
+
+// Each test crate that says `mod support;` uses a different part of this.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+use vdrive::cluster::annotations::{
+    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
+};
+use vdrive::ledger::NodeLedger;
+
+use super::cluster::{Cluster, Daemon, eventually};
+use super::devices::release_everything_under;
+
+/// How long the helpers here wait for the cluster to show something.
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The vdrive binary cargo built for these tests.
+pub fn vdrive_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_vdrive"))
+}
+
+/// A multi-threaded runtime: the tests block on it from plain `#[test]`s so
+/// that their fixtures' Drops (which stop processes and release loop devices)
+/// run outside any async context.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Waits up to 30 s for `daemon` to create `path` (its socket), failing at
+/// once with its log if it exits first.
+pub async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
+    for _ in 0..300 {
+        if path.exists() {
+            return;
+        }
+        daemon.assert_running();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
+}
+
+/// Releases the simulated drives and whatever a test left mounted under the
+/// cluster's directory. Call it after the `vdrive node`s have stopped (they
+/// hold the drives) and before the cluster goes (it removes the directory).
+pub fn release_cluster_dir(cluster: &Cluster) {
+    if !release_everything_under(cluster.dir()) {
+        eprintln!("cleanup: mounts remain under {}", cluster.dir().display());
+    }
+}
+
+/// Releases the devices and mounts under a directory when dropped (declare it
+/// after the cluster and before the daemons, so it runs between them).
+pub struct ReleaseUnder(pub PathBuf);
+
+impl Drop for ReleaseUnder {
+    fn drop(&mut self) {
+        release_everything_under(&self.0);
+    }
+}
+
+impl Cluster {
+    /// Where a vdrive process started by the helpers below serves CSI:
+    /// `<dir>/<name>.sock`.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.dir().join(format!("{name}.sock"))
+    }
+
+    /// `unix://` + [`Cluster::socket`], as `--endpoint` and CSI clients take it.
+    pub fn endpoint(&self, name: &str) -> String {
+        format!("unix://{}", self.socket(name).display())
+    }
+
+    /// Starts `vdrive node` for Node `name` on simulated `drives` (a
+    /// `--simulate-drives` spec), serving on [`Cluster::socket`]`(name)`, with
+    /// its state in `<dir>/<name>` and the kubelet's paths under the cluster's
+    /// directory (the test plays kubelet). `extra_args` are the test's own
+    /// flags (a rescan interval, a metrics address). Does not wait for it.
+    pub fn start_vdrive_node(&self, name: &str, drives: &str, extra_args: &[&str]) -> Daemon {
+        let dir = self.dir().display();
+        let mut command = Command::new(vdrive_bin());
+        command
+            .arg("node")
+            .arg(format!("--endpoint={}", self.endpoint(name)))
+            .arg(format!("--node-id={name}"))
+            .arg(format!("--state-dir={dir}/{name}"))
+            .arg(format!("--simulate-drives={drives}"))
+            .arg(format!("--kubelet-dir={dir}"))
+            .arg(format!("--kubeconfig={}", self.kubeconfig_path().display()))
+            .args(extra_args)
+            .env("RUST_LOG", "info");
+        self.spawn(&format!("vdrive-node-{name}"), command)
+    }
+
+    /// `vdrive controller` as the cluster's admin, serving on
+    /// [`Cluster::socket`]`(socket)`. Not started: callers name the process,
+    /// and some change its environment first. `extra_args` carry everything
+    /// the tests set differently, `--orphan-check-interval` included.
+    pub fn vdrive_controller_command(&self, socket: &str, extra_args: &[&str]) -> Command {
+        self.vdrive_controller_command_as(self.kubeconfig_path(), socket, extra_args)
+    }
+
+    /// Like [`Cluster::vdrive_controller_command`], with the credentials in
+    /// `kubeconfig` (a ServiceAccount's, to test the RBAC the controller gets).
+    pub fn vdrive_controller_command_as(
+        &self,
+        kubeconfig: &Path,
+        socket: &str,
+        extra_args: &[&str],
+    ) -> Command {
+        let mut command = Command::new(vdrive_bin());
+        command
+            .arg("controller")
+            .arg(format!("--endpoint={}", self.endpoint(socket)))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .args(extra_args)
+            .env("RUST_LOG", "info");
+        command
+    }
+}
+
+/// The ledger of Node `name` as its annotations say, decoded by vdrive's own
+/// code; why not, when the Node is missing or an annotation does not decode.
+pub async fn node_ledger(client: &Client, name: &str) -> Result<NodeLedger, String> {
+    let node = Api::<Node>::all(client.clone())
+        .get_opt(name)
+        .await
+        .map_err(|e| format!("Node {name}: {e}"))?
+        .ok_or_else(|| format!("no Node {name}"))?;
+    let annotations = node.annotations();
+    let mut ledger = NodeLedger::new(name);
+    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
+        ledger.claims = decode_claims(text)?;
+    }
+    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
+        ledger.drives = decode_drives(text)?;
+    }
+    Ok(ledger)
+}
+
+/// The Events with `reason` about the object `name`, in `namespace` or (None)
+/// in every namespace; why not, when they cannot be listed.
+pub async fn try_events_about(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    reason: &str,
+) -> Result<Vec<Event>, String> {
+    let events: Api<Event> = match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let list = events
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| format!("cannot list the Events: {e}"))?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason)
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
+        })
+        .collect())
+}
+
+/// [`try_events_about`], failing the test when the Events cannot be listed.
+pub async fn events_about(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    reason: &str,
+) -> Vec<Event> {
+    try_events_about(client, namespace, name, reason)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Waits for an Event with `reason` about `name` (see [`try_events_about`])
+/// whose note contains `containing` ("" for any); its note. The Event's time
+/// is not asked for: the sidecars' Events, recorded through core/v1, may have
+/// none.
+pub async fn wait_for_event(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    reason: &str,
+    containing: &str,
+) -> String {
+    eventually(
+        &format!("a {reason} Event on {name} saying {containing:?}"),
+        WAIT,
+        || async move {
+            let found = try_events_about(client, namespace, name, reason).await?;
+            found
+                .iter()
+                .find_map(|e| e.note.clone().filter(|n| n.contains(containing)))
+                .ok_or_else(|| format!("notes so far: {:?}", notes(&found)))
+        },
+    )
+    .await
+}
+
+/// Like [`wait_for_event`], for an Event that has a time (vdrive's own,
+/// recorded through events.k8s.io/v1): its time and its note.
+pub async fn wait_for_event_at(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    reason: &str,
+    containing: &str,
+) -> (Timestamp, String) {
+    eventually(
+        &format!("a {reason} Event on {name} saying {containing:?}"),
+        WAIT,
+        || async move {
+            let found = try_events_about(client, namespace, name, reason).await?;
+            found
+                .iter()
+                .find_map(|e| {
+                    let note = e.note.clone()?;
+                    let at = e.event_time.as_ref()?.0;
+                    note.contains(containing).then_some((at, note))
+                })
+                .ok_or_else(|| format!("notes so far: {:?}", notes(&found)))
+        },
+    )
+    .await
+}
+
+/// The notes of `events`, for the messages of a wait that gave up.
+pub fn notes(events: &[Event]) -> Vec<String> {
+    events.iter().filter_map(|e| e.note.clone()).collect()
+}
