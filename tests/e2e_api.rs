@@ -15,8 +15,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -30,7 +29,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
+use support::e2e::{release_cluster_dir, runtime, wait_for_socket};
 use support::http::{Answer, free_port, get, request_as};
 
 const DRIVER: &str = "csi.vdrive.io";
@@ -57,20 +56,8 @@ struct Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         self.node.stop();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
+        release_cluster_dir(&self.cluster);
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]
@@ -107,22 +94,9 @@ async fn set_up(bin: &Path) -> Setup {
             .await;
         cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
     }
-    let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
     let dir = cluster.dir().to_path_buf();
-    let mut node = Command::new(&vdrive);
-    node.arg("node")
-        .arg(format!("--endpoint=unix://{}/vm1.sock", dir.display()))
-        .arg("--node-id=vm1")
-        .arg(format!("--state-dir={}/vm1", dir.display()))
-        .arg("--simulate-drives=qlc:160x1")
-        .arg(format!("--kubelet-dir={}", dir.display()))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .env("RUST_LOG", "info");
-    let mut node = cluster.spawn("vdrive-node-vm1", node);
-    wait_for_path(&dir.join("vm1.sock"), &mut node).await;
+    let mut node = cluster.start_vdrive_node("vm1", "qlc:160x1", &[]);
+    wait_for_socket(&cluster.socket("vm1"), &mut node).await;
 
     // The controller as deploy/'s ServiceAccount, with a catalog of one local image.
     let token = token_of(&client, "vdrive", "vdrive-controller").await;
@@ -146,23 +120,20 @@ async fn set_up(bin: &Path) -> Setup {
     });
     std::fs::write(&catalog, catalog_json.to_string()).expect("write the catalog");
     let api = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(&vdrive);
-    command
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/controller.sock",
-            dir.display()
-        ))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--orphan-check-interval=0")
-        .arg(format!("--api-address={api}"))
-        .arg(format!("--vm-images={}", catalog.display()))
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
-        .env("RUST_LOG", "info");
+    let command = cluster.vdrive_controller_command_as(
+        &kubeconfig,
+        "controller",
+        &[
+            "--orphan-check-interval=0",
+            &format!("--api-address={api}"),
+            &format!("--vm-images={}", catalog.display()),
+            &format!("--capacity-per-server-gib={SHARE_GIB}"),
+            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+        ],
+    );
     let mut controller = cluster.spawn("vdrive-controller", command);
-    let socket = dir.join("controller.sock");
-    wait_for_path(&socket, &mut controller).await;
+    let socket = cluster.socket("controller");
+    wait_for_socket(&socket, &mut controller).await;
     let provisioner = cluster.start_provisioner(
         &socket,
         &[
@@ -181,17 +152,6 @@ async fn set_up(bin: &Path) -> Setup {
         client,
         api,
     }
-}
-
-async fn wait_for_path(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
 }
 
 /// A token of ServiceAccount `namespace`/`account` (TokenRequest).
