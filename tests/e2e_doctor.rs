@@ -22,7 +22,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
+use support::e2e::{release_cluster_dir, runtime, wait_for_socket};
 
 const DRIVER: &str = "csi.vdrive.io";
 const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
@@ -51,12 +51,7 @@ impl Drop for Setup {
     fn drop(&mut self) {
         // The nodes' simulated drives, and whatever the probe left staged.
         self.nodes.clear();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
+        release_cluster_dir(&self.cluster);
     }
 }
 
@@ -97,35 +92,6 @@ impl Setup {
     }
 }
 
-fn start_node(cluster: &Cluster, name: &str) -> Daemon {
-    let dir = cluster.dir().display().to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vdrive"));
-    command
-        .arg("node")
-        .arg(format!("--endpoint=unix://{dir}/{name}.sock"))
-        .arg(format!("--node-id={name}"))
-        .arg(format!("--state-dir={dir}/{name}"))
-        .arg(format!("--simulate-drives={DRIVES}"))
-        .arg(format!("--kubelet-dir={dir}"))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .env("RUST_LOG", "info");
-    cluster.spawn(&format!("vdrive-node-{name}"), command)
-}
-
-async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
-}
-
 async fn set_up(bin: &Path) -> Setup {
     let cluster = Cluster::start(bin);
     let client = cluster.client().await;
@@ -147,23 +113,19 @@ async fn set_up(bin: &Path) -> Setup {
             .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
             .await;
         cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = start_node(&cluster, name);
-        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+        let mut daemon = cluster.start_vdrive_node(name, DRIVES, &[]);
+        wait_for_socket(&cluster.socket(name), &mut daemon).await;
         nodes.insert(name.to_string(), daemon);
     }
-    let socket = cluster.dir().join("controller.sock");
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_vdrive"));
-    controller
-        .arg("controller")
-        .arg(format!("--endpoint=unix://{}", socket.display()))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .arg("--orphan-check-interval=0")
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
-        .env("RUST_LOG", "info");
+    let socket = cluster.socket("controller");
+    let controller = cluster.vdrive_controller_command(
+        "controller",
+        &[
+            "--orphan-check-interval=0",
+            &format!("--capacity-per-server-gib={SHARE_GIB}"),
+            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+        ],
+    );
     let mut controller = cluster.spawn("vdrive-controller", controller);
     wait_for_socket(&socket, &mut controller).await;
     // Leader election as the chart runs it, its Lease in vdrive's namespace.
@@ -245,18 +207,14 @@ fn failed<'a>(findings: &'a [Value], check: &str, subject: &str) -> Option<&'a V
 #[ignore = "needs Kubernetes binaries: run e2e/run"]
 fn doctor_is_green_on_a_healthy_cluster_and_names_each_fault() {
     let bin = bin_dir_from_env();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("a tokio runtime: {e}"))
-        .block_on(async move {
-            let mut setup = set_up(&bin).await;
-            wait_until_settled(&setup, &["n1", "n2"]).await;
-            healthy_with_a_probe(&setup);
-            the_helm_test_account_is_enough(&setup).await;
-            a_stopped_node_plugin_is_named(&mut setup).await;
-            a_pool_node_without_drives_is_named(&setup).await;
-        });
+    runtime().block_on(async move {
+        let mut setup = set_up(&bin).await;
+        wait_until_settled(&setup, &["n1", "n2"]).await;
+        healthy_with_a_probe(&setup);
+        the_helm_test_account_is_enough(&setup).await;
+        a_stopped_node_plugin_is_named(&mut setup).await;
+        a_pool_node_without_drives_is_named(&setup).await;
+    });
 }
 
 fn healthy_with_a_probe(setup: &Setup) {
