@@ -121,26 +121,21 @@ async fn set_up(bin: &Path) -> Setup {
     // Three servers: two in the k8s pool, one in the vm pool.
     let mut nodes = BTreeMap::new();
     for (name, pool) in [("n1", "k8s"), ("n2", "k8s"), ("n3", "vm")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = cluster.start_vdrive_node(name, DRIVES, &[]);
-        wait_for_socket(&cluster.socket(name), &mut daemon).await;
+        let daemon = cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await;
         nodes.insert(name.to_string(), daemon);
     }
     // The test's small pool shares, so that one volume fills a node.
-    let controller = cluster.vdrive_controller_command(
-        "controller",
-        &[
-            "--orphan-check-interval=0",
-            &format!("--capacity-per-server-gib={SHARE_GIB}"),
-            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-        ],
-    );
-    let mut controller = cluster.spawn("vdrive-controller", controller);
+    let controller = cluster
+        .start_vdrive_controller(
+            "controller",
+            &[
+                "--orphan-check-interval=0",
+                &format!("--capacity-per-server-gib={SHARE_GIB}"),
+                &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+            ],
+        )
+        .await;
     let socket = cluster.socket("controller");
-    wait_for_socket(&socket, &mut controller).await;
     let provisioner = cluster.start_provisioner(
         &socket,
         &[
@@ -1567,9 +1562,9 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
         // Two replicas, as the Deployment runs them, both taking requests.
         let mut controllers = Vec::new();
         for name in ["c1", "c2"] {
-            let command = cluster.vdrive_controller_command(name, &["--orphan-check-interval=0"]);
-            let mut daemon = cluster.spawn(&format!("vdrive-controller-{name}"), command);
-            wait_for_socket(&cluster.socket(name), &mut daemon).await;
+            let daemon = cluster
+                .start_vdrive_controller(name, &["--orphan-check-interval=0"])
+                .await;
             controllers.push(daemon);
         }
 
@@ -1706,15 +1701,15 @@ fn a_malformed_annotation_quarantines_only_its_node() {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let command = cluster.vdrive_controller_command(
-            "c",
-            &[
-                "--orphan-check-interval=0",
-                &format!("--metrics-address=127.0.0.1:{metrics_port}"),
-            ],
-        );
-        let mut controller = cluster.spawn("vdrive-controller-c", command);
-        wait_for_socket(&cluster.socket("c"), &mut controller).await;
+        let controller = cluster
+            .start_vdrive_controller(
+                "c",
+                &[
+                    "--orphan-check-interval=0",
+                    &format!("--metrics-address=127.0.0.1:{metrics_port}"),
+                ],
+            )
+            .await;
         let endpoint = format!("unix://{}/c.sock", cluster.dir().display());
         let csi = |args: &[&str]| {
             let out = Command::new(&vdrive)
@@ -1828,11 +1823,9 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
         cluster.add_node("phoenix", &labels, "8", "32Gi").await;
         let mut node = cluster.start_vdrive_node("phoenix", DRIVES, &["--rescan-interval=1"]);
         wait_for_socket(&cluster.socket("phoenix"), &mut node).await;
-        let mut controller = cluster.spawn(
-            "vdrive-controller",
-            cluster.vdrive_controller_command("controller", &["--orphan-check-interval=0"]),
-        );
-        wait_for_socket(&cluster.socket("controller"), &mut controller).await;
+        let controller = cluster
+            .start_vdrive_controller("controller", &["--orphan-check-interval=0"])
+            .await;
         let endpoint = format!("unix://{}/controller.sock", cluster.dir().display());
         let create = |name: &str| {
             Command::new(&vdrive)

@@ -25,6 +25,9 @@ use super::devices::release_everything_under;
 
 /// How long the helpers here wait for the cluster to show something.
 const WAIT: Duration = Duration::from_secs(90);
+/// The CSI driver vdrive registers, and the topology key its nodes report.
+const DRIVER: &str = "csi.vdrive.io";
+const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 
 /// The vdrive binary cargo built for these tests.
 pub fn vdrive_bin() -> PathBuf {
@@ -104,6 +107,45 @@ impl Cluster {
             .args(extra_args)
             .env("RUST_LOG", "info");
         self.spawn(&format!("vdrive-node-{name}"), command)
+    }
+
+    /// Adds Node `name` (8 CPUs, 32Gi) and its CSINode for vdrive, as its
+    /// kubelet would: labelled with vdrive's topology key, and `pool=<pool>`
+    /// when it serves one.
+    pub async fn add_csi_node(&self, name: &str, pool: Option<&str>) {
+        let mut labels = vec![(TOPOLOGY_KEY, name)];
+        labels.extend(pool.map(|pool| ("pool", pool)));
+        self.add_node(name, &labels, "8", "32Gi").await;
+        self.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
+    }
+
+    /// A server joining the cluster: [`Cluster::add_csi_node`], then its
+    /// `vdrive node` ([`Cluster::start_vdrive_node`]), serving once this returns.
+    pub async fn add_vdrive_node(
+        &self,
+        name: &str,
+        pool: Option<&str>,
+        drives: &str,
+        extra_args: &[&str],
+    ) -> Daemon {
+        self.add_csi_node(name, pool).await;
+        let mut daemon = self.start_vdrive_node(name, drives, extra_args);
+        wait_for_socket(&self.socket(name), &mut daemon).await;
+        daemon
+    }
+
+    /// Starts [`Cluster::vdrive_controller_command`] as `vdrive-controller`
+    /// (`vdrive-controller-<socket>` when it is one of several) and waits
+    /// until it serves.
+    pub async fn start_vdrive_controller(&self, socket: &str, extra_args: &[&str]) -> Daemon {
+        let name = match socket {
+            "controller" => "vdrive-controller".to_string(),
+            other => format!("vdrive-controller-{other}"),
+        };
+        let command = self.vdrive_controller_command(socket, extra_args);
+        let mut daemon = self.spawn(&name, command);
+        wait_for_socket(&self.socket(socket), &mut daemon).await;
+        daemon
     }
 
     /// `vdrive controller` as the cluster's admin, serving on
