@@ -32,8 +32,6 @@ use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
 use support::e2e::{release_cluster_dir, runtime, wait_for_socket};
 use support::http::{Answer, free_port, get, request_as};
 
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const SHARE_GIB: u64 = 100;
 const RESERVE_GIB: u64 = 20;
 const WAIT: Duration = Duration::from_secs(90);
@@ -89,10 +87,7 @@ async fn set_up(bin: &Path) -> Setup {
     }
     // One server of the vm pool, one of the k8s pool (relabelled later).
     for (name, pool) in [("vm1", "vm"), ("k1", "k8s")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
+        cluster.add_csi_node(name, Some(pool)).await;
     }
     let dir = cluster.dir().to_path_buf();
     let mut node = cluster.start_vdrive_node("vm1", "qlc:160x1", &[]);

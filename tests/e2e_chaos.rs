@@ -45,8 +45,6 @@ use vdrive::ledger::NodeLedger;
 
 const DEFAULT_SEED: u64 = 20_250_311;
 const DEFAULT_OPS: usize = 400;
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const NODE: &str = "chaos";
 /// Two TLC drives for the k8s class (sparse: only written blocks use disk).
 const DRIVES: &str = "tlc:64x2,qlc:32x1";
@@ -78,10 +76,7 @@ impl ClusterBed {
     async fn start(bin: &Path) -> ClusterBed {
         let cluster = Cluster::start(bin);
         let client = cluster.client().await;
-        cluster
-            .add_node(NODE, &[("pool", "k8s"), (TOPOLOGY_KEY, NODE)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(NODE, DRIVER, &[TOPOLOGY_KEY]).await;
+        cluster.add_csi_node(NODE, Some("k8s")).await;
         let mut node = cluster.start_vdrive_node(
             NODE,
             DRIVES,

@@ -22,10 +22,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::e2e::{release_cluster_dir, runtime, wait_for_socket};
+use support::e2e::{release_cluster_dir, runtime};
 
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const NAMESPACE: &str = "vdrive";
 /// Small pool shares, so that the simulated drives are enough for a server.
 const SHARE_GIB: u64 = 100;
@@ -109,25 +107,20 @@ async fn set_up(bin: &Path) -> Setup {
 
     let mut nodes = BTreeMap::new();
     for (name, pool) in [("n1", "k8s"), ("n2", "vm")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = cluster.start_vdrive_node(name, DRIVES, &[]);
-        wait_for_socket(&cluster.socket(name), &mut daemon).await;
+        let daemon = cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await;
         nodes.insert(name.to_string(), daemon);
     }
     let socket = cluster.socket("controller");
-    let controller = cluster.vdrive_controller_command(
-        "controller",
-        &[
-            "--orphan-check-interval=0",
-            &format!("--capacity-per-server-gib={SHARE_GIB}"),
-            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-        ],
-    );
-    let mut controller = cluster.spawn("vdrive-controller", controller);
-    wait_for_socket(&socket, &mut controller).await;
+    let controller = cluster
+        .start_vdrive_controller(
+            "controller",
+            &[
+                "--orphan-check-interval=0",
+                &format!("--capacity-per-server-gib={SHARE_GIB}"),
+                &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+            ],
+        )
+        .await;
     // Leader election as the chart runs it, its Lease in vdrive's namespace.
     let provisioner = cluster.start_provisioner(
         &socket,
@@ -384,14 +377,7 @@ async fn a_stopped_node_plugin_is_named(setup: &mut Setup) {
 /// n3 is labelled into the k8s pool with a registered plugin, but no node
 /// plugin ever reported a drive there.
 async fn a_pool_node_without_drives_is_named(setup: &Setup) {
-    setup
-        .cluster
-        .add_node("n3", &[("pool", "k8s"), (TOPOLOGY_KEY, "n3")], "8", "32Gi")
-        .await;
-    setup
-        .cluster
-        .create_csinode("n3", DRIVER, &[TOPOLOGY_KEY])
-        .await;
+    setup.cluster.add_csi_node("n3", Some("k8s")).await;
     let json = setup.doctor(&["-o", "json"]);
     assert_eq!(json.code, Some(1), "doctor with n3 driveless");
     let all = findings(&json);

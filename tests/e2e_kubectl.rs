@@ -14,11 +14,10 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env};
-use support::e2e::{node_ledger, release_cluster_dir, runtime, wait_for_socket};
+use support::e2e::{node_ledger, release_cluster_dir, runtime};
 use vdrive::ledger::{Claim, PhysicalDrive};
 
 const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const DRIVES: &str = "tlc:160x1,qlc:160x1";
 const SHARE_GIB: u64 = 100;
 const RESERVE_GIB: u64 = 20;
@@ -143,24 +142,18 @@ async fn set_up() -> Setup {
     let cluster = Cluster::start(&bin_dir_from_env());
     let mut nodes = Vec::new();
     for (name, pool) in [("n1", "k8s"), ("n2", "vm")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = cluster.start_vdrive_node(name, DRIVES, &[]);
-        wait_for_socket(&cluster.socket(name), &mut daemon).await;
-        nodes.push(daemon);
+        nodes.push(cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await);
     }
-    let command = cluster.vdrive_controller_command(
-        "controller",
-        &[
-            "--orphan-check-interval=0",
-            &format!("--capacity-per-server-gib={SHARE_GIB}"),
-            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-        ],
-    );
-    let mut controller = cluster.spawn("vdrive-controller", command);
-    wait_for_socket(&cluster.socket("controller"), &mut controller).await;
+    let controller = cluster
+        .start_vdrive_controller(
+            "controller",
+            &[
+                "--orphan-check-interval=0",
+                &format!("--capacity-per-server-gib={SHARE_GIB}"),
+                &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+            ],
+        )
+        .await;
     let plugin_dir = tempfile::tempdir().expect("a temp dir");
     let plugin = plugin_dir.path().join("kubectl-vdrive");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdrive"), &plugin).expect("symlink the plugin");

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::e2e::{release_cluster_dir, runtime, wait_for_socket};
+use support::e2e::{release_cluster_dir, runtime};
 use support::http::{free_port, get};
 use tonic::Code;
 use vdrive::csi::capability::mount;
@@ -29,8 +29,6 @@ use vdrive::csi::proto::{
 use vdrive::csi::server::connect;
 use vdrive::metrics::names::{self, Kind, Metric};
 
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const NODE: &str = "m1";
 const DRIVES: &str = "tlc:160x1,qlc:160x1";
 const WAIT: Duration = Duration::from_secs(90);
@@ -102,30 +100,28 @@ impl Setup {
 
 async fn set_up(bin: &Path) -> Setup {
     let cluster = Cluster::start(bin);
-    cluster
-        .add_node(NODE, &[("pool", "k8s"), (TOPOLOGY_KEY, NODE)], "8", "32Gi")
+    let node = cluster
+        .add_vdrive_node(
+            NODE,
+            Some("k8s"),
+            DRIVES,
+            &["--rescan-interval=1", "--metrics-address=127.0.0.1:0"],
+        )
         .await;
-    cluster.create_csinode(NODE, DRIVER, &[TOPOLOGY_KEY]).await;
-    let mut node = cluster.start_vdrive_node(
-        NODE,
-        DRIVES,
-        &["--rescan-interval=1", "--metrics-address=127.0.0.1:0"],
-    );
-    wait_for_socket(&cluster.socket(NODE), &mut node).await;
 
-    let controller = cluster.vdrive_controller_command(
-        "controller",
-        &[
-            // Soon, so the orphan gauges are set within the test.
-            "--orphan-check-interval=1",
-            "--metrics-address=127.0.0.1:0",
-            &format!("--api-address=127.0.0.1:{}", free_port()),
-            "--capacity-per-server-gib=100",
-            "--system-reserve-per-server-gib=20",
-        ],
-    );
-    let mut controller = cluster.spawn("vdrive-controller", controller);
-    wait_for_socket(&cluster.socket("controller"), &mut controller).await;
+    let controller = cluster
+        .start_vdrive_controller(
+            "controller",
+            &[
+                // Soon, so the orphan gauges are set within the test.
+                "--orphan-check-interval=1",
+                "--metrics-address=127.0.0.1:0",
+                &format!("--api-address=127.0.0.1:{}", free_port()),
+                "--capacity-per-server-gib=100",
+                "--system-reserve-per-server-gib=20",
+            ],
+        )
+        .await;
     Setup {
         controller,
         node,

@@ -26,7 +26,6 @@ use support::e2e::{
 };
 
 const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const K8S_CLASS: &str = "k8s-pool-storage";
 const SIGN_LABEL: &str = "vdrive.io/sign-drives";
 /// Each pool server's share: one 80 GiB volume puts a one-server pool at 80 %.
@@ -74,12 +73,9 @@ async fn set_up(bin: &Path) -> Setup {
     // n1 is in the k8s pool; n2 in none, until the test labels it.
     let mut nodes = Vec::new();
     for (name, pool) in [("n1", Some("k8s")), ("n2", None)] {
-        let mut labels = vec![(TOPOLOGY_KEY, name)];
-        labels.extend(pool.map(|p| ("pool", p)));
-        cluster.add_node(name, &labels, "8", "32Gi").await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = cluster.start_vdrive_node(name, DRIVES, &["--rescan-interval=2"]);
-        wait_for_socket(&cluster.socket(name), &mut daemon).await;
+        let daemon = cluster
+            .add_vdrive_node(name, pool, DRIVES, &["--rescan-interval=2"])
+            .await;
         nodes.push(daemon);
     }
     // The pool's class, where its health Events are shown.
