@@ -243,18 +243,9 @@ pub async fn wait_for_event(
     reason: &str,
     containing: &str,
 ) -> String {
-    eventually(
-        &format!("a {reason} Event on {name} saying {containing:?}"),
-        WAIT,
-        || async move {
-            let found = try_events_about(client, namespace, name, reason).await?;
-            found
-                .iter()
-                .find_map(|e| e.note.clone().filter(|n| n.contains(containing)))
-                .ok_or_else(|| format!("notes so far: {:?}", notes(&found)))
-        },
-    )
-    .await
+    wait_for_event_where(client, namespace, name, reason, containing, |_| Some(()))
+        .await
+        .1
 }
 
 /// Like [`wait_for_event`], for an Event that has a time (vdrive's own,
@@ -266,6 +257,24 @@ pub async fn wait_for_event_at(
     reason: &str,
     containing: &str,
 ) -> (Timestamp, String) {
+    wait_for_event_where(client, namespace, name, reason, containing, |e| {
+        e.event_time.as_ref().map(|t| t.0)
+    })
+    .await
+}
+
+/// The first Event with `reason` about `name` whose note contains
+/// `containing` and from which `pick` takes something, once there is one:
+/// what `pick` took, and the note.
+async fn wait_for_event_where<T>(
+    client: &Client,
+    namespace: Option<&str>,
+    name: &str,
+    reason: &str,
+    containing: &str,
+    pick: impl Fn(&Event) -> Option<T>,
+) -> (T, String) {
+    let pick = &pick;
     eventually(
         &format!("a {reason} Event on {name} saying {containing:?}"),
         WAIT,
@@ -274,9 +283,8 @@ pub async fn wait_for_event_at(
             found
                 .iter()
                 .find_map(|e| {
-                    let note = e.note.clone()?;
-                    let at = e.event_time.as_ref()?.0;
-                    note.contains(containing).then_some((at, note))
+                    let note = e.note.clone().filter(|n| n.contains(containing))?;
+                    Some((pick(e)?, note))
                 })
                 .ok_or_else(|| format!("notes so far: {:?}", notes(&found)))
         },
