@@ -29,7 +29,7 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::e2e::{release_cluster_dir, runtime, wait_for_socket};
+use support::e2e::{ReleaseUnder, runtime, wait_for_socket};
 use support::http::{Answer, free_port, get, request_as};
 
 const SHARE_GIB: u64 = 100;
@@ -43,19 +43,15 @@ const IMAGE_SOURCE: &str = "/srv/vdrive-e2e/base.raw";
 /// control plane.
 struct Setup {
     controller: Daemon,
-    node: Daemon,
+    _node: Daemon,
     _provisioner: Daemon,
     _resizer: Daemon,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     client: Client,
     api: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.node.stop();
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 #[test]
@@ -139,8 +135,9 @@ async fn set_up(bin: &Path) -> Setup {
     );
     let resizer = cluster.start_resizer(&socket, &[]);
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
-        node,
+        _node: node,
         _provisioner: provisioner,
         _resizer: resizer,
         cluster,

@@ -36,7 +36,7 @@ use tonic::transport::Channel;
 
 use support::chaos::{Bed, Chaos, Rng, assert_nothing_left, env_or, images};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::e2e::release_cluster_dir;
+use support::e2e::ReleaseUnder;
 use vdrive::csi::proto::ProbeRequest;
 use vdrive::csi::proto::controller_client::ControllerClient;
 use vdrive::csi::proto::identity_client::IdentityClient;
@@ -60,16 +60,10 @@ struct ClusterBed {
     /// What the last [`Bed::kill`] killed: the controller, the node plugin.
     killed: (bool, bool),
     client: Client,
+    /// After the vdrive processes, before the cluster: whatever a failed run
+    /// left staged, and the node's simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
-}
-
-impl Drop for ClusterBed {
-    fn drop(&mut self) {
-        self.controller.stop();
-        self.node.stop();
-        // Whatever a failed run left staged, and the node's simulated drives.
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 impl ClusterBed {
@@ -100,6 +94,7 @@ impl ClusterBed {
         let node_channel = serving(&cluster.endpoint(NODE), &mut node).await;
         let controller_channel = serving(&cluster.endpoint("controller"), &mut controller).await;
         let bed = ClusterBed {
+            _release: ReleaseUnder::cluster(&cluster),
             controller,
             node,
             controller_channel: Some(controller_channel),

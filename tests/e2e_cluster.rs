@@ -25,10 +25,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, SIDECAR_NAMESPACE, bin_dir_from_env, eventually};
-use support::e2e::{
-    ReleaseUnder, events_about, notes, release_cluster_dir, runtime, wait_for_event,
-    wait_for_socket,
-};
+use support::e2e::{ReleaseUnder, events_about, notes, runtime, wait_for_event, wait_for_socket};
 use vdrive::cluster::annotations::{
     CAPACITY_RESOURCE, CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
 };
@@ -57,20 +54,15 @@ const WAIT: Duration = Duration::from_secs(90);
 /// vdrive processes and sidecars stop before the control plane.
 struct Setup {
     controller: Daemon,
-    nodes: BTreeMap<String, Daemon>,
+    _nodes: BTreeMap<String, Daemon>,
     provisioner: Daemon,
     resizer: Daemon,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     vdrive: PathBuf,
     client: Client,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // Whatever a failed scenario left staged, and the nodes' simulated drives.
-        self.nodes.clear();
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 impl Setup {
@@ -148,8 +140,9 @@ async fn set_up(bin: &Path) -> Setup {
     );
     let resizer = cluster.start_resizer(&socket, &[]);
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
-        nodes,
+        _nodes: nodes,
         provisioner,
         resizer,
         cluster,
@@ -1535,7 +1528,7 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
     let bin = bin_dir_from_env();
     runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
-        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let _release = ReleaseUnder::cluster(&cluster);
         let client = cluster.client().await;
         let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
         cluster
@@ -1687,7 +1680,7 @@ fn a_malformed_annotation_quarantines_only_its_node() {
     let bin = bin_dir_from_env();
     runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
-        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let _release = ReleaseUnder::cluster(&cluster);
         let client = cluster.client().await;
         let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
         for name in ["good", "bad"] {
@@ -1816,7 +1809,7 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
     let bin = bin_dir_from_env();
     runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
-        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let _release = ReleaseUnder::cluster(&cluster);
         let client = cluster.client().await;
         let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
         let labels = [("pool", "k8s"), (TOPOLOGY_KEY, "phoenix")];

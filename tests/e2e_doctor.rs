@@ -22,7 +22,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::e2e::{release_cluster_dir, runtime};
+use support::e2e::{ReleaseUnder, runtime};
 
 const NAMESPACE: &str = "vdrive";
 /// Small pool shares, so that the simulated drives are enough for a server.
@@ -41,16 +41,11 @@ struct Setup {
     nodes: BTreeMap<String, Daemon>,
     _controller: Daemon,
     _provisioner: Daemon,
+    /// After the vdrive processes, before the cluster: the nodes' simulated
+    /// drives, and whatever the probe left staged.
+    _release: ReleaseUnder,
     cluster: Cluster,
     client: Client,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // The nodes' simulated drives, and whatever the probe left staged.
-        self.nodes.clear();
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 /// What one `vdrive doctor` run said.
@@ -133,6 +128,7 @@ async fn set_up(bin: &Path) -> Setup {
         ],
     );
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         nodes,
         _controller: controller,
         _provisioner: provisioner,

@@ -14,7 +14,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env};
-use support::e2e::{node_ledger, release_cluster_dir, runtime};
+use support::e2e::{ReleaseUnder, node_ledger, runtime};
 use vdrive::ledger::{Claim, PhysicalDrive};
 
 const DRIVER: &str = "csi.vdrive.io";
@@ -26,17 +26,13 @@ const RESERVE_GIB: u64 = 20;
 /// drop order: vdrive stops before the control plane.
 struct Setup {
     controller: Daemon,
-    nodes: Vec<Daemon>,
+    _nodes: Vec<Daemon>,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     plugin: PathBuf,
     _plugin_dir: tempfile::TempDir,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 /// One run of the plugin.
@@ -158,8 +154,9 @@ async fn set_up() -> Setup {
     let plugin = plugin_dir.path().join("kubectl-vdrive");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdrive"), &plugin).expect("symlink the plugin");
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
-        nodes,
+        _nodes: nodes,
         cluster,
         plugin,
         _plugin_dir: plugin_dir,

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::e2e::{release_cluster_dir, runtime};
+use support::e2e::{ReleaseUnder, runtime};
 use support::http::{free_port, get};
 use tonic::Code;
 use vdrive::csi::capability::mount;
@@ -38,14 +38,10 @@ const GIB: i64 = 1 << 30;
 struct Setup {
     controller: Daemon,
     node: Daemon,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.node.stop();
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 #[test]
@@ -123,6 +119,7 @@ async fn set_up(bin: &Path) -> Setup {
         )
         .await;
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
         node,
         cluster,

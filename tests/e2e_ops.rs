@@ -22,7 +22,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
 use support::e2e::{
-    events_about, node_ledger, release_cluster_dir, runtime, wait_for_event_at, wait_for_socket,
+    ReleaseUnder, events_about, node_ledger, runtime, wait_for_event_at, wait_for_socket,
 };
 
 const DRIVER: &str = "csi.vdrive.io";
@@ -41,16 +41,12 @@ const WAIT: Duration = Duration::from_secs(90);
 struct Setup {
     controller: Daemon,
     nodes: Vec<Daemon>,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     vdrive: PathBuf,
     client: Client,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        release_cluster_dir(&self.cluster);
-    }
 }
 
 #[test]
@@ -103,6 +99,7 @@ async fn set_up(bin: &Path) -> Setup {
     let mut controller = cluster.spawn("vdrive-controller", command);
     wait_for_socket(&cluster.socket("controller"), &mut controller).await;
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
         nodes,
         cluster,

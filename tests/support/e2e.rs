@@ -57,22 +57,24 @@ pub async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
     panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
 }
 
-/// Releases the simulated drives and whatever a test left mounted under the
-/// cluster's directory. Call it after the `vdrive node`s have stopped (they
-/// hold the drives) and before the cluster goes (it removes the directory).
-pub fn release_cluster_dir(cluster: &Cluster) {
-    if !release_everything_under(cluster.dir()) {
-        eprintln!("cleanup: mounts remain under {}", cluster.dir().display());
+/// Releases the devices and mounts under a cluster's directory when dropped:
+/// the simulated drives of its `vdrive node`s and whatever a failed test left
+/// staged. Keep it after the vdrive processes (they hold the drives) and
+/// before the [`Cluster`] (it removes the directory): as a field of a test's
+/// fixture, or as a local declared between them.
+pub struct ReleaseUnder(PathBuf);
+
+impl ReleaseUnder {
+    pub fn cluster(cluster: &Cluster) -> ReleaseUnder {
+        ReleaseUnder(cluster.dir().to_path_buf())
     }
 }
 
-/// Releases the devices and mounts under a directory when dropped (declare it
-/// after the cluster and before the daemons, so it runs between them).
-pub struct ReleaseUnder(pub PathBuf);
-
 impl Drop for ReleaseUnder {
     fn drop(&mut self) {
-        release_everything_under(&self.0);
+        if !release_everything_under(&self.0) {
+            eprintln!("cleanup: mounts remain under {}", self.0.display());
+        }
     }
 }
 
