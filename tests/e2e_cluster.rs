@@ -118,14 +118,7 @@ async fn set_up(bin: &Path) -> Setup {
     }
     // The test's small pool shares, so that one volume fills a node.
     let controller = cluster
-        .start_vdrive_controller(
-            "controller",
-            &[
-                "--orphan-check-interval=0",
-                &format!("--capacity-per-server-gib={SHARE_GIB}"),
-                &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-            ],
-        )
+        .start_vdrive_controller_with_shares(SHARE_GIB, RESERVE_GIB)
         .await;
     let socket = cluster.socket("controller");
     let provisioner = cluster.start_provisioner(

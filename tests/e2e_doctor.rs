@@ -107,14 +107,7 @@ async fn set_up(bin: &Path) -> Setup {
     }
     let socket = cluster.socket("controller");
     let controller = cluster
-        .start_vdrive_controller(
-            "controller",
-            &[
-                "--orphan-check-interval=0",
-                &format!("--capacity-per-server-gib={SHARE_GIB}"),
-                &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-            ],
-        )
+        .start_vdrive_controller_with_shares(SHARE_GIB, RESERVE_GIB)
         .await;
     // Leader election as the chart runs it, its Lease in vdrive's namespace.
     let provisioner = cluster.start_provisioner(

@@ -141,14 +141,7 @@ async fn set_up() -> Setup {
         nodes.push(cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await);
     }
     let controller = cluster
-        .start_vdrive_controller(
-            "controller",
-            &[
-                "--orphan-check-interval=0",
-                &format!("--capacity-per-server-gib={SHARE_GIB}"),
-                &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-            ],
-        )
+        .start_vdrive_controller_with_shares(SHARE_GIB, RESERVE_GIB)
         .await;
     let plugin_dir = tempfile::tempdir().expect("a temp dir");
     let plugin = plugin_dir.path().join("kubectl-vdrive");

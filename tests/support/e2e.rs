@@ -150,6 +150,25 @@ impl Cluster {
         daemon
     }
 
+    /// The plain `vdrive controller` most tests need, on socket `controller`:
+    /// orphan checks off (their Events and releases would be the tests' noise)
+    /// and small pool shares, so that the simulated drives fill a server.
+    pub async fn start_vdrive_controller_with_shares(
+        &self,
+        share_gib: u64,
+        reserve_gib: u64,
+    ) -> Daemon {
+        self.start_vdrive_controller(
+            "controller",
+            &[
+                "--orphan-check-interval=0",
+                &format!("--capacity-per-server-gib={share_gib}"),
+                &format!("--system-reserve-per-server-gib={reserve_gib}"),
+            ],
+        )
+        .await
+    }
+
     /// `vdrive controller` as the cluster's admin, serving on
     /// [`Cluster::socket`]`(socket)`. Not started: callers name the process,
     /// and some change its environment first. `extra_args` carry everything
