@@ -34,9 +34,9 @@ pub fn vdrive_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_vdrive"))
 }
 
-/// A multi-threaded runtime: the tests block on it from plain `#[test]`s so
-/// that their fixtures' Drops (which stop processes and release loop devices)
-/// run outside any async context.
+/// The runtime the e2e tests block on, from plain `#[test]`s: several
+/// threads, so that a scenario's blocking calls (running `vdrive`, waiting on
+/// a process) do not stall the kube clients and CSI channels it also drives.
 pub fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
