@@ -15,8 +15,7 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use k8s_openapi::api::authentication::v1::TokenRequest;
@@ -30,11 +29,9 @@ use kube::api::{
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
+use support::e2e::{ReleaseUnder, runtime, wait_for_socket};
 use support::http::{Answer, free_port, get, request_as};
 
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const SHARE_GIB: u64 = 100;
 const RESERVE_GIB: u64 = 20;
 const WAIT: Duration = Duration::from_secs(90);
@@ -46,31 +43,15 @@ const IMAGE_SOURCE: &str = "/srv/vdrive-e2e/base.raw";
 /// control plane.
 struct Setup {
     controller: Daemon,
-    node: Daemon,
+    _node: Daemon,
     _provisioner: Daemon,
     _resizer: Daemon,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     client: Client,
     api: String,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.node.stop();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]
@@ -102,27 +83,11 @@ async fn set_up(bin: &Path) -> Setup {
     }
     // One server of the vm pool, one of the k8s pool (relabelled later).
     for (name, pool) in [("vm1", "vm"), ("k1", "k8s")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
+        cluster.add_csi_node(name, Some(pool)).await;
     }
-    let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
     let dir = cluster.dir().to_path_buf();
-    let mut node = Command::new(&vdrive);
-    node.arg("node")
-        .arg(format!("--endpoint=unix://{}/vm1.sock", dir.display()))
-        .arg("--node-id=vm1")
-        .arg(format!("--state-dir={}/vm1", dir.display()))
-        .arg("--simulate-drives=qlc:160x1")
-        .arg(format!("--kubelet-dir={}", dir.display()))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .env("RUST_LOG", "info");
-    let mut node = cluster.spawn("vdrive-node-vm1", node);
-    wait_for_path(&dir.join("vm1.sock"), &mut node).await;
+    let mut node = cluster.start_vdrive_node("vm1", "qlc:160x1", &[]);
+    wait_for_socket(&cluster.socket("vm1"), &mut node).await;
 
     // The controller as deploy/'s ServiceAccount, with a catalog of one local image.
     let token = token_of(&client, "vdrive", "vdrive-controller").await;
@@ -146,23 +111,20 @@ async fn set_up(bin: &Path) -> Setup {
     });
     std::fs::write(&catalog, catalog_json.to_string()).expect("write the catalog");
     let api = format!("127.0.0.1:{}", free_port());
-    let mut command = Command::new(&vdrive);
-    command
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/controller.sock",
-            dir.display()
-        ))
-        .arg(format!("--kubeconfig={}", kubeconfig.display()))
-        .arg("--orphan-check-interval=0")
-        .arg(format!("--api-address={api}"))
-        .arg(format!("--vm-images={}", catalog.display()))
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
-        .env("RUST_LOG", "info");
+    let command = cluster.vdrive_controller_command_as(
+        &kubeconfig,
+        "controller",
+        &[
+            "--orphan-check-interval=0",
+            &format!("--api-address={api}"),
+            &format!("--vm-images={}", catalog.display()),
+            &format!("--capacity-per-server-gib={SHARE_GIB}"),
+            &format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
+        ],
+    );
     let mut controller = cluster.spawn("vdrive-controller", command);
-    let socket = dir.join("controller.sock");
-    wait_for_path(&socket, &mut controller).await;
+    let socket = cluster.socket("controller");
+    wait_for_socket(&socket, &mut controller).await;
     let provisioner = cluster.start_provisioner(
         &socket,
         &[
@@ -173,25 +135,15 @@ async fn set_up(bin: &Path) -> Setup {
     );
     let resizer = cluster.start_resizer(&socket, &[]);
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
-        node,
+        _node: node,
         _provisioner: provisioner,
         _resizer: resizer,
         cluster,
         client,
         api,
     }
-}
-
-async fn wait_for_path(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
 }
 
 /// A token of ServiceAccount `namespace`/`account` (TokenRequest).

@@ -29,20 +29,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Node;
-use kube::api::Api;
-use kube::{Client, ResourceExt};
+use kube::Client;
 use tonic::transport::Channel;
 
 use support::chaos::{Bed, Chaos, Rng, assert_nothing_left, env_or, images};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
-use vdrive::cluster::annotations::{
-    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
-};
+use support::e2e::ReleaseUnder;
 use vdrive::csi::proto::ProbeRequest;
 use vdrive::csi::proto::controller_client::ControllerClient;
 use vdrive::csi::proto::identity_client::IdentityClient;
@@ -51,8 +45,6 @@ use vdrive::ledger::NodeLedger;
 
 const DEFAULT_SEED: u64 = 20_250_311;
 const DEFAULT_OPS: usize = 400;
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const NODE: &str = "chaos";
 /// Two TLC drives for the k8s class (sparse: only written blocks use disk).
 const DRIVES: &str = "tlc:64x2,qlc:32x1";
@@ -68,64 +60,41 @@ struct ClusterBed {
     /// What the last [`Bed::kill`] killed: the controller, the node plugin.
     killed: (bool, bool),
     client: Client,
+    /// After the vdrive processes, before the cluster: whatever a failed run
+    /// left staged, and the node's simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
-}
-
-impl Drop for ClusterBed {
-    fn drop(&mut self) {
-        self.controller.stop();
-        self.node.stop();
-        // Whatever a failed run left staged, and the node's simulated drives.
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
 }
 
 impl ClusterBed {
     async fn start(bin: &Path) -> ClusterBed {
         let cluster = Cluster::start(bin);
         let client = cluster.client().await;
-        let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
-        cluster
-            .add_node(NODE, &[("pool", "k8s"), (TOPOLOGY_KEY, NODE)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(NODE, DRIVER, &[TOPOLOGY_KEY]).await;
-        let dir = cluster.dir().display().to_string();
-        let kubeconfig = cluster.kubeconfig_path().display().to_string();
-        let mut node = Command::new(&vdrive);
-        node.arg("node")
-            .arg(format!("--endpoint=unix://{dir}/{NODE}.sock"))
-            .arg(format!("--node-id={NODE}"))
-            .arg(format!("--state-dir={dir}/{NODE}"))
-            .arg(format!("--simulate-drives={DRIVES}"))
-            // The test plays kubelet, with its paths under the cluster's directory.
-            .arg(format!("--kubelet-dir={dir}"))
-            .arg(format!("--kubeconfig={kubeconfig}"))
-            // This machine's kernel has no device-mapper.
-            .arg("--unsafe-loop-block-volumes")
-            // Drives detached and attached again are noticed within a second.
-            .arg("--rescan-interval=1")
-            .env("RUST_LOG", "info");
-        let mut node = cluster.spawn("vdrive-node", node);
-        let mut controller = Command::new(&vdrive);
-        controller
-            .arg("controller")
-            .arg(format!("--endpoint=unix://{dir}/controller.sock"))
-            .arg(format!("--kubeconfig={kubeconfig}"))
-            .arg("--orphan-check-interval=0")
-            // A pool share the test's drives hold.
-            .arg("--capacity-per-server-gib=100")
-            .arg("--system-reserve-per-server-gib=20")
-            .env("RUST_LOG", "info");
+        cluster.add_csi_node(NODE, Some("k8s")).await;
+        let mut node = cluster.start_vdrive_node(
+            NODE,
+            DRIVES,
+            &[
+                // This machine's kernel has no device-mapper.
+                "--unsafe-loop-block-volumes",
+                // Drives detached and attached again are noticed within a second.
+                "--rescan-interval=1",
+            ],
+        );
+        let controller = cluster.vdrive_controller_command(
+            "controller",
+            &[
+                "--orphan-check-interval=0",
+                // A pool share the test's drives hold.
+                "--capacity-per-server-gib=100",
+                "--system-reserve-per-server-gib=20",
+            ],
+        );
         let mut controller = cluster.spawn("vdrive-controller", controller);
-        let node_channel = serving(&format!("unix://{dir}/{NODE}.sock"), &mut node).await;
-        let controller_channel =
-            serving(&format!("unix://{dir}/controller.sock"), &mut controller).await;
+        let node_channel = serving(&cluster.endpoint(NODE), &mut node).await;
+        let controller_channel = serving(&cluster.endpoint("controller"), &mut controller).await;
         let bed = ClusterBed {
+            _release: ReleaseUnder::cluster(&cluster),
             controller,
             node,
             controller_channel: Some(controller_channel),
@@ -151,10 +120,6 @@ impl ClusterBed {
         )
         .await;
         bed
-    }
-
-    fn socket(&self, name: &str) -> String {
-        format!("unix://{}/{name}.sock", self.cluster.dir().display())
     }
 }
 
@@ -191,21 +156,9 @@ fn sigkill(daemon: &Daemon) {
     .unwrap_or_else(|e| panic!("cannot kill {}: {e}", daemon.name()));
 }
 
-/// The node's ledger as its annotations say, decoded by vdrive's own code.
+/// The chaos Node's ledger as its annotations say.
 async fn node_ledger(client: &Client) -> Result<NodeLedger, String> {
-    let node = Api::<Node>::all(client.clone())
-        .get(NODE)
-        .await
-        .map_err(|e| format!("Node {NODE}: {e}"))?;
-    let annotations = node.annotations();
-    let mut ledger = NodeLedger::new(NODE);
-    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
-        ledger.claims = decode_claims(text)?;
-    }
-    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
-        ledger.drives = decode_drives(text)?;
-    }
-    Ok(ledger)
+    support::e2e::node_ledger(client, NODE).await
 }
 
 impl Bed for ClusterBed {
@@ -260,12 +213,12 @@ impl Bed for ClusterBed {
         if node {
             // Reaps the killed process, then starts it again.
             self.node.restart();
-            let endpoint = self.socket(NODE);
+            let endpoint = self.cluster.endpoint(NODE);
             self.node_channel = Some(serving(&endpoint, &mut self.node).await);
         }
         if controller {
             self.controller.restart();
-            let endpoint = self.socket("controller");
+            let endpoint = self.cluster.endpoint("controller");
             self.controller_channel = Some(serving(&endpoint, &mut self.controller).await);
         }
     }

@@ -25,7 +25,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, SIDECAR_NAMESPACE, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
+use support::e2e::{ReleaseUnder, events_about, notes, runtime, wait_for_event, wait_for_socket};
 use vdrive::cluster::annotations::{
     CAPACITY_RESOURCE, CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
 };
@@ -54,36 +54,18 @@ const WAIT: Duration = Duration::from_secs(90);
 /// vdrive processes and sidecars stop before the control plane.
 struct Setup {
     controller: Daemon,
-    nodes: BTreeMap<String, Daemon>,
+    _nodes: BTreeMap<String, Daemon>,
     provisioner: Daemon,
     resizer: Daemon,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     vdrive: PathBuf,
     client: Client,
 }
 
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // Whatever a failed scenario left staged, and the nodes' simulated drives.
-        self.nodes.clear();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
-}
-
 impl Setup {
-    fn node_socket(&self, node: &str) -> PathBuf {
-        self.cluster.dir().join(format!("{node}.sock"))
-    }
-
-    fn controller_socket(&self) -> PathBuf {
-        self.cluster.dir().join("controller.sock")
-    }
-
     /// Runs `vdrive` with `args`; Ok(stdout) or Err(stderr and stdout).
     fn vdrive(&self, args: &[&str]) -> Result<String, String> {
         let out = Command::new(&self.vdrive)
@@ -104,71 +86,6 @@ impl Setup {
     fn kubeconfig(&self) -> String {
         self.cluster.kubeconfig_path().display().to_string()
     }
-}
-
-fn start_node(cluster: &Cluster, vdrive: &Path, name: &str, extra_args: &[String]) -> Daemon {
-    let mut command = Command::new(vdrive);
-    command
-        .arg("node")
-        .arg(format!(
-            "--endpoint=unix://{}/{name}.sock",
-            cluster.dir().display()
-        ))
-        .arg(format!("--node-id={name}"))
-        .arg(format!("--state-dir={}/{name}", cluster.dir().display()))
-        .arg(format!("--simulate-drives={DRIVES}"))
-        // The test plays kubelet, with its paths under the cluster's directory.
-        .arg(format!("--kubelet-dir={}", cluster.dir().display()))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .args(extra_args)
-        .env("RUST_LOG", "info");
-    cluster.spawn(&format!("vdrive-node-{name}"), command)
-}
-
-/// `vdrive controller` serving on `<dir>/<socket>.sock`, its orphan checks off.
-fn controller_command(
-    cluster: &Cluster,
-    vdrive: &Path,
-    socket: &str,
-    extra_args: &[String],
-) -> Command {
-    let mut command = Command::new(vdrive);
-    command
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/{socket}.sock",
-            cluster.dir().display()
-        ))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .arg("--orphan-check-interval=0")
-        .args(extra_args)
-        .env("RUST_LOG", "info");
-    command
-}
-
-async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
-    let path = path.to_path_buf();
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]
@@ -196,25 +113,14 @@ async fn set_up(bin: &Path) -> Setup {
     // Three servers: two in the k8s pool, one in the vm pool.
     let mut nodes = BTreeMap::new();
     for (name, pool) in [("n1", "k8s"), ("n2", "k8s"), ("n3", "vm")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = start_node(&cluster, &vdrive, name, &[]);
-        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+        let daemon = cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await;
         nodes.insert(name.to_string(), daemon);
     }
     // The test's small pool shares, so that one volume fills a node.
-    let shares = [
-        format!("--capacity-per-server-gib={SHARE_GIB}"),
-        format!("--system-reserve-per-server-gib={RESERVE_GIB}"),
-    ];
-    let mut controller = cluster.spawn(
-        "vdrive-controller",
-        controller_command(&cluster, &vdrive, "controller", &shares),
-    );
-    let socket = cluster.dir().join("controller.sock");
-    wait_for_socket(&socket, &mut controller).await;
+    let controller = cluster
+        .start_vdrive_controller_with_shares(SHARE_GIB, RESERVE_GIB)
+        .await;
+    let socket = cluster.socket("controller");
     let provisioner = cluster.start_provisioner(
         &socket,
         &[
@@ -227,8 +133,9 @@ async fn set_up(bin: &Path) -> Setup {
     );
     let resizer = cluster.start_resizer(&socket, &[]);
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
-        nodes,
+        _nodes: nodes,
         provisioner,
         resizer,
         cluster,
@@ -659,7 +566,14 @@ async fn loop_nodes_build_one_drive_volumes(setup: &Setup, first: &Placed) {
     // Immediate: the provisioner asks at once, every node refuses, and the PVC's
     // ProvisioningFailed Event says why and what to change.
     create_pvc(setup, "default", "mixed-now", MIXED_NOW_CLASS, 20).await;
-    let refusal = wait_for_event(setup, "default", "mixed-now", "ProvisioningFailed").await;
+    let refusal = wait_for_event(
+        &setup.client,
+        Some("default"),
+        "mixed-now",
+        "ProvisioningFailed",
+        "",
+    )
+    .await;
     eprintln!("PVC default/mixed-now, ProvisioningFailed: {refusal}");
     for words in [
         "FailedPrecondition",
@@ -749,7 +663,7 @@ async fn create_class(setup: &Setup, name: &str, parameters: &[(&str, &str)], bi
 /// The controller's GetCapacity answer for these class parameters on `node`:
 /// the largest volume, in GiB.
 fn controller_largest_gib(setup: &Setup, parameters: &[(&str, &str)], node: &str) -> u64 {
-    let endpoint = format!("unix://{}", setup.controller_socket().display());
+    let endpoint = setup.cluster.endpoint("controller");
     let mut args = vec!["csi", "--endpoint", &endpoint, "capacity", "--node", node];
     let pairs: Vec<String> = parameters.iter().map(|(k, v)| format!("{k}={v}")).collect();
     for pair in &pairs {
@@ -794,39 +708,9 @@ async fn wait_unschedulable(setup: &Setup, namespace: &str, pod: &str) -> String
     .await
 }
 
-/// The messages of the Events with `reason` about the object `name` in `namespace`.
+/// The notes of the Events with `reason` about the object `name` in `namespace`.
 async fn event_notes(setup: &Setup, namespace: &str, name: &str, reason: &str) -> Vec<String> {
-    let events: Api<k8s_openapi::api::events::v1::Event> =
-        Api::namespaced(setup.client.clone(), namespace);
-    let list = events
-        .list(&ListParams::default())
-        .await
-        .unwrap_or_else(|e| panic!("cannot list the Events in {namespace}: {e}"));
-    list.items
-        .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
-        .filter_map(|e| e.note)
-        .collect()
-}
-
-/// Waits for an Event with `reason` about the object `name` in `namespace`; its
-/// message.
-async fn wait_for_event(setup: &Setup, namespace: &str, name: &str, reason: &str) -> String {
-    eventually(
-        &format!("a {reason} Event on {namespace}/{name}"),
-        WAIT,
-        || async move {
-            event_notes(setup, namespace, name, reason)
-                .await
-                .into_iter()
-                .next()
-                .ok_or_else(|| "no such Event yet".to_string())
-        },
-    )
-    .await
+    notes(&events_about(&setup.client, Some(namespace), name, reason).await)
 }
 
 async fn wait_for_pvc_gone(setup: &Setup, namespace: &str, name: &str) {
@@ -925,7 +809,7 @@ async fn capacity_steers_pods_and_labels_move_servers(setup: &Setup, first: &Pla
 async fn delete_releases_and_retain_keeps(setup: &Setup, first: &Placed) {
     // The kubelet's part of deleting a pod: unpublish and unstage.
     let handle = volume_handle(&first.pv);
-    let endpoint = format!("unix://{}", setup.node_socket(&first.node).display());
+    let endpoint = setup.cluster.endpoint(&first.node);
     setup
         .vdrive(&[
             "csi",
@@ -1092,7 +976,7 @@ async fn expansion_grows_pv_and_filesystem(setup: &Setup) {
 
     // The kubelet's part: NodeExpandVolume on the staged volume. ext4 grows
     // online where the plugin may (CAP_SYS_RESOURCE); otherwise on restage.
-    let endpoint = format!("unix://{}", setup.node_socket(&node).display());
+    let endpoint = setup.cluster.endpoint(&node);
     let path = target.display().to_string();
     let staging_arg = staging.display().to_string();
     let expanded = setup.vdrive(&[
@@ -1291,7 +1175,7 @@ async fn controller_killed_mid_burst(setup: &mut Setup) {
     .expect("kill the controller");
     tokio::time::sleep(Duration::from_secs(2)).await;
     setup.controller.restart();
-    let socket = setup.controller_socket();
+    let socket = setup.cluster.socket("controller");
     wait_for_socket(&socket, &mut setup.controller).await;
     // The sidecars exit when they lose the driver; in a pod the kubelet restarts
     // them, here the test does.
@@ -1413,19 +1297,9 @@ fn pv_node(pv: &PersistentVolume) -> String {
 
 /// The node's ledger as the annotations say, decoded by vdrive's own code.
 async fn node_ledger(client: &Client, node: &str) -> vdrive::ledger::NodeLedger {
-    let found = Api::<Node>::all(client.clone())
-        .get(node)
+    support::e2e::node_ledger(client, node)
         .await
-        .unwrap_or_else(|e| panic!("Node {node}: {e}"));
-    let annotations = found.annotations();
-    let mut ledger = vdrive::ledger::NodeLedger::new(node);
-    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
-        ledger.claims = decode_claims(text).expect("a readable claims annotation");
-    }
-    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
-        ledger.drives = decode_drives(text).expect("a readable drives annotation");
-    }
-    ledger
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn live_claims(setup: &Setup, node: &str) -> Vec<Claim> {
@@ -1451,7 +1325,7 @@ fn stage_and_publish(
         .as_ref()
         .and_then(|s| s.csi.as_ref())
         .expect("a CSI PV");
-    let endpoint = format!("unix://{}", setup.node_socket(node).display());
+    let endpoint = setup.cluster.endpoint(node);
     let mut args: Vec<String> = vec![
         "csi".into(),
         "--endpoint".into(),
@@ -1483,7 +1357,7 @@ fn stage_and_publish(
 }
 
 fn unstage(setup: &Setup, node: &str, handle: &str, staging: &Path, target: &Path) {
-    let endpoint = format!("unix://{}", setup.node_socket(node).display());
+    let endpoint = setup.cluster.endpoint(node);
     setup
         .vdrive(&[
             "csi",
@@ -1641,23 +1515,13 @@ fn gb(status: &Value, pool: &str, key: &str) -> u64 {
 
 // ---- two controllers, one node; a drive vanishes --------------------------------
 
-/// Releases the devices and mounts under a directory when dropped (declare it
-/// after the cluster and before the daemons, so it runs between them).
-struct ReleaseUnder(PathBuf);
-
-impl Drop for ReleaseUnder {
-    fn drop(&mut self) {
-        release_everything_under(&self.0);
-    }
-}
-
 #[test]
 #[ignore = "needs Kubernetes binaries: run e2e/run"]
 fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
     let bin = bin_dir_from_env();
     runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
-        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let _release = ReleaseUnder::cluster(&cluster);
         let client = cluster.client().await;
         let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
         cluster
@@ -1672,22 +1536,21 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let mut node = start_node(
-            &cluster,
-            &vdrive,
+        let mut node = cluster.start_vdrive_node(
             "solo",
+            DRIVES,
             &[
-                "--rescan-interval=1".to_string(),
-                format!("--metrics-address=127.0.0.1:{metrics_port}"),
+                "--rescan-interval=1",
+                &format!("--metrics-address=127.0.0.1:{metrics_port}"),
             ],
         );
-        wait_for_socket(&cluster.dir().join("solo.sock"), &mut node).await;
+        wait_for_socket(&cluster.socket("solo"), &mut node).await;
         // Two replicas, as the Deployment runs them, both taking requests.
         let mut controllers = Vec::new();
         for name in ["c1", "c2"] {
-            let command = controller_command(&cluster, &vdrive, name, &[]);
-            let mut daemon = cluster.spawn(&format!("vdrive-controller-{name}"), command);
-            wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+            let daemon = cluster
+                .start_vdrive_controller(name, &["--orphan-check-interval=0"])
+                .await;
             controllers.push(daemon);
         }
 
@@ -1779,7 +1642,7 @@ fn two_controllers_never_double_book_and_a_vanished_drive_is_reported() {
             }
         })
         .await;
-        let note = wait_for_node_event(&client, "solo", "SharedDriveMissing").await;
+        let note = wait_for_event(&client, None, "solo", "SharedDriveMissing", "").await;
         assert!(note.contains("16 virtual drive(s)"), "{note}");
         let scrape = http_get(metrics_port, "/metrics");
         assert!(
@@ -1810,7 +1673,7 @@ fn a_malformed_annotation_quarantines_only_its_node() {
     let bin = bin_dir_from_env();
     runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
-        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let _release = ReleaseUnder::cluster(&cluster);
         let client = cluster.client().await;
         let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
         for name in ["good", "bad"] {
@@ -1818,20 +1681,21 @@ fn a_malformed_annotation_quarantines_only_its_node() {
                 .add_node(name, &[("pool", "k8s"), (TOPOLOGY_KEY, name)], "8", "32Gi")
                 .await;
         }
-        let mut node = start_node(&cluster, &vdrive, "good", &[]);
-        wait_for_socket(&cluster.dir().join("good.sock"), &mut node).await;
+        let mut node = cluster.start_vdrive_node("good", DRIVES, &[]);
+        wait_for_socket(&cluster.socket("good"), &mut node).await;
         let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let command = controller_command(
-            &cluster,
-            &vdrive,
-            "c",
-            &[format!("--metrics-address=127.0.0.1:{metrics_port}")],
-        );
-        let mut controller = cluster.spawn("vdrive-controller-c", command);
-        wait_for_socket(&cluster.dir().join("c.sock"), &mut controller).await;
+        let controller = cluster
+            .start_vdrive_controller(
+                "c",
+                &[
+                    "--orphan-check-interval=0",
+                    &format!("--metrics-address=127.0.0.1:{metrics_port}"),
+                ],
+            )
+            .await;
         let endpoint = format!("unix://{}/c.sock", cluster.dir().display());
         let csi = |args: &[&str]| {
             let out = Command::new(&vdrive)
@@ -1909,7 +1773,7 @@ fn a_malformed_annotation_quarantines_only_its_node() {
             report.contains("node bad is quarantined") && report.contains("not a JSON object"),
             "{report}"
         );
-        let note = wait_for_node_event(&client, "bad", "LedgerUnreadable").await;
+        let note = wait_for_event(&client, None, "bad", "LedgerUnreadable", "").await;
         assert!(note.contains("kubectl edit node bad"), "{note}");
 
         // Repaired, the node is back.
@@ -1938,23 +1802,16 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
     let bin = bin_dir_from_env();
     runtime().block_on(async move {
         let cluster = Cluster::start(&bin);
-        let _release = ReleaseUnder(cluster.dir().to_path_buf());
+        let _release = ReleaseUnder::cluster(&cluster);
         let client = cluster.client().await;
         let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
         let labels = [("pool", "k8s"), (TOPOLOGY_KEY, "phoenix")];
         cluster.add_node("phoenix", &labels, "8", "32Gi").await;
-        let mut node = start_node(
-            &cluster,
-            &vdrive,
-            "phoenix",
-            &["--rescan-interval=1".to_string()],
-        );
-        wait_for_socket(&cluster.dir().join("phoenix.sock"), &mut node).await;
-        let mut controller = cluster.spawn(
-            "vdrive-controller",
-            controller_command(&cluster, &vdrive, "controller", &[]),
-        );
-        wait_for_socket(&cluster.dir().join("controller.sock"), &mut controller).await;
+        let mut node = cluster.start_vdrive_node("phoenix", DRIVES, &["--rescan-interval=1"]);
+        wait_for_socket(&cluster.socket("phoenix"), &mut node).await;
+        let controller = cluster
+            .start_vdrive_controller("controller", &["--orphan-check-interval=0"])
+            .await;
         let endpoint = format!("unix://{}/controller.sock", cluster.dir().display());
         let create = |name: &str| {
             Command::new(&vdrive)
@@ -1992,6 +1849,7 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
             .await
             .expect("delete Node phoenix");
         let nodes = &nodes;
+        let admin = &client;
         eventually("Node phoenix gone", WAIT, || async move {
             match nodes.get_opt("phoenix").await {
                 Ok(None) => Ok(()),
@@ -2002,7 +1860,7 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
         cluster.add_node("phoenix", &labels, "8", "32Gi").await;
         let tlc = before.claims[0].physical_uuid;
         let reason = eventually("the TLC drive quarantined", WAIT, || async move {
-            let ledger = node_ledger_opt(nodes, "phoenix").await?;
+            let ledger = support::e2e::node_ledger(admin, "phoenix").await?;
             ledger
                 .drive(&tlc)
                 .and_then(|d| d.quarantined.clone())
@@ -2014,7 +1872,7 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
                 && reason.contains(&before.claims[0].volume_id),
             "{reason}"
         );
-        let note = wait_for_node_event(&client, "phoenix", "SharedDriveQuarantined").await;
+        let note = wait_for_event(&client, None, "phoenix", "SharedDriveQuarantined", "").await;
         assert!(
             note.contains(&tlc.to_string()) && note.contains("ledger was lost or forked"),
             "{note}"
@@ -2042,7 +1900,7 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
         assert!(adopted.status.success(), "{said}");
         assert!(said.contains("3 claim(s) brought back"), "{said}");
         eventually("the quarantine lifted", WAIT, || async move {
-            let ledger = node_ledger_opt(nodes, "phoenix").await?;
+            let ledger = support::e2e::node_ledger(admin, "phoenix").await?;
             match ledger.drive(&tlc) {
                 Some(d) if d.quarantined.is_none() && ledger.claims.len() == 3 => Ok(()),
                 other => Err(format!("{other:?}, {} claims", ledger.claims.len())),
@@ -2068,50 +1926,4 @@ fn a_re_created_node_quarantines_its_drives_until_adopted() {
         drop(controller);
         drop(node);
     });
-}
-
-/// The node's ledger as its annotations say, or why not (yet).
-async fn node_ledger_opt(
-    nodes: &Api<Node>,
-    name: &str,
-) -> Result<vdrive::ledger::NodeLedger, String> {
-    let node = nodes
-        .get_opt(name)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("no Node {name}"))?;
-    let annotations = node.annotations();
-    let mut ledger = vdrive::ledger::NodeLedger::new(name);
-    if let Some(text) = annotations.get(CLAIMS_ANNOTATION) {
-        ledger.claims = decode_claims(text)?;
-    }
-    if let Some(text) = annotations.get(DRIVES_ANNOTATION) {
-        ledger.drives = decode_drives(text)?;
-    }
-    Ok(ledger)
-}
-
-/// The note of the first Event with `reason` about Node `node`, once there is one.
-async fn wait_for_node_event(client: &Client, node: &str, reason: &str) -> String {
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    let events = &events;
-    eventually(
-        &format!("a {reason} Event on Node {node}"),
-        WAIT,
-        || async move {
-            let list = events
-                .list(&ListParams::default())
-                .await
-                .map_err(|e| e.to_string())?;
-            list.items
-                .into_iter()
-                .find(|e| {
-                    e.reason.as_deref() == Some(reason)
-                        && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node)
-                })
-                .and_then(|e| e.note)
-                .ok_or_else(|| "no such Event yet".to_string())
-        },
-    )
-    .await
 }

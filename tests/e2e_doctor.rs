@@ -22,10 +22,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
+use support::e2e::{ReleaseUnder, runtime};
 
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const NAMESPACE: &str = "vdrive";
 /// Small pool shares, so that the simulated drives are enough for a server.
 const SHARE_GIB: u64 = 100;
@@ -43,21 +41,11 @@ struct Setup {
     nodes: BTreeMap<String, Daemon>,
     _controller: Daemon,
     _provisioner: Daemon,
+    /// After the vdrive processes, before the cluster: the nodes' simulated
+    /// drives, and whatever the probe left staged.
+    _release: ReleaseUnder,
     cluster: Cluster,
     client: Client,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        // The nodes' simulated drives, and whatever the probe left staged.
-        self.nodes.clear();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
 }
 
 /// What one `vdrive doctor` run said.
@@ -97,35 +85,6 @@ impl Setup {
     }
 }
 
-fn start_node(cluster: &Cluster, name: &str) -> Daemon {
-    let dir = cluster.dir().display().to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vdrive"));
-    command
-        .arg("node")
-        .arg(format!("--endpoint=unix://{dir}/{name}.sock"))
-        .arg(format!("--node-id={name}"))
-        .arg(format!("--state-dir={dir}/{name}"))
-        .arg(format!("--simulate-drives={DRIVES}"))
-        .arg(format!("--kubelet-dir={dir}"))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .env("RUST_LOG", "info");
-    cluster.spawn(&format!("vdrive-node-{name}"), command)
-}
-
-async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
-}
-
 async fn set_up(bin: &Path) -> Setup {
     let cluster = Cluster::start(bin);
     let client = cluster.client().await;
@@ -143,29 +102,13 @@ async fn set_up(bin: &Path) -> Setup {
 
     let mut nodes = BTreeMap::new();
     for (name, pool) in [("n1", "k8s"), ("n2", "vm")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = start_node(&cluster, name);
-        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+        let daemon = cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await;
         nodes.insert(name.to_string(), daemon);
     }
-    let socket = cluster.dir().join("controller.sock");
-    let mut controller = Command::new(env!("CARGO_BIN_EXE_vdrive"));
-    controller
-        .arg("controller")
-        .arg(format!("--endpoint=unix://{}", socket.display()))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .arg("--orphan-check-interval=0")
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
-        .env("RUST_LOG", "info");
-    let mut controller = cluster.spawn("vdrive-controller", controller);
-    wait_for_socket(&socket, &mut controller).await;
+    let socket = cluster.socket("controller");
+    let controller = cluster
+        .start_vdrive_controller_with_shares(SHARE_GIB, RESERVE_GIB)
+        .await;
     // Leader election as the chart runs it, its Lease in vdrive's namespace.
     let provisioner = cluster.start_provisioner(
         &socket,
@@ -178,6 +121,7 @@ async fn set_up(bin: &Path) -> Setup {
         ],
     );
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         nodes,
         _controller: controller,
         _provisioner: provisioner,
@@ -245,18 +189,14 @@ fn failed<'a>(findings: &'a [Value], check: &str, subject: &str) -> Option<&'a V
 #[ignore = "needs Kubernetes binaries: run e2e/run"]
 fn doctor_is_green_on_a_healthy_cluster_and_names_each_fault() {
     let bin = bin_dir_from_env();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| panic!("a tokio runtime: {e}"))
-        .block_on(async move {
-            let mut setup = set_up(&bin).await;
-            wait_until_settled(&setup, &["n1", "n2"]).await;
-            healthy_with_a_probe(&setup);
-            the_helm_test_account_is_enough(&setup).await;
-            a_stopped_node_plugin_is_named(&mut setup).await;
-            a_pool_node_without_drives_is_named(&setup).await;
-        });
+    runtime().block_on(async move {
+        let mut setup = set_up(&bin).await;
+        wait_until_settled(&setup, &["n1", "n2"]).await;
+        healthy_with_a_probe(&setup);
+        the_helm_test_account_is_enough(&setup).await;
+        a_stopped_node_plugin_is_named(&mut setup).await;
+        a_pool_node_without_drives_is_named(&setup).await;
+    });
 }
 
 fn healthy_with_a_probe(setup: &Setup) {
@@ -426,14 +366,7 @@ async fn a_stopped_node_plugin_is_named(setup: &mut Setup) {
 /// n3 is labelled into the k8s pool with a registered plugin, but no node
 /// plugin ever reported a drive there.
 async fn a_pool_node_without_drives_is_named(setup: &Setup) {
-    setup
-        .cluster
-        .add_node("n3", &[("pool", "k8s"), (TOPOLOGY_KEY, "n3")], "8", "32Gi")
-        .await;
-    setup
-        .cluster
-        .create_csinode("n3", DRIVER, &[TOPOLOGY_KEY])
-        .await;
+    setup.cluster.add_csi_node("n3", Some("k8s")).await;
     let json = setup.doctor(&["-o", "json"]);
     assert_eq!(json.code, Some(1), "doctor with n3 driveless");
     let all = findings(&json);

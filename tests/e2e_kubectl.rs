@@ -7,22 +7,17 @@
 mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
-use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, PersistentVolume};
+use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env};
-use support::devices::release_everything_under;
-use vdrive::cluster::annotations::{
-    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
-};
+use support::e2e::{ReleaseUnder, node_ledger, runtime};
 use vdrive::ledger::{Claim, PhysicalDrive};
 
 const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const DRIVES: &str = "tlc:160x1,qlc:160x1";
 const SHARE_GIB: u64 = 100;
 const RESERVE_GIB: u64 = 20;
@@ -31,22 +26,13 @@ const RESERVE_GIB: u64 = 20;
 /// drop order: vdrive stops before the control plane.
 struct Setup {
     controller: Daemon,
-    nodes: Vec<Daemon>,
+    _nodes: Vec<Daemon>,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     plugin: PathBuf,
     _plugin_dir: tempfile::TempDir,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
 }
 
 /// One run of the plugin.
@@ -121,24 +107,12 @@ fn gi(gib: u64) -> String {
 
 /// Each node's ledger, read straight from its annotations.
 async fn ledger(client: &kube::Client) -> BTreeMap<String, (Vec<PhysicalDrive>, Vec<Claim>)> {
-    let nodes: Api<Node> = Api::all(client.clone());
     let mut out = BTreeMap::new();
     for name in ["n1", "n2"] {
-        let node = nodes.get(name).await.expect("the Node");
-        let annotations = node.metadata.annotations.unwrap_or_default();
-        let drives = decode_drives(
-            annotations
-                .get(DRIVES_ANNOTATION)
-                .map_or("[]", String::as_str),
-        )
-        .expect("the drives annotation decodes");
-        let claims = decode_claims(
-            annotations
-                .get(CLAIMS_ANNOTATION)
-                .map_or("[]", String::as_str),
-        )
-        .expect("the claims annotation decodes");
-        out.insert(name.to_string(), (drives, claims));
+        let ledger = node_ledger(client, name)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        out.insert(name.to_string(), (ledger.drives, ledger.claims));
     }
     out
 }
@@ -160,70 +134,22 @@ fn largest_gap(drive: &PhysicalDrive, claims: &[Claim]) -> u64 {
     largest.max(drive.capacity_gib.saturating_sub(at))
 }
 
-fn start_node(cluster: &Cluster, name: &str) -> Daemon {
-    let dir = cluster.dir().display().to_string();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vdrive"));
-    command
-        .arg("node")
-        .arg(format!("--endpoint=unix://{dir}/{name}.sock"))
-        .arg(format!("--node-id={name}"))
-        .arg(format!("--state-dir={dir}/{name}"))
-        .arg(format!("--simulate-drives={DRIVES}"))
-        .arg(format!("--kubelet-dir={dir}"))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .env("RUST_LOG", "info");
-    cluster.spawn(&format!("vdrive-node-{name}"), command)
-}
-
-async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
-}
-
 async fn set_up() -> Setup {
     let cluster = Cluster::start(&bin_dir_from_env());
     let mut nodes = Vec::new();
     for (name, pool) in [("n1", "k8s"), ("n2", "vm")] {
-        cluster
-            .add_node(name, &[("pool", pool), (TOPOLOGY_KEY, name)], "8", "32Gi")
-            .await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = start_node(&cluster, name);
-        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
-        nodes.push(daemon);
+        nodes.push(cluster.add_vdrive_node(name, Some(pool), DRIVES, &[]).await);
     }
-    let mut command = Command::new(env!("CARGO_BIN_EXE_vdrive"));
-    command
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/controller.sock",
-            cluster.dir().display()
-        ))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .arg("--orphan-check-interval=0")
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg(format!("--system-reserve-per-server-gib={RESERVE_GIB}"))
-        .env("RUST_LOG", "info");
-    let mut controller = cluster.spawn("vdrive-controller", command);
-    wait_for_socket(&cluster.dir().join("controller.sock"), &mut controller).await;
+    let controller = cluster
+        .start_vdrive_controller_with_shares(SHARE_GIB, RESERVE_GIB)
+        .await;
     let plugin_dir = tempfile::tempdir().expect("a temp dir");
     let plugin = plugin_dir.path().join("kubectl-vdrive");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_vdrive"), &plugin).expect("symlink the plugin");
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
-        nodes,
+        _nodes: nodes,
         cluster,
         plugin,
         _plugin_dir: plugin_dir,
@@ -280,13 +206,6 @@ async fn create_pv(client: &kube::Client, volume: &str, namespace: &str, claim: 
         .create(&PostParams::default(), &pv)
         .await
         .expect("create the PersistentVolume");
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]

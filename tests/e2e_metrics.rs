@@ -11,12 +11,11 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
+use support::e2e::{ReleaseUnder, runtime};
 use support::http::{free_port, get};
 use tonic::Code;
 use vdrive::csi::capability::mount;
@@ -30,8 +29,6 @@ use vdrive::csi::proto::{
 use vdrive::csi::server::connect;
 use vdrive::metrics::names::{self, Kind, Metric};
 
-const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const NODE: &str = "m1";
 const DRIVES: &str = "tlc:160x1,qlc:160x1";
 const WAIT: Duration = Duration::from_secs(90);
@@ -41,26 +38,10 @@ const GIB: i64 = 1 << 30;
 struct Setup {
     controller: Daemon,
     node: Daemon,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.node.stop();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
 }
 
 #[test]
@@ -115,61 +96,34 @@ impl Setup {
 
 async fn set_up(bin: &Path) -> Setup {
     let cluster = Cluster::start(bin);
-    cluster
-        .add_node(NODE, &[("pool", "k8s"), (TOPOLOGY_KEY, NODE)], "8", "32Gi")
+    let node = cluster
+        .add_vdrive_node(
+            NODE,
+            Some("k8s"),
+            DRIVES,
+            &["--rescan-interval=1", "--metrics-address=127.0.0.1:0"],
+        )
         .await;
-    cluster.create_csinode(NODE, DRIVER, &[TOPOLOGY_KEY]).await;
-    let vdrive = PathBuf::from(env!("CARGO_BIN_EXE_vdrive"));
-    let dir = cluster.dir().to_path_buf();
-    let kubeconfig = format!("--kubeconfig={}", cluster.kubeconfig_path().display());
 
-    let mut node = Command::new(&vdrive);
-    node.arg("node")
-        .arg(format!("--endpoint=unix://{}/{NODE}.sock", dir.display()))
-        .arg(format!("--node-id={NODE}"))
-        .arg(format!("--state-dir={}/{NODE}", dir.display()))
-        .arg(format!("--simulate-drives={DRIVES}"))
-        .arg(format!("--kubelet-dir={}", dir.display()))
-        .arg("--rescan-interval=1")
-        .arg("--metrics-address=127.0.0.1:0")
-        .arg(&kubeconfig)
-        .env("RUST_LOG", "info");
-    let mut node = cluster.spawn("vdrive-node", node);
-    wait_for_path(&dir.join(format!("{NODE}.sock")), &mut node).await;
-
-    let mut controller = Command::new(&vdrive);
-    controller
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/controller.sock",
-            dir.display()
-        ))
-        .arg(&kubeconfig)
-        // Soon, so the orphan gauges are set within the test.
-        .arg("--orphan-check-interval=1")
-        .arg("--metrics-address=127.0.0.1:0")
-        .arg(format!("--api-address=127.0.0.1:{}", free_port()))
-        .arg("--capacity-per-server-gib=100")
-        .arg("--system-reserve-per-server-gib=20")
-        .env("RUST_LOG", "info");
-    let mut controller = cluster.spawn("vdrive-controller", controller);
-    wait_for_path(&dir.join("controller.sock"), &mut controller).await;
+    let controller = cluster
+        .start_vdrive_controller(
+            "controller",
+            &[
+                // Soon, so the orphan gauges are set within the test.
+                "--orphan-check-interval=1",
+                "--metrics-address=127.0.0.1:0",
+                &format!("--api-address=127.0.0.1:{}", free_port()),
+                "--capacity-per-server-gib=100",
+                "--system-reserve-per-server-gib=20",
+            ],
+        )
+        .await;
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
         node,
         cluster,
     }
-}
-
-async fn wait_for_path(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
 }
 
 /// The address `vdrive <program>` says it serves metrics on.

@@ -15,20 +15,17 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Node;
-use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
-use support::devices::release_everything_under;
-use vdrive::cluster::annotations::{
-    CLAIMS_ANNOTATION, DRIVES_ANNOTATION, decode_claims, decode_drives,
+use support::e2e::{
+    ReleaseUnder, events_about, node_ledger, runtime, wait_for_event_at, wait_for_socket,
 };
 
 const DRIVER: &str = "csi.vdrive.io";
-const TOPOLOGY_KEY: &str = "topology.vdrive.io/node";
 const K8S_CLASS: &str = "k8s-pool-storage";
 const SIGN_LABEL: &str = "vdrive.io/sign-drives";
 /// Each pool server's share: one 80 GiB volume puts a one-server pool at 80 %.
@@ -44,21 +41,12 @@ const WAIT: Duration = Duration::from_secs(90);
 struct Setup {
     controller: Daemon,
     nodes: Vec<Daemon>,
+    /// After the vdrive processes, before the cluster: whatever a failed
+    /// scenario left staged, and the nodes' simulated drives.
+    _release: ReleaseUnder,
     cluster: Cluster,
     vdrive: PathBuf,
     client: Client,
-}
-
-impl Drop for Setup {
-    fn drop(&mut self) {
-        self.nodes.clear();
-        if !release_everything_under(self.cluster.dir()) {
-            eprintln!(
-                "cleanup: mounts remain under {}",
-                self.cluster.dir().display()
-            );
-        }
-    }
 }
 
 #[test]
@@ -74,13 +62,6 @@ fn running_vdrive_day_to_day() {
     });
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime")
-}
-
 async fn set_up(bin: &Path) -> Setup {
     let cluster = Cluster::start(bin);
     let client = cluster.client().await;
@@ -88,12 +69,9 @@ async fn set_up(bin: &Path) -> Setup {
     // n1 is in the k8s pool; n2 in none, until the test labels it.
     let mut nodes = Vec::new();
     for (name, pool) in [("n1", Some("k8s")), ("n2", None)] {
-        let mut labels = vec![(TOPOLOGY_KEY, name)];
-        labels.extend(pool.map(|p| ("pool", p)));
-        cluster.add_node(name, &labels, "8", "32Gi").await;
-        cluster.create_csinode(name, DRIVER, &[TOPOLOGY_KEY]).await;
-        let mut daemon = start_node(&cluster, &vdrive, name);
-        wait_for_socket(&cluster.dir().join(format!("{name}.sock")), &mut daemon).await;
+        let daemon = cluster
+            .add_vdrive_node(name, pool, DRIVES, &["--rescan-interval=2"])
+            .await;
         nodes.push(daemon);
     }
     // The pool's class, where its health Events are shown.
@@ -108,66 +86,26 @@ async fn set_up(bin: &Path) -> Setup {
         .create(&PostParams::default(), &class)
         .await
         .expect("the k8s pool's StorageClass");
-    let mut command = Command::new(&vdrive);
-    command
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/controller.sock",
-            cluster.dir().display()
-        ))
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg("--system-reserve-per-server-gib=20")
-        .arg(format!("--orphan-check-interval={CHECK_SECONDS}"))
-        .arg(format!(
-            "--orphan-auto-release-after={RELEASE_AFTER_SECONDS}"
-        ))
-        .env_remove("POD_NAMESPACE")
-        .env("RUST_LOG", "info");
+    let mut command = cluster.vdrive_controller_command(
+        "controller",
+        &[
+            &format!("--capacity-per-server-gib={SHARE_GIB}"),
+            "--system-reserve-per-server-gib=20",
+            &format!("--orphan-check-interval={CHECK_SECONDS}"),
+            &format!("--orphan-auto-release-after={RELEASE_AFTER_SECONDS}"),
+        ],
+    );
+    command.env_remove("POD_NAMESPACE");
     let mut controller = cluster.spawn("vdrive-controller", command);
-    wait_for_socket(&cluster.dir().join("controller.sock"), &mut controller).await;
+    wait_for_socket(&cluster.socket("controller"), &mut controller).await;
     Setup {
+        _release: ReleaseUnder::cluster(&cluster),
         controller,
         nodes,
         cluster,
         vdrive,
         client,
     }
-}
-
-fn start_node(cluster: &Cluster, vdrive: &Path, name: &str) -> Daemon {
-    let mut command = Command::new(vdrive);
-    command
-        .arg("node")
-        .arg(format!(
-            "--endpoint=unix://{}/{name}.sock",
-            cluster.dir().display()
-        ))
-        .arg(format!("--node-id={name}"))
-        .arg(format!("--state-dir={}/{name}", cluster.dir().display()))
-        .arg(format!("--simulate-drives={DRIVES}"))
-        .arg(format!("--kubelet-dir={}", cluster.dir().display()))
-        .arg("--rescan-interval=2")
-        .arg(format!(
-            "--kubeconfig={}",
-            cluster.kubeconfig_path().display()
-        ))
-        .env("RUST_LOG", "info");
-    cluster.spawn(&format!("vdrive-node-{name}"), command)
-}
-
-async fn wait_for_socket(path: &Path, daemon: &mut Daemon) {
-    for _ in 0..300 {
-        if path.exists() {
-            return;
-        }
-        daemon.assert_running();
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{} never appeared; log:\n{}", path.display(), daemon.log());
 }
 
 // ---- scenario 1 ----------------------------------------------------------------
@@ -236,25 +174,18 @@ async fn only_the_replica_holding_the_lease_reports(setup: &Setup) {
         .create(&PostParams::default(), &held)
         .await
         .expect("the provisioner's Lease");
-    let mut command = Command::new(&setup.vdrive);
-    command
-        .arg("controller")
-        .arg(format!(
-            "--endpoint=unix://{}/standby.sock",
-            setup.cluster.dir().display()
-        ))
-        .arg(format!(
-            "--kubeconfig={}",
-            setup.cluster.kubeconfig_path().display()
-        ))
-        .arg(format!("--capacity-per-server-gib={SHARE_GIB}"))
-        .arg("--system-reserve-per-server-gib=20")
-        .arg("--orphan-check-interval=0")
-        .arg(format!("--instance={STANDBY}"))
-        .env("POD_NAMESPACE", NAMESPACE)
-        .env("RUST_LOG", "info");
+    let mut command = setup.cluster.vdrive_controller_command(
+        "standby",
+        &[
+            &format!("--capacity-per-server-gib={SHARE_GIB}"),
+            "--system-reserve-per-server-gib=20",
+            "--orphan-check-interval=0",
+            &format!("--instance={STANDBY}"),
+        ],
+    );
+    command.env("POD_NAMESPACE", NAMESPACE);
     let mut standby = setup.cluster.spawn("vdrive-controller-standby", command);
-    wait_for_socket(&setup.cluster.dir().join("standby.sock"), &mut standby).await;
+    wait_for_socket(&setup.cluster.socket("standby"), &mut standby).await;
     eventually("the standby's view of the pools", WAIT, || async {
         let log = standby.log();
         log.contains("pool scaling: pool vm starts with 0 servers")
@@ -268,7 +199,7 @@ async fn only_the_replica_holding_the_lease_reports(setup: &Setup) {
     wait_for_event(setup, "n2", "PoolServerJoined", "joined pool vm").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let by_standby = |reason: &'static str| async move {
-        events(setup, "n2", reason)
+        events_about(&setup.client, None, "n2", reason)
             .await
             .into_iter()
             .filter(|e| e.reporting_instance.as_deref() == Some(STANDBY))
@@ -369,7 +300,8 @@ async fn an_orphan_is_released_after_two_checks_and_not_before(setup: &Setup) {
     );
 
     // The first check that sees it reports it, and releases nothing.
-    let (reported_at, _) = wait_for_event_at(setup, "n1", "OrphanedClaim", &volume).await;
+    let (reported_at, _) =
+        wait_for_event_at(&setup.client, None, "n1", "OrphanedClaim", &volume).await;
     assert!(
         live_volumes(setup, "n1").await.contains(&volume),
         "one check does not release"
@@ -382,7 +314,7 @@ async fn an_orphan_is_released_after_two_checks_and_not_before(setup: &Setup) {
     );
 
     let (released_at, note) =
-        wait_for_event_at(setup, "n1", "OrphanedClaimReleased", &volume).await;
+        wait_for_event_at(&setup.client, None, "n1", "OrphanedClaimReleased", &volume).await;
     assert!(
         note.contains(&format!(
             "after it stayed orphaned for at least {RELEASE_AFTER_SECONDS}s"
@@ -492,21 +424,12 @@ async fn set_label(setup: &Setup, node: &str, key: &str, value: Option<&str>) {
         .unwrap_or_else(|e| panic!("cannot label {node}: {e}"));
 }
 
-async fn node_annotation(setup: &Setup, node: &str, key: &str) -> Option<String> {
-    Api::<Node>::all(setup.client.clone())
-        .get(node)
-        .await
-        .unwrap_or_else(|e| panic!("cannot read Node {node}: {e}"))
-        .annotations()
-        .get(key)
-        .cloned()
-}
-
+/// The claims in `node`'s annotations.
 async fn node_claims(setup: &Setup, node: &str) -> Vec<vdrive::ledger::Claim> {
-    match node_annotation(setup, node, CLAIMS_ANNOTATION).await {
-        Some(text) => decode_claims(&text).expect("a readable claims annotation"),
-        None => Vec::new(),
-    }
+    node_ledger(&setup.client, node)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .claims
 }
 
 /// The volume ids with live (not releasing) claims on `node`.
@@ -521,34 +444,20 @@ async fn live_volumes(setup: &Setup, node: &str) -> Vec<String> {
     ids
 }
 
+/// The uuids of the drives in `node`'s annotations.
 async fn node_drives(setup: &Setup, node: &str) -> Vec<String> {
-    match node_annotation(setup, node, DRIVES_ANNOTATION).await {
-        Some(text) => decode_drives(&text)
-            .expect("a readable drives annotation")
-            .into_iter()
-            .map(|d| d.uuid.to_string())
-            .collect(),
-        None => Vec::new(),
-    }
-}
-
-/// The Events with `reason` about the object `name` (any namespace).
-async fn events(setup: &Setup, name: &str, reason: &str) -> Vec<Event> {
-    Api::<Event>::all(setup.client.clone())
-        .list(&ListParams::default())
+    node_ledger(&setup.client, node)
         .await
-        .unwrap_or_else(|e| panic!("cannot list Events: {e}"))
-        .items
+        .unwrap_or_else(|e| panic!("{e}"))
+        .drives
         .into_iter()
-        .filter(|e| {
-            e.reason.as_deref() == Some(reason)
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name)
-        })
+        .map(|d| d.uuid.to_string())
         .collect()
 }
 
+/// The times of the Events with `reason` about `name` (any namespace).
 async fn event_times(setup: &Setup, name: &str, reason: &str) -> Vec<k8s_openapi::jiff::Timestamp> {
-    events(setup, name, reason)
+    events_about(&setup.client, None, name, reason)
         .await
         .into_iter()
         .filter_map(|e| e.event_time.map(|t| t.0))
@@ -556,35 +465,9 @@ async fn event_times(setup: &Setup, name: &str, reason: &str) -> Vec<k8s_openapi
 }
 
 /// Waits for an Event with `reason` about `name` whose note contains `text`;
-/// its note.
+/// its note. vdrive's Events carry their time, so one without is not it.
 async fn wait_for_event(setup: &Setup, name: &str, reason: &str, text: &str) -> String {
-    wait_for_event_at(setup, name, reason, text).await.1
-}
-
-/// Like [`wait_for_event`], with the Event's time.
-async fn wait_for_event_at(
-    setup: &Setup,
-    name: &str,
-    reason: &str,
-    text: &str,
-) -> (k8s_openapi::jiff::Timestamp, String) {
-    eventually(
-        &format!("a {reason} Event on {name} saying {text:?}"),
-        WAIT,
-        || async {
-            let found = events(setup, name, reason).await;
-            found
-                .iter()
-                .find_map(|e| {
-                    let note = e.note.clone()?;
-                    let at = e.event_time.as_ref()?.0;
-                    note.contains(text).then_some((at, note))
-                })
-                .ok_or_else(|| {
-                    let notes: Vec<_> = found.iter().filter_map(|e| e.note.clone()).collect();
-                    format!("{notes:?}")
-                })
-        },
-    )
-    .await
+    wait_for_event_at(&setup.client, None, name, reason, text)
+        .await
+        .1
 }

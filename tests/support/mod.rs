@@ -4,4 +4,5 @@ pub mod chaos;
 pub mod cluster;
 pub mod devices;
 pub mod driver;
+pub mod e2e;
 pub mod http;
