@@ -5,9 +5,10 @@
 //! a disk holding data, or a drive already signed). What it signed and what it
 //! left alone, and why, goes into an Event on the Node and the log.
 //!
-//! A label that stays the same signs nothing more: a drive added later is
-//! signed when the label is set again (or changed) or the plugin restarts,
-//! never behind the operator's back.
+//! The label is a standing policy, read at every start of the plugin and on
+//! every change; the same value seen again while the plugin runs signs
+//! nothing more. A drive added later is signed at the next start, or when the
+//! label is set again.
 
 use std::future::Future;
 
