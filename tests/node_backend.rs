@@ -8,12 +8,14 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use tempfile::TempDir;
 use vdrive::drive::{Backend, DriveType};
 use vdrive::node::drives::{self, SignedDrive};
 use vdrive::node::fs::{self as vfs, FsType};
 use vdrive::node::signature::{HEADER_BYTES, Signature};
-use vdrive::node::{DriveRegistry, GIB, NodeError, claim_record, loopdev, mounts};
+use vdrive::node::{GIB, NodeError, claim_record, loopdev, mounts};
+
+mod support;
+use support::devices::{root, simulate};
 
 /// Unmounts on drop. Declared after the loop device it mounts, so it drops first.
 struct Mount(PathBuf);
@@ -37,34 +39,6 @@ impl Drop for Loop {
     }
 }
 
-/// A directory of simulated drives; drop detaches their loop devices (and any
-/// extent devices left on them), then removes the images.
-struct Sim {
-    dir: TempDir,
-}
-
-impl Sim {
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for Sim {
-    fn drop(&mut self) {
-        if let Err(e) = drives::detach_simulated(self.dir.path()) {
-            eprintln!("cleanup: cannot detach simulated drives: {e}");
-        }
-    }
-}
-
-fn root() -> bool {
-    let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/loop-control").exists();
-    if !ok {
-        eprintln!("skipped: needs root and /dev/loop-control");
-    }
-    ok
-}
-
 /// Whether this process holds CAP_SYS_RESOURCE (bit 24 of CapEff).
 fn has_cap_sys_resource() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap();
@@ -73,16 +47,6 @@ fn has_cap_sys_resource() -> bool {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .unwrap();
     u64::from_str_radix(caps.trim(), 16).unwrap() & (1 << 24) != 0
-}
-
-/// Simulated drives for `spec` in a fresh directory; the guard exists before the
-/// first loop device does.
-fn simulate(spec: &str) -> (Sim, Vec<SignedDrive>) {
-    let sim = Sim {
-        dir: tempfile::tempdir().unwrap(),
-    };
-    let drives = drives::simulate(sim.path(), spec).unwrap();
-    (sim, drives)
 }
 
 /// Binds the extent at `offset_gib` of `drive`.
@@ -566,50 +530,4 @@ fn erased_extents_come_back_blank() {
             .map(|d| d.path),
         Some(drive.path.clone())
     );
-}
-
-/// Binds `image` at `device` with losetup; false if that device is taken.
-fn bind_at(device: &Path, image: &Path) -> bool {
-    std::process::Command::new("losetup")
-        .arg(device)
-        .arg(image)
-        .status()
-        .unwrap()
-        .success()
-}
-
-#[test]
-fn a_simulated_node_never_takes_another_drive_bound_where_its_own_was() {
-    if !root() {
-        return;
-    }
-    let (ours_sim, ours) = simulate("tlc:1x1");
-    let (theirs_sim, theirs) = simulate("tlc:1x1");
-    let our_image = fs::canonicalize(ours_sim.path().join("sim-tlc-0.img")).unwrap();
-    let their_image = fs::canonicalize(theirs_sim.path().join("sim-tlc-0.img")).unwrap();
-    let (our_uuid, their_uuid) = (ours[0].signature.uuid, theirs[0].signature.uuid);
-    let registry = DriveRegistry::only(ours.clone());
-    // Our drive goes away, and another simulated node's drive is bound at the
-    // loop device ours had (anyone on the machine may take a free one).
-    let device = ours[0].path.clone();
-    loopdev::detach(&device).unwrap();
-    loopdev::detach(&theirs[0].path).unwrap();
-    assert!(
-        bind_at(&device, &their_image),
-        "{} was taken before the test could bind the other drive there",
-        device.display()
-    );
-    let found: Vec<_> = registry.rescan().iter().map(|d| d.signature.uuid).collect();
-    assert!(
-        !found.contains(&their_uuid),
-        "another node's drive at {} was taken for this node's: {found:?}",
-        device.display()
-    );
-    assert!(registry.find(&their_uuid).is_none());
-    assert!(registry.find(&our_uuid).is_none(), "ours is detached");
-    // Ours comes back at another loop device: found there.
-    let back = loopdev::attach(&our_image, 0, 0).unwrap();
-    assert_ne!(back, device);
-    let found = registry.find(&our_uuid).expect("our drive, back");
-    assert_eq!(fs::canonicalize(&found.path).unwrap(), back);
 }

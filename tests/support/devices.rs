@@ -6,9 +6,12 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
+use tempfile::TempDir;
+use vdrive::node::drives::{self, SignedDrive};
 
 /// Unmounts everything under `dir` (deepest first), then detaches the loop devices
 /// of the simulated drives in `dir`: first those built on those drives (volume
@@ -149,4 +152,44 @@ pub fn volume_devices(dir: &Path) -> Vec<PathBuf> {
         .filter(|(_, backing)| drives.contains(&backing))
         .map(|(device, _)| device.clone())
         .collect()
+}
+
+/// A directory of simulated drives; drop detaches their loop devices (and any
+/// extent devices left on them), then removes the images.
+pub struct Sim {
+    dir: TempDir,
+}
+
+impl Sim {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if let Err(e) = drives::detach_simulated(self.dir.path()) {
+            eprintln!("cleanup: cannot detach simulated drives: {e}");
+        }
+    }
+}
+
+/// Whether this test can attach loop devices (root and /dev/loop-control);
+/// says so on stderr when not.
+pub fn root() -> bool {
+    let ok = nix::unistd::geteuid().is_root() && Path::new("/dev/loop-control").exists();
+    if !ok {
+        eprintln!("skipped: needs root and /dev/loop-control");
+    }
+    ok
+}
+
+/// Simulated drives of `spec` (e.g. `tlc:1x1`) in a directory of their own;
+/// the guard exists before the first loop device does.
+pub fn simulate(spec: &str) -> (Sim, Vec<SignedDrive>) {
+    let sim = Sim {
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let drives = drives::simulate(sim.path(), spec).unwrap();
+    (sim, drives)
 }
