@@ -206,6 +206,19 @@ fn sign_show_answers_in_every_format() {
 }
 
 #[test]
+fn a_drive_sign_refuses_is_a_no_with_the_report_on_stdout() {
+    // Not a block device: refused. The report says so on stdout (what was and
+    // was not signed), the note on stderr, and the exit code is a no.
+    let run = vdrive(&["sign", "--device", "/dev/null", "--type", "tlc"]).exits(1);
+    assert!(
+        run.stdout.starts_with("not signed /dev/null:"),
+        "stdout: {}",
+        run.stdout
+    );
+    assert!(run.stderr.contains("not signed"), "stderr: {}", run.stderr);
+}
+
+#[test]
 fn daemons_exit_2_when_they_cannot_start() {
     let missing = "--kubeconfig=/nonexistent/kubeconfig";
     vdrive(&["controller", missing]).fails_in_text();
