@@ -14,7 +14,7 @@ use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::{Finding, Installation, pods, unreadable};
-use crate::csi::identity::DRIVER_NAME;
+use crate::cluster::leader::provisioner_lease_name;
 
 const CHECK: &str = "controller";
 
@@ -22,21 +22,6 @@ const CHECK: &str = "controller";
 /// holder renews well inside its duration, so only a gone or stuck leader
 /// (or clocks far apart) gets past it.
 const RENEW_GRACE_SECONDS: i64 = 10;
-
-/// csi-provisioner's Lease: its driver name with every character a Lease name
-/// cannot hold replaced by `-` (csi.vdrive.io → csi-vdrive-io).
-pub fn provisioner_lease_name() -> String {
-    DRIVER_NAME
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect()
-}
 
 pub async fn controller(client: &Client, inst: &Installation) -> Vec<Finding> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), &inst.namespace);
@@ -214,11 +199,6 @@ mod tests {
 
     fn statuses(findings: &[Finding]) -> Vec<Status> {
         findings.iter().map(|f| f.status).collect()
-    }
-
-    #[test]
-    fn the_lease_is_named_after_the_driver() {
-        assert_eq!(provisioner_lease_name(), "csi-vdrive-io");
     }
 
     #[test]
