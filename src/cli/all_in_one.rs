@@ -23,7 +23,7 @@ use crate::node::inflight::InFlight;
 use crate::node::{DriveRegistry, ExtentEraser, NodeVolumes, backend, ownership};
 use crate::pools::Pool;
 use crate::vms::Catalog;
-use crate::vms::local::LocalVms;
+use crate::vms::local::{Interrupted, LocalVms};
 
 /// The drives `--simulate-drives` suggests when a machine has none signed.
 pub const SUGGESTED_SIMULATION: &str = "tlc:3840x4,qlc:7680x2";
@@ -245,6 +245,10 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
                 volumes.clone(),
                 pool,
             );
+            let interrupted = vms
+                .interrupted()
+                .await
+                .map_err(|e| format!("cannot read the VMs: {e}"))?;
             let state = ApiState {
                 pools: ledger.clone(),
                 vms: vms.clone(),
@@ -252,7 +256,7 @@ pub async fn run(args: AllInOneArgs) -> Result<(), String> {
             };
             let (served, bound) = api::spawn(address, state, std::future::pending()).await?;
             println!("vdrive all-in-one: pool API on http://{bound}/api/v1/");
-            tokio::spawn(resume_vms(vms, socket.clone()));
+            tokio::spawn(resume_vms(vms, socket.clone(), interrupted));
             Some(served)
         }
         None => None,
@@ -325,12 +329,10 @@ pub(super) async fn rescan_drives<F, Fut>(
 
 /// Provisions again the VMs a restart left Provisioning, once the CSI socket
 /// they are provisioned through answers.
-async fn resume_vms(vms: Arc<LocalVms>, socket: PathBuf) {
+async fn resume_vms(vms: Arc<LocalVms>, socket: PathBuf, interrupted: Interrupted) {
     for _ in 0..100 {
         if tokio::net::UnixStream::connect(&socket).await.is_ok() {
-            if let Err(err) = vms.resume().await {
-                tracing::warn!(%err, "could not resume provisioning VMs");
-            }
+            vms.resume(interrupted);
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -48,6 +48,9 @@ pub use crate::csi::controller::{IMAGE_FORMAT_PARAM, IMAGE_PARAM};
 
 const NO_RUNTIME: &str = "vdrive all-in-one runs no VMs: the disk is ready for your hypervisor (stage it with `vdrive csi stage --block`)";
 
+/// VMs a restart left Provisioning ([`LocalVms::interrupted`]).
+pub struct Interrupted(Vec<Stored>);
+
 /// What the store keeps of a VM: what the API shows, plus what provisioning needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
@@ -283,14 +286,25 @@ impl LocalVms {
         })
     }
 
-    /// Provisions again every VM a restart left Provisioning.
-    pub async fn resume(self: &Arc<Self>) -> Result<(), VmError> {
+    /// The VMs an earlier run left Provisioning. Read before the API serves:
+    /// a VM created by this run is being provisioned by its own request, and
+    /// provisioning it twice at once makes one of them fail.
+    pub async fn interrupted(&self) -> Result<Interrupted, VmError> {
         let store = self.store.clone();
-        for (id, bytes) in blocking(move || store.records(KIND)).await? {
+        let mut left = Vec::new();
+        for (_, bytes) in blocking(move || store.records(KIND)).await? {
             let stored = decode(&bytes)?;
-            if stored.vm.status != VmStatus::Provisioning {
-                continue;
+            if stored.vm.status == VmStatus::Provisioning {
+                left.push(stored);
             }
+        }
+        Ok(Interrupted(left))
+    }
+
+    /// Provisions again the VMs [`Self::interrupted`] found.
+    pub fn resume(self: &Arc<Self>, interrupted: Interrupted) {
+        for stored in interrupted.0 {
+            let id = stored.vm.id.clone();
             info!(vm = %id, "resuming the provisioning of a VM");
             let this = self.clone();
             tokio::spawn(async move {
@@ -304,7 +318,6 @@ impl LocalVms {
                 }
             });
         }
-        Ok(())
     }
 
     /// The disk's volume: CreateVolume with the vm class, block mode, and the
