@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::NodeError;
-use super::discovery::{DiskKind, Skip};
+use super::discovery::{DiskKind, DriveFacts, Machine, Skip};
 use super::drives::{self, SignedDrive, Swept};
 use crate::drive::DriveType;
 
@@ -26,16 +26,21 @@ pub fn sign_unused(
 ) -> Result<SweepReport, NodeError> {
     let dir = only_images_in.map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.to_path_buf()));
     let results = drives::sign_all_not_root_where(drive_type, false, |machine, disk| {
-        let Some(dir) = &dir else {
-            return disk.kind != DiskKind::Loop;
-        };
-        disk.kind == DiskKind::Loop
-            && machine
-                .sysfs()
-                .attribute(&disk.name, "loop/backing_file")
-                .is_some_and(|backing| drives::is_sim_image(Path::new(&backing), dir))
+        in_scope(machine, disk, dir.as_deref())
     })?;
     Ok(SweepReport::of(results))
+}
+
+/// Whether the node plugin's sweep looks at `disk` at all (see [`sign_unused`]).
+fn in_scope(machine: &Machine, disk: &DriveFacts, only_images_in: Option<&Path>) -> bool {
+    let Some(dir) = only_images_in else {
+        return disk.kind != DiskKind::Loop;
+    };
+    disk.kind == DiskKind::Loop
+        && machine
+            .sysfs()
+            .attribute(&disk.name, "loop/backing_file")
+            .is_some_and(|backing| drives::is_sim_image(Path::new(&backing), dir))
 }
 
 #[derive(Debug, Default)]
@@ -207,6 +212,28 @@ mod tests {
             uuid: Uuid::nil(),
         }));
         assert!(!is_left_alone(&NodeError::NotBlockDevice { path: device }));
+    }
+
+    #[test]
+    fn a_real_server_never_sweeps_loop_devices_and_a_simulated_node_only_its_images() {
+        let fake = crate::node::discovery::fake::server();
+        let machine = fake.machine();
+        let in_scope_with = |dir: Option<&str>| -> Vec<String> {
+            machine
+                .drives()
+                .into_iter()
+                .filter(|d| in_scope(&machine, d, dir.map(Path::new)))
+                .map(|d| d.name)
+                .collect()
+        };
+        let real = in_scope_with(None);
+        assert!(!real.is_empty(), "the server's disks are looked at");
+        assert!(
+            real.iter().all(|name| !name.starts_with("loop")),
+            "no loop device on a real server: {real:?}"
+        );
+        assert_eq!(in_scope_with(Some("/var/lib/vdrive")), ["loop0"]);
+        assert!(in_scope_with(Some("/var/lib/elsewhere")).is_empty());
     }
 
     #[test]
