@@ -11,7 +11,7 @@ use super::store::StoreError;
 use crate::allocator::AllocError;
 use crate::drive::{Backend, DriveType};
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum LedgerError {
     /// A volume is on no readable node while some node cannot be read.
     #[error(

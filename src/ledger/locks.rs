@@ -1,5 +1,7 @@
-//! Async locks by key (node name, volume name) that exist only while used, so a
-//! long-lived process does not keep one per volume it ever saw.
+//! Async locks by key (a volume name) that exist only while used, so a
+//! long-lived process does not keep one per volume it ever saw. A guard owns
+//! its place, so it can travel with a queued change and be released only
+//! when that change has been written or refused.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,18 +13,18 @@ pub struct KeyedLocks {
     locks: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
 }
 
-pub struct KeyedGuard<'a> {
-    owner: &'a KeyedLocks,
+pub struct KeyedGuard {
+    owner: Arc<KeyedLocks>,
     key: String,
     held: OwnedMutexGuard<()>,
 }
 
 impl KeyedLocks {
-    pub async fn lock(&self, key: &str) -> KeyedGuard<'_> {
+    pub async fn lock(self: &Arc<Self>, key: &str) -> KeyedGuard {
         let mutex = self.map().entry(key.to_string()).or_default().clone();
         let held = mutex.lock_owned().await;
         KeyedGuard {
-            owner: self,
+            owner: self.clone(),
             key: key.to_string(),
             held,
         }
@@ -39,7 +41,7 @@ impl KeyedLocks {
     }
 }
 
-impl Drop for KeyedGuard<'_> {
+impl Drop for KeyedGuard {
     fn drop(&mut self) {
         let mut map = self.owner.map();
         // Clones are only made under the map lock: two references (the map's and

@@ -3,10 +3,12 @@
 //!
 //! Every change to a node's ledger is computed from a fresh snapshot and committed
 //! with one compare-and-swap on that node's revision; the swap is the commit point.
-//! Within one process changes to a node are also serialised by a per-node lock, so
-//! concurrent requests queue instead of spinning on conflicts; across processes
-//! (several controllers, one Kubernetes API) the revision check keeps extents from
-//! being double-booked and a conflict is retried with jittered backoff.
+//! Within one process concurrent changes to a node are combined by
+//! `group_commit` into one swap, planned one after another against the
+//! batch's running state, so many requests cost one write instead of queueing
+//! for one each; across processes (several controllers, one Kubernetes API) the
+//! revision check keeps extents from being double-booked and a conflict plans
+//! the batch again, after jittered backoff.
 //!
 //! Around the record: `pool_share` holds the pools and each node's share of
 //! one, `placement` where a new volume may go and what a node can still take,
@@ -16,6 +18,7 @@
 
 mod embedded;
 mod error;
+mod group_commit;
 mod growth;
 mod locks;
 mod model;
@@ -23,9 +26,7 @@ mod placement;
 mod pool_share;
 mod store;
 
-use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Duration;
 
 use uuid::Uuid;
 
@@ -41,14 +42,12 @@ pub use placement::{
 pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
+use group_commit::{Change, GroupCommit};
 use locks::KeyedLocks;
 
 use crate::allocator::{self, AllocError, MAX_CAPACITY_GIB, Plan, Request};
 #[cfg(test)]
 use crate::drive::Extent;
-
-/// How often a change is recomputed after losing a compare-and-swap.
-const MAX_ATTEMPTS: u32 = 16;
 
 /// A request to claim capacity for one volume on one node.
 #[derive(Debug, Clone)]
@@ -146,29 +145,22 @@ fn explain_quarantine(ledger: &NodeLedger, err: AllocError) -> LedgerError {
     }
 }
 
-/// What a change function decided.
-enum Change<T> {
-    /// Nothing to write; return this.
-    Unchanged(T),
-    /// Write the modified ledger, then return this.
-    Write(T),
-}
-
 /// The capacity ledger over a store.
 pub struct Ledger<S> {
-    store: S,
+    store: Arc<S>,
     pools: PoolSettings,
-    node_locks: KeyedLocks,
-    name_locks: KeyedLocks,
+    commits: Arc<GroupCommit<S>>,
+    name_locks: Arc<KeyedLocks>,
 }
 
 impl<S: LedgerStore> Ledger<S> {
     pub fn new(store: S, pools: PoolSettings) -> Self {
+        let store = Arc::new(store);
         Ledger {
+            commits: GroupCommit::new(store.clone()),
             store,
             pools,
-            node_locks: KeyedLocks::default(),
-            name_locks: KeyedLocks::default(),
+            name_locks: Arc::default(),
         }
     }
 
@@ -237,7 +229,9 @@ impl<S: LedgerStore> Ledger<S> {
                 ));
             }
         }
-        self.update(node, |ledger| {
+        let node_name = node.to_string();
+        self.update(node, move |ledger| {
+            let node = node_name.as_str();
             let mut drives = Vec::with_capacity(reported.len());
             let mut missing = Vec::new();
             let mut quarantined = Vec::new();
@@ -309,7 +303,7 @@ impl<S: LedgerStore> Ledger<S> {
     ) -> Result<Vec<Claim>, LedgerError> {
         // A header may list a claim beside its grown self until the node next
         // rewrites it: only the largest of a volume's nested claims counts.
-        let claims: Vec<&Claim> = claims
+        let claims: Vec<Claim> = claims
             .iter()
             .enumerate()
             .filter(|(i, c)| {
@@ -320,9 +314,11 @@ impl<S: LedgerStore> Ledger<S> {
                         && (other.extent() != c.extent() || j < *i)
                 })
             })
-            .map(|(_, c)| c)
+            .map(|(_, c)| c.clone())
             .collect();
-        self.update(node, |ledger| {
+        let node_name = node.to_string();
+        self.update(node, move |ledger| {
+            let node = node_name.as_str();
             let mut added = Vec::new();
             if ledger.drive(&drive.uuid).is_none() {
                 ledger.drives.push(PhysicalDrive {
@@ -334,7 +330,7 @@ impl<S: LedgerStore> Ledger<S> {
             for claim in &claims {
                 let claim = Claim {
                     physical_uuid: drive.uuid,
-                    ..(*claim).clone()
+                    ..claim.clone()
                 };
                 let same = |c: &Claim| {
                     c.physical_uuid == claim.physical_uuid
@@ -383,7 +379,9 @@ impl<S: LedgerStore> Ledger<S> {
     /// claims of the volumes it held are marked releasing, so those extents are
     /// erased before reuse. A drive the node still reports is refused.
     pub async fn forget_drive(&self, node: &str, uuid: Uuid) -> Result<Vec<Claim>, LedgerError> {
-        self.update(node, |ledger| {
+        let node_name = node.to_string();
+        self.update(node, move |ledger| {
+            let node = node_name.as_str();
             let Some(drive) = ledger.drive(&uuid) else {
                 return Ok(Change::Unchanged(Vec::new()));
             };
@@ -411,7 +409,7 @@ impl<S: LedgerStore> Ledger<S> {
 
     /// Sets the node's pool label (in Kubernetes the label is the Node's own).
     pub async fn set_pool(&self, node: &str, pool: Option<Pool>) -> Result<(), LedgerError> {
-        self.update(node, |ledger| {
+        self.update(node, move |ledger| {
             if ledger.pool == pool {
                 return Ok(Change::Unchanged(()));
             }
@@ -471,22 +469,30 @@ impl<S: LedgerStore> Ledger<S> {
     pub async fn claim(&self, node: &str, request: &ClaimRequest) -> Result<Volume, LedgerError> {
         request.layout.validate()?;
         // Names are unique across nodes, but each node's swap only sees its own
-        // node: hold the name from the cluster-wide check until the claim commits.
-        let _name = self.name_locks.lock(&request.volume_name).await;
+        // node: hold the name from the cluster-wide check until the claim is
+        // written or refused. The change holds it, not this call: a caller that
+        // gives up must not let the same name be claimed on another node while
+        // its change still waits to be written.
+        let name = self.name_locks.lock(&request.volume_name).await;
         if let Some(existing) = self.volume_by_name(&request.volume_name).await? {
             return same_volume(existing, request);
         }
+        let request = request.clone();
         let owner = if request.owner.is_empty() {
-            &request.volume_name
+            request.volume_name.clone()
         } else {
-            &request.owner
+            request.owner.clone()
         };
-        self.update(node, |ledger| {
+        let pools = self.pools;
+        let node_name = node.to_string();
+        self.update(node, move |ledger| {
+            let _name = &name;
+            let node = node_name.as_str();
             if let Some(existing) = ledger.volume_by_name(&request.volume_name) {
-                return same_volume(existing, request).map(Change::Unchanged);
+                return same_volume(existing, &request).map(Change::Unchanged);
             }
             if let Some(pool) = request.pool {
-                self.check_pool_share(ledger, pool, request.layout.capacity_gib())?;
+                check_pool_share(&pools, ledger, pool, request.layout.capacity_gib())?;
             }
             let plan = allocator::plan(&request.layout, Some(&ledger.free_drives()))
                 .map_err(|e| explain_quarantine(ledger, e))?;
@@ -550,8 +556,10 @@ impl<S: LedgerStore> Ledger<S> {
             .await?
             .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
         let node = volume.node.clone();
-        self.update(&node, |ledger| {
-            self.grow_in(ledger, &node, volume_id, new_gib)
+        let pools = self.pools;
+        let volume_id = volume_id.to_string();
+        self.update(&volume.node, move |ledger| {
+            grow_in(&pools, ledger, &node, &volume_id, new_gib)
         })
         .await
     }
@@ -567,58 +575,8 @@ impl<S: LedgerStore> Ledger<S> {
             .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
         let snapshot = self.store.load(&volume.node).await?;
         let mut ledger = Arc::unwrap_or_clone(snapshot.ledger);
-        self.grow_in(&mut ledger, &volume.node, volume_id, new_gib)
-            .map(drop)
+        grow_in(&self.pools, &mut ledger, &volume.node, volume_id, new_gib).map(drop)
     }
-
-    /// Grows `volume_id` in `ledger` (see [`Ledger::grow`]).
-    fn grow_in(
-        &self,
-        ledger: &mut NodeLedger,
-        node: &str,
-        volume_id: &str,
-        new_gib: u64,
-    ) -> Result<Change<Volume>, LedgerError> {
-        let volume = ledger
-            .volume(volume_id)
-            .filter(|v| !v.releasing)
-            .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
-        if new_gib <= volume.capacity_gib {
-            return Ok(Change::Unchanged(volume));
-        }
-        if volume.fixed {
-            return Err(LedgerError::FixedSize {
-                volume: volume_id.to_string(),
-                gib: volume.capacity_gib,
-                parts: volume.extents.len(),
-            });
-        }
-        let delta = new_gib - volume.capacity_gib;
-        if let Some(pool) = volume.pool {
-            self.check_pool_share(ledger, pool, delta)?;
-        }
-        let cannot = |reason: String| LedgerError::CannotGrow {
-            volume: volume_id.to_string(),
-            node: node.to_string(),
-            want_gib: new_gib,
-            reason,
-        };
-        if let Some(drive) = growth::missing_drive(ledger, &volume) {
-            return Err(LedgerError::DriveNotAttached {
-                volume: volume_id.to_string(),
-                node: node.to_string(),
-                want_gib: new_gib,
-                drive,
-            });
-        }
-        let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
-        growth::apply(ledger, &volume, growth).map_err(cannot)?;
-        let grown = ledger
-            .volume(volume_id)
-            .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
-        Ok(Change::Write(grown))
-    }
-
     /// Releases every claim of `volume_id`. Releasing an unknown volume is not an
     /// error (it may have been released already): it returns None.
     pub async fn release(&self, volume_id: &str) -> Result<Option<Volume>, LedgerError> {
@@ -652,7 +610,9 @@ impl<S: LedgerStore> Ledger<S> {
         node: &str,
         volume_id: &str,
     ) -> Result<Option<(Volume, bool)>, LedgerError> {
-        self.update(node, |ledger| {
+        let volume_id = volume_id.to_string();
+        self.update(node, move |ledger| {
+            let volume_id = volume_id.as_str();
             let Some(volume) = ledger.volume(volume_id) else {
                 return Ok(Change::Unchanged(None));
             };
@@ -677,8 +637,9 @@ impl<S: LedgerStore> Ledger<S> {
         node: &str,
         volume_id: &str,
     ) -> Result<Option<Volume>, LedgerError> {
-        self.update(node, |ledger| {
-            let Some(volume) = ledger.volume(volume_id) else {
+        let volume_id = volume_id.to_string();
+        self.update(node, move |ledger| {
+            let Some(volume) = ledger.volume(&volume_id) else {
                 return Ok(Change::Unchanged(None));
             };
             ledger.claims.retain(|c| c.volume_id != volume_id);
@@ -730,74 +691,90 @@ impl<S: LedgerStore> Ledger<S> {
             .collect())
     }
 
-    fn check_pool_share(
-        &self,
-        ledger: &NodeLedger,
-        pool: Pool,
-        need_gib: u64,
-    ) -> Result<(), LedgerError> {
-        if ledger.pool != Some(pool) {
-            return Err(LedgerError::NotInPool {
-                node: ledger.node.clone(),
-                pool,
-                label: PoolLabel(ledger.pool),
-            });
-        }
-        let left = node_allowance_gib(ledger, pool, &self.pools);
-        if need_gib > left {
-            return Err(LedgerError::PoolShareExhausted {
-                node: ledger.node.clone(),
-                pool,
-                need_gib,
-                left_gib: left,
-                share_gib: self.pools.capacity_per_server_gib,
-            });
-        }
-        Ok(())
+    /// Lets `change` decide on the node's ledger and writes the result, with
+    /// whatever other changes to the node are waiting (see `group_commit`).
+    async fn update<T, F>(&self, node: &str, change: F) -> Result<T, LedgerError>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut NodeLedger) -> Result<Change<T>, LedgerError> + Send + 'static,
+    {
+        self.commits.update(node, change).await
     }
+}
 
-    /// Loads the node's ledger, lets `change` decide, and swaps the result in if the
-    /// revision is unchanged; recomputes from a fresh load when another writer won.
-    async fn update<T>(
-        &self,
-        node: &str,
-        mut change: impl FnMut(&mut NodeLedger) -> Result<Change<T>, LedgerError>,
-    ) -> Result<T, LedgerError> {
-        let _serialised = self.node_locks.lock(node).await;
-        for attempt in 0..MAX_ATTEMPTS {
-            let Snapshot { revision, ledger } = self.store.load(node).await?;
-            let mut ledger = Arc::unwrap_or_clone(ledger);
-            match change(&mut ledger)? {
-                Change::Unchanged(value) => return Ok(value),
-                Change::Write(value) => {
-                    ledger.normalize();
-                    ledger
-                        .check_invariants()
-                        .map_err(|reason| LedgerError::Invariant {
-                            node: node.to_string(),
-                            reason,
-                        })?;
-                    if self
-                        .store
-                        .compare_and_swap(&revision, Arc::new(ledger))
-                        .await?
-                    {
-                        return Ok(value);
-                    }
-                    let retrying = attempt + 1 < MAX_ATTEMPTS;
-                    crate::metrics::global().record_cas_conflict(retrying);
-                    if retrying {
-                        tracing::debug!(node, attempt, "ledger changed under us; retrying");
-                        tokio::time::sleep(backoff(attempt)).await;
-                    }
-                }
-            }
-        }
-        Err(LedgerError::Contended {
-            node: node.to_string(),
-            attempts: MAX_ATTEMPTS,
-        })
+/// Whether `ledger`'s node may take `need_gib` more of `pool`'s capacity.
+fn check_pool_share(
+    pools: &PoolSettings,
+    ledger: &NodeLedger,
+    pool: Pool,
+    need_gib: u64,
+) -> Result<(), LedgerError> {
+    if ledger.pool != Some(pool) {
+        return Err(LedgerError::NotInPool {
+            node: ledger.node.clone(),
+            pool,
+            label: PoolLabel(ledger.pool),
+        });
     }
+    let left = node_allowance_gib(ledger, pool, pools);
+    if need_gib > left {
+        return Err(LedgerError::PoolShareExhausted {
+            node: ledger.node.clone(),
+            pool,
+            need_gib,
+            left_gib: left,
+            share_gib: pools.capacity_per_server_gib,
+        });
+    }
+    Ok(())
+}
+
+/// Grows `volume_id` in `ledger` (see [`Ledger::grow`]).
+fn grow_in(
+    pools: &PoolSettings,
+    ledger: &mut NodeLedger,
+    node: &str,
+    volume_id: &str,
+    new_gib: u64,
+) -> Result<Change<Volume>, LedgerError> {
+    let volume = ledger
+        .volume(volume_id)
+        .filter(|v| !v.releasing)
+        .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+    if new_gib <= volume.capacity_gib {
+        return Ok(Change::Unchanged(volume));
+    }
+    if volume.fixed {
+        return Err(LedgerError::FixedSize {
+            volume: volume_id.to_string(),
+            gib: volume.capacity_gib,
+            parts: volume.extents.len(),
+        });
+    }
+    let delta = new_gib - volume.capacity_gib;
+    if let Some(pool) = volume.pool {
+        check_pool_share(pools, ledger, pool, delta)?;
+    }
+    let cannot = |reason: String| LedgerError::CannotGrow {
+        volume: volume_id.to_string(),
+        node: node.to_string(),
+        want_gib: new_gib,
+        reason,
+    };
+    if let Some(drive) = growth::missing_drive(ledger, &volume) {
+        return Err(LedgerError::DriveNotAttached {
+            volume: volume_id.to_string(),
+            node: node.to_string(),
+            want_gib: new_gib,
+            drive,
+        });
+    }
+    let growth = growth::plan(ledger, &volume, delta).map_err(cannot)?;
+    growth::apply(ledger, &volume, growth).map_err(cannot)?;
+    let grown = ledger
+        .volume(volume_id)
+        .ok_or_else(|| LedgerError::VolumeNotFound(volume_id.to_string()))?;
+    Ok(Change::Write(grown))
 }
 
 /// Idempotency: the existing volume of the request's name is the one asked for
@@ -854,13 +831,6 @@ fn invalid_drive(node: &str, uuid: Uuid, reason: &str) -> LedgerError {
         uuid,
         reason: reason.to_string(),
     }
-}
-
-/// Exponential backoff with full jitter: 1 ms, 2 ms, … capped at 256 ms.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling_us = 1000u64 << attempt.min(8);
-    let jitter = RandomState::new().hash_one(attempt) % ceiling_us;
-    Duration::from_micros(jitter.max(100))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ pub struct Snapshot {
     pub ledger: Arc<NodeLedger>,
 }
 
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum StoreError {
     #[error("node {0:?} is not known to the ledger store")]
     NodeNotFound(String),

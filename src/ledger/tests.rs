@@ -12,7 +12,7 @@ use crate::drive::DriveType::{self, Qlc, Tlc};
 const NODE: &str = "node-a";
 
 /// A drive of a device-mapper node, where a volume may have any number of parts.
-fn drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
+pub(super) fn drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
     PhysicalDrive {
         uuid: Uuid::from_u128(n),
         serial: format!("SN{n}"),
@@ -25,7 +25,7 @@ fn drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDrive {
 }
 
 /// Drives reported with blank headers (never owned): the ledger alone decides.
-fn blank(drives: Vec<PhysicalDrive>) -> Vec<ReportedDrive> {
+pub(super) fn blank(drives: Vec<PhysicalDrive>) -> Vec<ReportedDrive> {
     drives
         .into_iter()
         .map(|drive| ReportedDrive {
@@ -43,7 +43,7 @@ fn loop_drive(n: u128, drive_type: DriveType, capacity_gib: u64) -> PhysicalDriv
     }
 }
 
-fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
+pub(super) fn tlc_request(name: &str, gib: u64) -> ClaimRequest {
     let mut layout = Request::with_ratio(gib, Ratio { tlc: 1, qlc: 0 }, 1);
     layout.min_drive_gib = 1;
     ClaimRequest {
