@@ -187,8 +187,14 @@ impl<S: LedgerStore> Writer<S> {
             };
             let mut running = Arc::unwrap_or_clone(ledger);
             let mut first_write = None;
+            let last = batch.len() - 1;
             for (i, job) in batch.iter_mut().enumerate() {
-                if job.plan(&mut running) && first_write.is_none() {
+                // A change refused halfway must not leave half of itself in
+                // the state later changes are planned on or earlier ones are
+                // written with; only the last change of a batch nothing else
+                // wrote in (a lone change) has neither.
+                let on_copy = i < last || first_write.is_some();
+                if job.plan(&mut running, on_copy) && first_write.is_none() {
                     first_write = Some(i);
                 }
             }
@@ -261,9 +267,10 @@ impl Written {
 
 /// A queued change, with its answer type hidden so one batch holds any.
 trait Pending: Send {
-    /// Applies the change to `ledger`, the batch's running state, or leaves it
-    /// untouched if the change is refused or writes nothing. True if it wrote.
-    fn plan(&mut self, ledger: &mut NodeLedger) -> bool;
+    /// Applies the change to `ledger`, the batch's running state. True if it
+    /// wrote. With `on_copy`, a change that is refused or writes nothing
+    /// leaves `ledger` untouched; without, it may leave it half-changed.
+    fn plan(&mut self, ledger: &mut NodeLedger, on_copy: bool) -> bool;
     /// Whether the last plan wrote.
     fn writes(&self) -> bool;
     /// Sends the caller its answer: what the plan returned, or `failure` if
@@ -283,21 +290,22 @@ where
     T: Send,
     F: FnMut(&mut NodeLedger) -> Result<Change<T>, LedgerError> + Send,
 {
-    fn plan(&mut self, ledger: &mut NodeLedger) -> bool {
-        // On a copy: a change refused halfway must not leave half of itself
-        // in the state the batch's next changes are planned against.
-        let mut trial = ledger.clone();
-        let planned = match (self.change)(&mut trial) {
+    fn plan(&mut self, ledger: &mut NodeLedger, on_copy: bool) -> bool {
+        let mut copy = on_copy.then(|| ledger.clone());
+        let trial = copy.as_mut().unwrap_or(ledger);
+        let planned = match (self.change)(trial) {
             Ok(Change::Write(value)) => {
                 trial.normalize();
                 match trial.check_invariants() {
                     Ok(()) => {
-                        *ledger = trial;
+                        if let Some(copy) = copy {
+                            *ledger = copy;
+                        }
                         (Ok(value), true)
                     }
                     Err(reason) => (
                         Err(LedgerError::Invariant {
-                            node: ledger.node.clone(),
+                            node: trial.node.clone(),
                             reason,
                         }),
                         false,
