@@ -616,6 +616,11 @@ fn controller_starts_with_the_code_defaults() {
         "enable-capacity",
         "strict-topology",
         "leader-election",
+        // Its pace (controller.provisioner), which the end-to-end fixture
+        // reads from values.yaml too.
+        "worker-threads",
+        "kube-api-qps",
+        "kube-api-burst",
     ] {
         assert!(
             provisioner.contains_key(needed),

@@ -130,6 +130,33 @@ pub fn bin_dir_from_env() -> PathBuf {
     }
 }
 
+/// csi-provisioner's `--worker-threads`, `--kube-api-qps` and
+/// `--kube-api-burst` as the chart passes them: `controller.provisioner` in
+/// charts/vdrive/values.yaml, read from there so that the tests provision at
+/// the pace of an installed driver.
+pub fn chart_provisioner_pace() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/vdrive/values.yaml");
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let values: Value = serde_norway::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+    let pace = &values["controller"]["provisioner"];
+    [
+        ("workerThreads", "worker-threads"),
+        ("kubeApiQps", "kube-api-qps"),
+        ("kubeApiBurst", "kube-api-burst"),
+    ]
+    .into_iter()
+    .map(|(key, flag)| match &pace[key] {
+        Value::Number(value) => format!("--{flag}={value}"),
+        other => panic!(
+            "{}: controller.provisioner.{key} is {other}, not a number",
+            path.display()
+        ),
+    })
+    .collect()
+}
+
 /// Polls `check` until it returns `Ok`, for at most `timeout`; the panic on timeout
 /// names `what` and carries the last `Err`, so say in it what was seen instead.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -730,13 +757,15 @@ impl Cluster {
     /// objects in [`SIDECAR_NAMESPACE`] without an owner, refreshed every 2 s
     /// (`--enable-capacity`, so the CSIDriver object should say
     /// `storageCapacity: true` for the scheduler to use them), and verbose CSI call
-    /// logging. `extra_args` come last and so win over these. Topology needs no
+    /// logging, at the pace the chart sets ([`chart_provisioner_pace`]).
+    /// `extra_args` come last and so win over these. Topology needs no
     /// flag: it is always on. The log is `csi-provisioner.log`.
     pub fn start_provisioner(&self, csi_socket: &Path, extra_args: &[&str]) -> Daemon {
         let mut command = Command::new(self.bin("csi-provisioner"));
         command
             .arg(format!("--csi-address={}", csi_socket.display()))
             .arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .args(chart_provisioner_pace())
             .args([
                 "--extra-create-metadata",
                 "--enable-capacity",
