@@ -24,6 +24,7 @@ mod locks;
 mod model;
 mod placement;
 mod pool_share;
+mod room_cache;
 mod store;
 
 use std::sync::Arc;
@@ -37,13 +38,16 @@ pub use model::{
     VolumeSpec,
 };
 pub use placement::{
-    Capacity, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib, room_gib,
+    Capacity, NodeRoom, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib,
+    node_room, room_gib,
 };
 pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};
 
 use group_commit::{Change, GroupCommit};
 use locks::KeyedLocks;
+use placement::capacity_with;
+use room_cache::RoomCache;
 
 use crate::allocator::{self, AllocError, MAX_CAPACITY_GIB, Plan, Request};
 #[cfg(test)]
@@ -151,6 +155,7 @@ pub struct Ledger<S> {
     pools: PoolSettings,
     commits: Arc<GroupCommit<S>>,
     name_locks: Arc<KeyedLocks>,
+    rooms: RoomCache,
 }
 
 impl<S: LedgerStore> Ledger<S> {
@@ -161,6 +166,7 @@ impl<S: LedgerStore> Ledger<S> {
             store,
             pools,
             name_locks: Arc::default(),
+            rooms: RoomCache::default(),
         }
     }
 
@@ -460,7 +466,29 @@ impl<S: LedgerStore> Ledger<S> {
         class: &VolumeClass,
         only: Option<&str>,
     ) -> Result<Capacity, LedgerError> {
-        Ok(capacity(&self.nodes().await?, class, only, &self.pools))
+        let nodes = match only {
+            // What csi-provisioner asks, once per node and class: only that
+            // node's ledger is needed, not a survey of every node.
+            Some(name) => self.readable_node(name).await?.into_iter().collect(),
+            None => {
+                let nodes = self.nodes().await?;
+                self.rooms.keep_only(&nodes);
+                nodes
+            }
+        };
+        Ok(capacity_with(&nodes, class, only, |node| {
+            self.rooms.room(node, class, &self.pools)
+        }))
+    }
+
+    /// The node's ledger, or None when the store has no such node or cannot
+    /// read its ledger (as [`Ledger::survey`] leaves such a node out).
+    async fn readable_node(&self, node: &str) -> Result<Option<Arc<NodeLedger>>, LedgerError> {
+        match self.store.load(node).await {
+            Ok(snapshot) => Ok(Some(snapshot.ledger)),
+            Err(StoreError::NodeNotFound(_) | StoreError::Corrupt { .. }) => Ok(None),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Claims a volume's virtual drives on `node`: all of them in one atomic step,

@@ -217,6 +217,16 @@ pub fn capacity(
     only: Option<&str>,
     pools: &PoolSettings,
 ) -> Capacity {
+    capacity_with(nodes, class, only, |node| node_room(node, class, pools))
+}
+
+/// [`capacity`], with each node's room from `room` (which may remember it).
+pub(super) fn capacity_with(
+    nodes: &[Arc<NodeLedger>],
+    class: &VolumeClass,
+    only: Option<&str>,
+    room: impl Fn(&Arc<NodeLedger>) -> NodeRoom,
+) -> Capacity {
     let mut answer = Capacity {
         available_gib: 0,
         largest_gib: 0,
@@ -227,13 +237,30 @@ pub fn capacity(
         .filter(|n| only.is_none_or(|name| name == n.node))
         .filter(|n| class.pool.is_none_or(|pool| n.pool == Some(pool)));
     for node in asked {
-        let room = room_gib(node, class, pools);
-        answer.available_gib += room;
-        answer.largest_gib = answer
-            .largest_gib
-            .max(largest_volume_gib(node, class, room));
+        let NodeRoom {
+            room_gib,
+            largest_gib,
+        } = room(node);
+        answer.available_gib += room_gib;
+        answer.largest_gib = answer.largest_gib.max(largest_gib);
     }
     answer
+}
+
+/// What one node offers a class: its room and the largest volume it could take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeRoom {
+    pub room_gib: u64,
+    pub largest_gib: u64,
+}
+
+/// [`room_gib`] and [`largest_volume_gib`] of `node` for `class`.
+pub fn node_room(node: &NodeLedger, class: &VolumeClass, pools: &PoolSettings) -> NodeRoom {
+    let room = room_gib(node, class, pools);
+    NodeRoom {
+        room_gib: room,
+        largest_gib: largest_volume_gib(node, class, room),
+    }
 }
 
 #[cfg(test)]

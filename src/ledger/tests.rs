@@ -1326,6 +1326,10 @@ fn an_unreadable_node_is_quarantined_and_the_others_keep_working() {
         let class = tlc_request("any", 1).class();
         let capacity = ledger.capacity(&class, None).await.unwrap();
         assert_eq!(capacity.available_gib, 3840 - 100);
+        let of_bad = ledger.capacity(&class, Some("node-bad")).await.unwrap();
+        assert_eq!((of_bad.available_gib, of_bad.largest_gib), (0, 0));
+        let of_unknown = ledger.capacity(&class, Some("no-such-node")).await.unwrap();
+        assert_eq!(of_unknown.available_gib, 0);
         assert_eq!(ledger.volumes().await.unwrap().len(), 1);
         // Asked for by name, the bad node refuses whatever it is asked.
         let only_bad = Wanted::Only(vec!["node-bad".into()]);
@@ -1515,4 +1519,55 @@ fn adopting_a_header_that_lists_a_volume_beside_its_grown_self_takes_the_grown_c
         .unwrap()
         .unwrap();
     assert_eq!(volume.capacity_gib, 5);
+}
+
+// ---- capacity answers are remembered only while they are true ------------------
+
+#[test]
+fn remembered_capacity_is_always_what_the_ledger_says_now() {
+    let (rt, f) = fixture(vec![
+        drive(1, Tlc, 1000),
+        drive(2, Qlc, 2000),
+        drive(3, Tlc, 500),
+    ]);
+    rt.block_on(
+        f.ledger
+            .sync_drives("node-b", blank(vec![drive(4, Tlc, 800)])),
+    )
+    .unwrap();
+    let classes = [tlc_request("any", 1).class(), {
+        let mut mixed = tlc_request("mixed", 40);
+        mixed.layout = Request::with_ratio(40, Ratio { tlc: 1, qlc: 3 }, 2);
+        mixed.class()
+    }];
+    let check = |step: &str| {
+        let nodes = rt.block_on(f.ledger.nodes()).unwrap();
+        for class in &classes {
+            for only in [None, Some(NODE), Some("node-b")] {
+                let remembered = rt.block_on(f.ledger.capacity(class, only)).unwrap();
+                let computed = capacity(&nodes, class, only, &f.ledger.pools);
+                assert_eq!(remembered, computed, "{step}, {only:?}, {class:?}");
+            }
+        }
+    };
+    check("at first");
+    check("asked again");
+    let mut made = Vec::new();
+    for i in 0..6 {
+        let volume = rt
+            .block_on(
+                f.ledger
+                    .claim(NODE, &tlc_request(&format!("pvc-{i}"), 90 + i)),
+            )
+            .unwrap();
+        check(&format!("after claim {i}"));
+        made.push(volume);
+    }
+    for volume in made.iter().step_by(2) {
+        rt.block_on(f.ledger.release_on(NODE, &volume.id)).unwrap();
+        check(&format!("after releasing {}", volume.name));
+    }
+    rt.block_on(f.ledger.grow(&made[1].id, 400)).unwrap();
+    check("after growth");
+    assert_eq!(f.ledger.rooms.remembered(), 2);
 }
