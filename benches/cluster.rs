@@ -508,7 +508,11 @@ struct Servers {
 
 impl Servers {
     async fn start(bin_dir: &Path) -> Servers {
-        let cluster = Cluster::start(bin_dir);
+        Servers::start_with(bin_dir, &[]).await
+    }
+
+    async fn start_with(bin_dir: &Path, controller_manager_args: &[&str]) -> Servers {
+        let cluster = Cluster::start_with(bin_dir, controller_manager_args);
         let release = ReleaseUnder::cluster(&cluster);
         let mut nodes = Vec::new();
         for name in SERVERS {
@@ -660,9 +664,21 @@ async fn creates(bin_dir: &Path) {
 
 // ---- pvcs: PVC to Bound through csi-provisioner ----------------------------------
 
+/// kube-controller-manager's API rate in the two PVC runs: Kubernetes' default
+/// (20/s, burst 30), which binds PVCs in waves, and what a cluster that
+/// creates hundreds at once is run with.
+const CONTROLLER_MANAGER_RATES: [&[&str]; 2] =
+    [&[], &["--kube-api-qps=100", "--kube-api-burst=200"]];
+
 async fn pvcs(bin_dir: &Path) {
+    for rate in CONTROLLER_MANAGER_RATES {
+        pvcs_bound(bin_dir, rate).await;
+    }
+}
+
+async fn pvcs_bound(bin_dir: &Path, controller_manager_args: &[&str]) {
     let count: usize = env_or("VDRIVE_PVCS", 200);
-    let servers = Servers::start(bin_dir).await;
+    let servers = Servers::start_with(bin_dir, controller_manager_args).await;
     let cluster = &servers.cluster;
     let client = &servers.client;
     // As the chart runs it (its pace comes from the chart's values).
@@ -749,12 +765,17 @@ async fn pvcs(bin_dir: &Path) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!(
-        "pvcs: {count} PVCs and their pods created in {:.1}s; half bound after {:.1}s, all after {:.1}s ({:.1} PVCs/s); provisioner {}",
+        "pvcs: {count} PVCs and their pods created in {:.1}s; half bound after {:.1}s, all after {:.1}s ({:.1} PVCs/s); provisioner {}; kube-controller-manager {}",
         created.as_secs_f64(),
         half_bound.unwrap_or_default().as_secs_f64(),
         all_bound.as_secs_f64(),
         count as f64 / all_bound.as_secs_f64(),
-        chart_provisioner_pace().join(" ")
+        chart_provisioner_pace().join(" "),
+        if controller_manager_args.is_empty() {
+            "at Kubernetes' default API rate".to_string()
+        } else {
+            controller_manager_args.join(" ")
+        }
     );
     let mut placed = BTreeMap::new();
     for node in SERVERS {

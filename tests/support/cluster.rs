@@ -345,6 +345,12 @@ impl Cluster {
     /// its service account (so pods can be created there). Panics, saying why, if
     /// anything fails; whatever was started by then is stopped again.
     pub fn start(bin_dir: &Path) -> Cluster {
+        Cluster::start_with(bin_dir, &[])
+    }
+
+    /// [`Cluster::start`], with more kube-controller-manager flags (a bench
+    /// raising its API rate, as an operator of a busy cluster would).
+    pub fn start_with(bin_dir: &Path, controller_manager_args: &[&str]) -> Cluster {
         let started = Instant::now();
         let bin_dir = bin_dir.canonicalize().unwrap_or_else(|e| {
             panic!(
@@ -387,7 +393,7 @@ impl Cluster {
         cluster.write_kubeconfig();
         cluster.start_etcd(etcd_port, etcd_peer_port);
         cluster.start_apiserver(api_port, etcd_port);
-        cluster.start_controller_manager(kcm_port);
+        cluster.start_controller_manager(kcm_port, controller_manager_args);
         cluster.start_scheduler(scheduler_port);
         cluster.wait_ready("the controller-manager and the scheduler", |c| {
             c.lease_holder("kube-controller-manager")?;
@@ -1010,7 +1016,7 @@ impl Cluster {
         ]
     }
 
-    fn start_controller_manager(&mut self, port: u16) {
+    fn start_controller_manager(&mut self, port: u16, more_args: &[&str]) {
         let mut args = self.component_args("kube-controller-manager", port);
         args.extend([
             format!("--controllers={}", CONTROLLERS.join(",")),
@@ -1022,6 +1028,7 @@ impl Cluster {
             // Retry binding/provisioning sooner than the 15 s default.
             "--pvclaimbinder-sync-period=5s".to_string(),
         ]);
+        args.extend(more_args.iter().map(|a| a.to_string()));
         self.start_control_plane("kube-controller-manager", args);
     }
 
