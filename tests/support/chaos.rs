@@ -22,7 +22,7 @@ use nix::unistd::{Whence, lseek};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
-use super::devices::{loop_devices, mounts_under};
+use super::devices::mounts_under;
 use super::driver::{Extent, GIB, ext4, extents, k8s_params, path_str, raw_block, xfs};
 use vdrive::csi::proto::controller_client::ControllerClient;
 use vdrive::csi::proto::node_client::NodeClient;
@@ -31,6 +31,7 @@ use vdrive::csi::proto::{
     ListVolumesRequest, NodePublishVolumeRequest, NodeStageVolumeRequest,
     NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, Volume, VolumeCapability,
 };
+use vdrive::node::loopdev;
 use vdrive::node::signature::{self, HEADER_BYTES};
 
 /// Most volumes alive at once.
@@ -999,10 +1000,10 @@ impl<B: Bed> Chaos<B> {
         if self.detached.is_empty() {
             return;
         }
-        let bound = loop_devices();
+        let bound = loopdev::list().expect("list the loop devices");
         let before = self.detached.len();
         self.detached
-            .retain(|d| !bound.iter().any(|(_, backing)| *backing == d.image));
+            .retain(|d| !bound.iter().any(|l| l.backing == d.image));
         self.forget_held_back();
         for _ in self.detached.len()..before {
             self.count("drive re-attached by a restart");
@@ -1377,10 +1378,11 @@ pub fn first_nonzero(image: &Path, from: u64, to: u64) -> Option<u64> {
 /// Detaches the loop device `image` is bound to; answers that device. Refuses
 /// (rather than leaving a detach pending) a device something holds open.
 pub fn detach_image(image: &Path) -> Result<PathBuf, String> {
-    let bound: Vec<PathBuf> = loop_devices()
+    let bound: Vec<PathBuf> = loopdev::list()
+        .map_err(|e| format!("cannot list the loop devices: {e}"))?
         .into_iter()
-        .filter(|(_, backing)| backing == image)
-        .map(|(device, _)| device)
+        .filter(|l| l.backing == image)
+        .map(|l| l.device)
         .collect();
     let [device] = bound.as_slice() else {
         return Err(format!("{} is bound to {bound:?}", image.display()));
@@ -1392,7 +1394,11 @@ pub fn detach_image(image: &Path) -> Result<PathBuf, String> {
     let holders = fs::read_dir(format!("/sys/block/{name}/holders"))
         .map(|d| d.count())
         .unwrap_or(0);
-    if holders > 0 || loop_devices().iter().any(|(_, b)| b == device) {
+    let stacked = loopdev::list()
+        .map_err(|e| format!("cannot list the loop devices: {e}"))?
+        .into_iter()
+        .any(|l| l.backing == *device);
+    if holders > 0 || stacked {
         return Err(format!("{} is in use", device.display()));
     }
     let out = Command::new("losetup")
@@ -1405,9 +1411,10 @@ pub fn detach_image(image: &Path) -> Result<PathBuf, String> {
     }
     // The kernel finishes a detach once the last opener (udev's probe) closes it.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while loop_devices()
+    while loopdev::list()
+        .map_err(|e| format!("cannot list the loop devices: {e}"))?
         .iter()
-        .any(|(d, b)| d == device && b == image)
+        .any(|l| l.device == *device && l.backing == image)
     {
         if Instant::now() > deadline {
             return Err(format!(
@@ -1446,17 +1453,15 @@ pub fn attach_image(image: &Path, wanted: Option<&Path>) -> Result<PathBuf, Stri
 /// No loop device over the simulated drives kept under `dir` (nor over those
 /// devices) and no mount under `dir` is left.
 pub fn assert_nothing_left(dir: &Path, at: &str) {
-    let devices = loop_devices();
+    let devices = loopdev::list().expect("list the loop devices");
     let drive_devices: Vec<&PathBuf> = devices
         .iter()
-        .filter(|(_, backing)| backing.starts_with(dir))
-        .map(|(device, _)| device)
+        .filter(|l| l.backing.starts_with(dir))
+        .map(|l| &l.device)
         .collect();
-    let left: Vec<&(PathBuf, PathBuf)> = devices
+    let left: Vec<&loopdev::LoopInfo> = devices
         .iter()
-        .filter(|(device, backing)| {
-            drive_devices.contains(&device) || drive_devices.contains(&backing)
-        })
+        .filter(|l| drive_devices.contains(&&l.device) || drive_devices.contains(&&l.backing))
         .collect();
     assert!(left.is_empty(), "{at} loop devices left: {left:?}");
     let mounts = mounts_under(dir);

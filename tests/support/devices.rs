@@ -12,6 +12,7 @@ use std::thread;
 use std::time::Duration;
 use tempfile::TempDir;
 use vdrive::node::drives::{self, SignedDrive};
+use vdrive::node::loopdev;
 
 /// Unmounts everything under `dir` (deepest first), then detaches the loop devices
 /// of the simulated drives in `dir`: first those built on those drives (volume
@@ -39,16 +40,17 @@ pub fn release_everything_under(dir: &Path) -> bool {
 /// on those drives (volume devices), then the drives' own.
 pub fn detach_loops_under(dir: &Path) {
     for attempt in 0..10 {
-        let loops = loop_devices();
+        // Cleanup goes on as far as it can: an unreadable sysfs lists nothing.
+        let loops = loopdev::list().unwrap_or_default();
         let drives: Vec<&PathBuf> = loops
             .iter()
-            .filter(|(_, backing)| backing.starts_with(dir))
-            .map(|(device, _)| device)
+            .filter(|l| l.backing.starts_with(dir))
+            .map(|l| &l.device)
             .collect();
         let volumes: Vec<&PathBuf> = loops
             .iter()
-            .filter(|(_, backing)| drives.contains(&backing))
-            .map(|(device, _)| device)
+            .filter(|l| drives.contains(&&l.backing))
+            .map(|l| &l.device)
             .collect();
         if drives.is_empty() && volumes.is_empty() {
             break;
@@ -66,55 +68,6 @@ pub fn detach_loops_under(dir: &Path) {
         }
         thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Bound loop devices and their backing files, from `losetup --list`.
-pub fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
-    let Ok(out) = Command::new("losetup")
-        .args([
-            "--list",
-            "--noheadings",
-            "--raw",
-            "--output",
-            "NAME,BACK-FILE",
-        ])
-        .output()
-    else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|line| {
-            let (name, backing) = line.trim().split_once(' ')?;
-            let backing = unescape_raw(backing.trim());
-            let backing = backing.strip_suffix(" (deleted)").unwrap_or(&backing);
-            Some((PathBuf::from(name), PathBuf::from(backing)))
-        })
-        .collect()
-}
-
-/// Undoes `lsblk`/`losetup --raw` escaping (`\x20`).
-pub fn unescape_raw(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("\\x") {
-        out.push_str(&rest[..at]);
-        match rest
-            .get(at + 2..at + 4)
-            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            Some(byte) => {
-                out.push(char::from(byte));
-                rest = &rest[at + 4..];
-            }
-            None => {
-                out.push_str("\\x");
-                rest = &rest[at + 2..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
 }
 
 /// One line of /proc/self/mountinfo.
@@ -142,15 +95,15 @@ pub fn mounts_under(dir: &Path) -> Vec<MountPoint> {
 
 /// Loop devices of volumes on the simulated drives under `dir`.
 pub fn volume_devices(dir: &Path) -> Vec<PathBuf> {
-    let all = loop_devices();
+    let all = loopdev::list().expect("list the loop devices");
     let drives: Vec<&PathBuf> = all
         .iter()
-        .filter(|(_, backing)| backing.starts_with(dir))
-        .map(|(d, _)| d)
+        .filter(|l| l.backing.starts_with(dir))
+        .map(|l| &l.device)
         .collect();
     all.iter()
-        .filter(|(_, backing)| drives.contains(&backing))
-        .map(|(device, _)| device.clone())
+        .filter(|l| drives.contains(&&l.backing))
+        .map(|l| l.device.clone())
         .collect()
 }
 
