@@ -12,23 +12,23 @@
 //! - `csi_node/stage_publish_ext4_restage`: the same for a volume already
 //!   formatted (loop device, blkid, mount, bind mount).
 //!
-//! Needs root (loop devices, mounts) and mkfs.ext4. Everything lives in one temp
-//! directory; a guard stops the driver and removes the mounts, loop devices and
-//! the directory, also when a benchmark panics. After the run the medians and
-//! a per-call breakdown (means, timed and untimed calls alike) are printed.
+//! Needs root (loop devices, mounts) and mkfs.ext4. The driver runs in the
+//! integration tests' fixture (`tests/support/driver.rs`): one temp directory,
+//! whose guard stops the driver and removes the mounts, loop devices and the
+//! directory, also when a benchmark panics. After the run the medians and a
+//! per-call breakdown (means, timed and untimed calls alike) are printed.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use criterion::{Criterion, SamplingMode, Throughput, criterion_group};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use support::driver::{Driver, GIB, k8s_params};
 use tonic::transport::Channel;
 use vdrive::csi::capability;
 use vdrive::csi::proto::controller_client::ControllerClient;
@@ -39,7 +39,6 @@ use vdrive::csi::proto::{
     NodeStageVolumeRequest, NodeUnpublishVolumeRequest, NodeUnstageVolumeRequest, VolumeCapability,
 };
 
-const GIB: i64 = 1 << 30;
 const SIMULATED_DRIVES: &str = "tlc:64x4";
 const CONCURRENT: usize = 32;
 const CONTROLLER_GROUP: &str = "csi_controller";
@@ -60,233 +59,6 @@ fn record(bench: &'static str, call: &'static str, took: Duration) {
 
 fn unique_name(prefix: &str) -> String {
     format!("{prefix}-{}", NAMES.fetch_add(1, Ordering::Relaxed))
-}
-
-/// The running driver and its temp directory. Dropping it (also while a panic
-/// unwinds) stops the driver, then removes whatever is left: mounts under the
-/// directory, loop devices over the volumes, loop devices over its drive images,
-/// and the directory itself.
-struct Driver {
-    child: Option<Child>,
-    dir: PathBuf,
-    endpoint: String,
-}
-
-impl Driver {
-    fn start() -> Driver {
-        let dir = tempfile::Builder::new()
-            .prefix("vdrive-bench-")
-            .tempdir_in("/tmp")
-            .expect("temp dir")
-            .keep();
-        // Loop devices report their backing files by canonical path.
-        let dir = std::fs::canonicalize(&dir).expect("canonical temp dir");
-        let endpoint = format!("unix://{}", dir.join("csi.sock").display());
-        let log = File::create(dir.join("vdrive.log")).expect("driver log");
-        let spawned = Command::new(env!("CARGO_BIN_EXE_vdrive"))
-            .arg("all-in-one")
-            .args(["--endpoint", &endpoint])
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .args(["--simulate-drives", SIMULATED_DRIVES])
-            .args(["--node-id", "bench", "--pool", "k8s"])
-            // A plain-text log, read back when something fails.
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("driver log"))
-            .stderr(log)
-            .spawn();
-        // The guard exists before anything else can fail.
-        let mut driver = Driver {
-            child: None,
-            dir,
-            endpoint,
-        };
-        driver.child = Some(spawned.expect("start vdrive all-in-one"));
-        driver.wait_for_socket();
-        driver
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("csi.sock")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("vdrive.log")).unwrap_or_default()
-    }
-
-    fn wait_for_socket(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if std::fs::symlink_metadata(self.socket()).is_ok_and(|m| m.file_type().is_socket()) {
-                return;
-            }
-            let child = self.child.as_mut().expect("driver child");
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "vdrive all-in-one exited ({status}) before serving; its log:\n{}",
-                    self.log()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vdrive all-in-one did not create {} within 60 s; its log:\n{}",
-                self.socket().display(),
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        if let Ok(pid) = i32::try_from(child.id()) {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            match child.try_wait() {
-                Ok(Some(_)) | Err(_) => return,
-                Ok(None) if Instant::now() >= deadline => {
-                    eprintln!("csi bench: vdrive did not stop within 20 s of SIGTERM; killing it");
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    }
-
-    /// Mount points at or under the temp directory, deepest first.
-    fn mounts(&self) -> Vec<PathBuf> {
-        let mut found: Vec<PathBuf> = vdrive::node::mounts::mountinfo()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|m| m.mount_point)
-            .filter(|target| target.starts_with(&self.dir))
-            .collect();
-        found.sort_by_key(|p| std::cmp::Reverse(p.as_os_str().len()));
-        found.dedup();
-        found
-    }
-
-    fn unmount_all(&self) -> Vec<PathBuf> {
-        let mut removed = Vec::new();
-        // Stacked mounts show up again once the top one is gone.
-        for _ in 0..10 {
-            let mounts = self.mounts();
-            if mounts.is_empty() {
-                break;
-            }
-            for target in mounts {
-                let plain = nix::mount::umount(&target);
-                if plain.is_err() {
-                    let _ = nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH);
-                }
-                removed.push(target);
-            }
-        }
-        removed
-    }
-
-    /// Loop devices over the temp directory's drive images, and the volume loop
-    /// devices over those, volumes first.
-    fn loops(&self) -> Vec<PathBuf> {
-        let all = loop_devices();
-        let drives: Vec<PathBuf> = all
-            .iter()
-            .filter(|(_, backing)| backing.starts_with(&self.dir))
-            .map(|(device, _)| device.clone())
-            .collect();
-        let volumes = all
-            .iter()
-            .filter(|(_, backing)| drives.contains(backing))
-            .map(|(device, _)| device.clone());
-        volumes.chain(drives.iter().cloned()).collect()
-    }
-
-    fn detach_all(&self) -> Vec<PathBuf> {
-        let mut detached = Vec::new();
-        for _ in 0..20 {
-            let loops = self.loops();
-            if loops.is_empty() {
-                break;
-            }
-            for device in loops {
-                let ok = Command::new("losetup")
-                    .arg("-d")
-                    .arg(&device)
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success());
-                if ok && !detached.contains(&device) {
-                    detached.push(device);
-                }
-            }
-            // The kernel may defer a detach while udev still probes the device.
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        detached
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        self.stop();
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            eprintln!("csi bench: the driver's last log lines:");
-            for line in tail.iter().rev() {
-                eprintln!("  {line}");
-            }
-        }
-        let unmounted = self.unmount_all();
-        let detached = self.detach_all();
-        if !unmounted.is_empty() || !detached.is_empty() {
-            eprintln!(
-                "csi bench: cleaned up after the driver: unmounted {unmounted:?}, detached {detached:?}"
-            );
-        }
-        let left_loops = self.loops();
-        let left_mounts = self.mounts();
-        if left_mounts.is_empty() {
-            if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-                eprintln!("csi bench: cannot remove {}: {e}", self.dir.display());
-            }
-        } else {
-            eprintln!(
-                "csi bench: {} kept: still mounted there: {left_mounts:?}",
-                self.dir.display()
-            );
-        }
-        if !left_loops.is_empty() {
-            eprintln!("csi bench: loop devices still attached: {left_loops:?}");
-        }
-    }
-}
-
-/// Every bound loop device and its backing file or device, from sysfs.
-fn loop_devices() -> Vec<(PathBuf, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir("/sys/block") else {
-        return Vec::new();
-    };
-    entries
-        .filter_map(|e| e.ok())
-        .filter_map(|entry| {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if !name.starts_with("loop") {
-                return None;
-            }
-            let backing = std::fs::read_to_string(entry.path().join("loop/backing_file")).ok()?;
-            let backing = backing.trim_end_matches('\n');
-            let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
-            Some((Path::new("/dev").join(name), PathBuf::from(backing)))
-        })
-        .collect()
 }
 
 /// A volume as CreateVolume returned it.
@@ -316,20 +88,11 @@ impl Csi {
         }
     }
 
-    async fn connect(driver: &Driver) -> Csi {
-        let channel = vdrive::csi::server::connect(&driver.endpoint)
-            .await
-            .expect("connect to the driver's socket");
-        let parameters = vdrive::csi::params::preset("k8s-pool-storage")
-            .expect("the k8s-pool-storage preset")
-            .parameters
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+    fn connect(driver: &Driver) -> Csi {
         Csi {
-            controller: ControllerClient::new(channel.clone()),
-            node: NodeClient::new(channel),
-            parameters,
+            controller: driver.controller(),
+            node: driver.node(),
+            parameters: k8s_params(),
             capability: capability::mount("ext4", Mode::SingleNodeWriter),
             dir: driver.dir.clone(),
             bench: "setup",
@@ -456,8 +219,11 @@ fn csi(c: &mut Criterion) {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let driver = Driver::start();
-    let csi = rt.block_on(Csi::connect(&driver));
+    // Mount volumes only: no block volumes, so no --unsafe-loop-block-volumes.
+    let driver = rt
+        .block_on(Driver::start_with("csi-bench", SIMULATED_DRIVES, &[]))
+        .expect("the csi bench needs root and /dev/loop-control");
+    let csi = Csi::connect(&driver);
 
     let mut group = c.benchmark_group(CONTROLLER_GROUP);
     group.sample_size(20);
