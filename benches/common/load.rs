@@ -1,7 +1,8 @@
 //! A CSI load generator for the benchmarks: `count` CreateVolume calls with at
 //! most `concurrency` in flight against one controller socket, each timed, and
-//! the DeleteVolume calls that take the volumes away again. A benchmark
-//! includes it with `#[path = "common/load.rs"] mod load;`.
+//! the DeleteVolume calls that take the volumes away again — afterwards, or
+//! each right after its create, in the same worker. A benchmark includes it
+//! with `#[path = "common/load.rs"] mod load;`.
 
 // Each benchmark that includes this uses a different part of it.
 #![allow(dead_code)]
@@ -44,27 +45,41 @@ pub struct LoadReport {
     pub failures: Vec<tonic::Status>,
 }
 
+/// What [`CreateLoad::run_with_deletes`] did: the create+delete pairs (how
+/// long the run took, pairs per second), each kind of call's latencies, and the
+/// calls that failed, with the volumes a failed DeleteVolume left.
+pub struct PairReport {
+    pub pairs: Latencies,
+    pub create: Latencies,
+    pub delete: Latencies,
+    pub failures: Vec<tonic::Status>,
+    pub kept: Vec<String>,
+}
+
 impl CreateLoad {
+    fn request(&self, i: usize) -> CreateVolumeRequest {
+        CreateVolumeRequest {
+            name: format!("{}-{i}", self.name_prefix),
+            capacity_range: Some(CapacityRange {
+                required_bytes: self.required_bytes,
+                limit_bytes: 0,
+            }),
+            volume_capabilities: vec![self.capability.clone()],
+            parameters: self.parameters.clone(),
+            accessibility_requirements: (!self.topologies.is_empty())
+                .then(|| self.topologies[i % self.topologies.len()].clone()),
+            ..Default::default()
+        }
+    }
+
     /// Makes the calls; a failed call is counted, not retried.
     pub async fn run(&self) -> LoadReport {
         let controller = connect(&self.endpoint).await;
         let controller = &controller;
         let outcomes = timed_calls(self.count, self.concurrency, |i| async move {
-            let request = CreateVolumeRequest {
-                name: format!("{}-{i}", self.name_prefix),
-                capacity_range: Some(CapacityRange {
-                    required_bytes: self.required_bytes,
-                    limit_bytes: 0,
-                }),
-                volume_capabilities: vec![self.capability.clone()],
-                parameters: self.parameters.clone(),
-                accessibility_requirements: (!self.topologies.is_empty())
-                    .then(|| self.topologies[i % self.topologies.len()].clone()),
-                ..Default::default()
-            };
             controller
                 .clone()
-                .create_volume(request)
+                .create_volume(self.request(i))
                 .await
                 .map(|answer| answer.into_inner().volume.map(|v| v.volume_id))
         })
@@ -84,6 +99,65 @@ impl CreateLoad {
             }
         }
         report
+    }
+}
+
+impl CreateLoad {
+    /// Makes the calls, each volume deleted by the same worker as soon as its
+    /// CreateVolume answers: `count` create+delete pairs with at most
+    /// `concurrency` in flight, so no more than `concurrency` volumes exist at
+    /// once. A failed call is counted, not retried; a failed create is not
+    /// followed by a delete.
+    pub async fn run_with_deletes(&self) -> PairReport {
+        let controller = connect(&self.endpoint).await;
+        let controller = &controller;
+        let outcomes = timed_calls(self.count, self.concurrency, |i| async move {
+            let mut controller = controller.clone();
+            let start = Instant::now();
+            let created = controller.create_volume(self.request(i)).await;
+            let create = start.elapsed();
+            let volume_id = match created.map(|answer| answer.into_inner().volume) {
+                Ok(Some(volume)) => volume.volume_id,
+                Ok(None) => {
+                    let status = tonic::Status::internal("CreateVolume answered no volume");
+                    return (create, None, Err((status, None)));
+                }
+                Err(status) => return (create, None, Err((status, None))),
+            };
+            let start = Instant::now();
+            let deleted = controller
+                .delete_volume(DeleteVolumeRequest {
+                    volume_id: volume_id.clone(),
+                    ..Default::default()
+                })
+                .await;
+            let delete = start.elapsed();
+            match deleted {
+                Ok(_) => (create, Some(delete), Ok(())),
+                Err(status) => (create, Some(delete), Err((status, Some(volume_id)))),
+            }
+        })
+        .await;
+        let elapsed = outcomes.latencies.elapsed;
+        let mut create = Vec::new();
+        let mut delete = Vec::new();
+        let mut failures = Vec::new();
+        let mut kept = Vec::new();
+        for (create_took, delete_took, outcome) in outcomes.values {
+            create.push(create_took);
+            delete.extend(delete_took);
+            if let Err((status, volume_id)) = outcome {
+                failures.push(status);
+                kept.extend(volume_id);
+            }
+        }
+        PairReport {
+            pairs: outcomes.latencies,
+            create: Latencies::new(create, elapsed),
+            delete: Latencies::new(delete, elapsed),
+            failures,
+            kept,
+        }
     }
 }
 
@@ -130,6 +204,12 @@ pub struct Latencies {
 }
 
 impl Latencies {
+    /// The latencies of calls made during a run that took `elapsed`.
+    fn new(mut sorted: Vec<Duration>, elapsed: Duration) -> Latencies {
+        sorted.sort_unstable();
+        Latencies { sorted, elapsed }
+    }
+
     pub fn calls(&self) -> usize {
         self.sorted.len()
     }
@@ -195,10 +275,9 @@ where
         .collect()
         .await;
     let elapsed = started.elapsed();
-    let (values, mut sorted): (Vec<T>, Vec<Duration>) = results.into_iter().unzip();
-    sorted.sort_unstable();
+    let (values, sorted): (Vec<T>, Vec<Duration>) = results.into_iter().unzip();
     Timed {
         values,
-        latencies: Latencies { sorted, elapsed },
+        latencies: Latencies::new(sorted, elapsed),
     }
 }
