@@ -29,18 +29,45 @@ const DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Every bound loop device, by name.
 pub fn list() -> Result<Vec<LoopInfo>, NodeError> {
-    let entries = fs::read_dir("/sys/block").map_err(NodeError::io("list", "/sys/block"))?;
-    let mut names: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| {
-            n.strip_prefix("loop")
-                .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .collect();
-    names.sort_by_key(|n| n[4..].parse::<u64>().unwrap_or(u64::MAX));
+    let mut names = bound_loop_names().map_or_else(all_loop_names, Ok)?;
+    names.sort_by_cached_key(|n| n[4..].parse::<u64>().unwrap_or(u64::MAX));
     // A device may be detached while we read it: then it is simply not listed.
     Ok(names.iter().filter_map(|n| info_by_name(n)).collect())
+}
+
+fn is_loop_name(name: &str) -> bool {
+    name.strip_prefix("loop")
+        .is_some_and(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The loop devices with a size, from /proc/partitions, which lists only
+/// block devices of non-zero capacity: a bound loop device, never an unbound
+/// one. A server that ran many containers keeps hundreds of unbound
+/// `/sys/block/loopN` nodes, and this runs several times per DeleteVolume,
+/// so asking each of them would cost more than the erase. None when the file
+/// cannot be read.
+fn bound_loop_names() -> Option<Vec<String>> {
+    let text = fs::read_to_string("/proc/partitions").ok()?;
+    Some(loop_names_in_partitions(&text))
+}
+
+/// The loop devices of a /proc/partitions text (`major minor #blocks name`).
+fn loop_names_in_partitions(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.split_whitespace().nth(3))
+        .filter(|name| is_loop_name(name))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every loop device node in sysfs, bound or not.
+fn all_loop_names() -> Result<Vec<String>, NodeError> {
+    let entries = fs::read_dir("/sys/block").map_err(NodeError::io("list", "/sys/block"))?;
+    Ok(entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| is_loop_name(n))
+        .collect())
 }
 
 fn info_by_name(name: &str) -> Option<LoopInfo> {
@@ -325,6 +352,42 @@ pub fn set_size(device: &Path, size_bytes: u64) -> Result<(), NodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proc_partitions_names_the_loop_devices_it_lists() {
+        let text = "major minor  #blocks  name\n\n 252        0  264241152 vda\n 252        1  264240111 vda1\n   7        0   67109888 loop0\n   7       12    1048576 loop12\n 259        0    1000000 nvme0n1\n   7       13    1048576 loopback\n";
+        assert_eq!(loop_names_in_partitions(text), ["loop0", "loop12"]);
+    }
+
+    #[test]
+    fn a_bound_loop_device_is_listed() {
+        if !Path::new("/dev/loop-control").exists() || !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root and loop devices");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("drive.img");
+        fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
+        let device = attach(&image, 1 << 20, 4 << 20).unwrap();
+        let listed = list();
+        let from_partitions = bound_loop_names();
+        detach(&device).unwrap();
+        let name = device.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            from_partitions.unwrap().contains(&name),
+            "{name} is in /proc/partitions"
+        );
+        let info = listed
+            .unwrap()
+            .into_iter()
+            .find(|l| l.device == device)
+            .expect("the bound device is listed");
+        assert_eq!(info.backing, image.canonicalize().unwrap());
+        assert_eq!(
+            (info.offset_bytes, info.sizelimit_bytes),
+            (1 << 20, 4 << 20)
+        );
+    }
 
     #[test]
     fn paths_are_never_read_as_options() {
