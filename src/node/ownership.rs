@@ -184,11 +184,19 @@ pub fn mark_erased(path: &Path, volume: &str, extent: &VolumeExtent) -> Result<(
         offset_gib: extent.offset_gib,
         size_gib: extent.size_gib,
     };
-    if stored.record.erased.contains(&erased) {
+    let mut record = stored.record.clone();
+    // A mark matters only beside a claim the record lists (it makes that claim
+    // not live); the others are dropped, so the list never outgrows the claims
+    // between two rescans, however many volumes are deleted meanwhile.
+    record
+        .erased
+        .retain(|e| record.claims.iter().any(|c| e.is(c)));
+    if record.claims.iter().any(|c| erased.is(c)) && !record.erased.contains(&erased) {
+        record.erased.push(erased);
+    }
+    if record == stored.record {
         return Ok(());
     }
-    let mut record = stored.record.clone();
-    record.erased.push(erased);
     claim_record::write(path, Some(&stored), &record).map(|_| ())
 }
 
@@ -257,5 +265,49 @@ mod tests {
         assert_eq!(listed, [("b".to_string(), 1), ("a".to_string(), 3)]);
         let err = record_claims("m", &path, &[&claim("c", 6, 1)]).unwrap_err();
         assert!(matches!(err, NodeError::NotOurDrive { .. }), "{err}");
+    }
+
+    fn extent(offset_gib: u64, size_gib: u64) -> VolumeExtent {
+        VolumeExtent {
+            virtual_uuid: Uuid::nil(),
+            physical_uuid: Uuid::nil(),
+            drive_type: None,
+            offset_gib,
+            size_gib,
+        }
+    }
+
+    #[test]
+    fn erasing_marks_only_what_the_header_lists_and_drops_stale_marks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drive.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(HEADER_BYTES + 8 * GIB)
+            .unwrap();
+        record_claims("n", &path, &[&claim("a", 0, 2), &claim("b", 4, 1)]).unwrap();
+        mark_erased(&path, "a", &extent(0, 2)).unwrap();
+        let stored = claim_record::read(&path).unwrap().unwrap();
+        assert_eq!(
+            stored.record.live_claims().count(),
+            1,
+            "a is erased, b live"
+        );
+
+        // A volume the header never listed (deleted before it was staged)
+        // needs no mark, and nothing is written for it.
+        mark_erased(&path, "never-staged", &extent(6, 1)).unwrap();
+        let after = claim_record::read(&path).unwrap().unwrap();
+        assert_eq!(after.generation, stored.generation);
+
+        // Once a rescan has dropped a's claim, its mark goes with the next write.
+        let mut rescanned = after.record.clone();
+        rescanned.claims.retain(|c| c.volume_id != "a");
+        claim_record::write(&path, Some(&after), &rescanned).unwrap();
+        mark_erased(&path, "b", &extent(4, 1)).unwrap();
+        let record = claim_record::read(&path).unwrap().unwrap().record;
+        let marks: Vec<&str> = record.erased.iter().map(|e| e.volume_id.as_str()).collect();
+        assert_eq!(marks, ["b"]);
+        assert_eq!(record.live_claims().count(), 0);
     }
 }
