@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::blockdev::Sysfs;
 use super::discovery::{self, DriveFacts, Machine, Skip};
+use super::flush::Flushes;
 use super::signature::{self, HEADER_BYTES, Signature};
 use super::{GIB, NodeError, blockdev, cmd, loopdev};
 use crate::drive::{Backend, DriveType};
@@ -503,7 +504,10 @@ pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), Nod
             write_zeros(&file, drive, offset_bytes, size_bytes)?;
         }
     }
-    file.sync_all().map_err(NodeError::io("flush", drive))
+    // Shared with the other erasers of this drive that finish meanwhile.
+    Flushes::global()
+        .flush(drive, &file)
+        .map_err(NodeError::io("flush", drive))
 }
 
 /// Erases the range with one discard where the drive promises that discarded

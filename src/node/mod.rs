@@ -30,6 +30,7 @@ pub mod discovery;
 pub mod dm;
 pub mod drives;
 mod error;
+mod flush;
 pub mod fs;
 pub mod image;
 pub mod inflight;
