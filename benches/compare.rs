@@ -52,8 +52,7 @@ use support::devices::{mounts_under, release_everything_under, volume_devices};
 use support::driver::{Driver, GIB, ext4, k8s_params, raw_block};
 use tonic::transport::Channel;
 use vdrive::csi::proto::controller_client::ControllerClient;
-use vdrive::csi::proto::identity_client::IdentityClient;
-use vdrive::csi::proto::{ListVolumesRequest, ProbeRequest, VolumeCapability};
+use vdrive::csi::proto::{ListVolumesRequest, VolumeCapability};
 use vdrive::node::loopdev;
 
 /// The environment variable naming the host-path driver's binary.
@@ -463,33 +462,14 @@ impl HostPath {
             .spawn()
             .expect("start hostpathplugin");
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                panic!(
-                    "hostpathplugin exited ({status}) before serving; its log:\n{}",
-                    self.log()
-                );
-            }
-            if let Ok(channel) = vdrive::csi::server::connect(&self.endpoint).await
-                && IdentityClient::new(channel)
-                    .probe(ProbeRequest {})
-                    .await
-                    .is_ok()
-            {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "hostpathplugin did not serve {} within 60 s; its log:\n{}",
-                self.endpoint,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log_path = self.log_path();
+        support::driver::wait_until_serving(
+            &mut self.child,
+            &self.endpoint,
+            "hostpathplugin",
+            || fs::read_to_string(&log_path).unwrap_or_default(),
+        )
+        .await;
     }
 
     async fn controller(&self) -> ControllerClient<Channel> {

@@ -149,36 +149,13 @@ impl Driver {
             .spawn()
             .expect("start vdrive all-in-one");
         self.child = Some(child);
-        let socket = self.dir.join("csi.sock");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                panic!(
-                    "vdrive all-in-one exited ({status}) before serving; its log:\n{}",
-                    self.log()
-                );
-            }
-            if socket.exists()
-                && let Ok(channel) = vdrive::csi::server::connect(&self.endpoint).await
-                && IdentityClient::new(channel.clone())
-                    .probe(ProbeRequest {})
-                    .await
-                    .is_ok()
-            {
-                self.channel = Some(channel);
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "vdrive all-in-one did not serve {} within 60 s; its log:\n{}",
-                self.endpoint,
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let log_path = self.log_path();
+        let channel =
+            wait_until_serving(&mut self.child, &self.endpoint, "vdrive all-in-one", || {
+                fs::read_to_string(&log_path).unwrap_or_default()
+            })
+            .await;
+        self.channel = Some(channel);
     }
 
     /// SIGKILL, then wait: a crash at whatever point the driver was. Its mounts,
@@ -480,6 +457,43 @@ pub fn mounts_at(path: &Path) -> Vec<MountPoint> {
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
+
+/// Waits until the CSI driver started as `child` answers Probe at `endpoint`
+/// (60 s at most) and returns its channel. Panics with `log()` if the driver
+/// exits first or never answers; `child` is None afterwards if it exited.
+pub async fn wait_until_serving(
+    child: &mut Option<Child>,
+    endpoint: &str,
+    what: &str,
+    log: impl Fn() -> String,
+) -> Channel {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(running) = child.as_mut()
+            && let Ok(Some(status)) = running.try_wait()
+        {
+            *child = None;
+            panic!(
+                "{what} exited ({status}) before serving; its log:\n{}",
+                log()
+            );
+        }
+        if let Ok(channel) = vdrive::csi::server::connect(endpoint).await
+            && IdentityClient::new(channel.clone())
+                .probe(ProbeRequest {})
+                .await
+                .is_ok()
+        {
+            return channel;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not serve {endpoint} within 60 s; its log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 pub fn path_str(path: &Path) -> String {
     path.to_str().expect("test paths are UTF-8").to_string()
