@@ -48,7 +48,7 @@ use std::time::{Duration, Instant};
 use load::{CreateLoad, PairReport};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
-use support::devices::{mounts_under, release_everything_under, volume_devices};
+use support::devices::{mounts_under, release_and_remove, volume_devices};
 use support::driver::{Driver, GIB, ext4, k8s_params, raw_block};
 use tonic::transport::Channel;
 use vdrive::csi::proto::controller_client::ControllerClient;
@@ -544,15 +544,6 @@ impl Drop for HostPath {
                 eprintln!("cleanup: cannot detach {}: {e}", device.device.display());
             }
         }
-        if release_everything_under(&self.dir) {
-            if let Err(e) = fs::remove_dir_all(&self.dir) {
-                eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
-            }
-        } else {
-            eprintln!(
-                "cleanup: something is still mounted under {}; leaving it in place",
-                self.dir.display()
-            );
-        }
+        release_and_remove(&self.dir);
     }
 }

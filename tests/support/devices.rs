@@ -36,6 +36,21 @@ pub fn release_everything_under(dir: &Path) -> bool {
     mounts_under(dir).is_empty()
 }
 
+/// [`release_everything_under`], then removes `dir` if nothing is mounted
+/// there any more; says on stderr what could not be done.
+pub fn release_and_remove(dir: &Path) {
+    if release_everything_under(dir) {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            eprintln!("cleanup: cannot remove {}: {e}", dir.display());
+        }
+    } else {
+        eprintln!(
+            "cleanup: something is still mounted under {}; leaving it in place",
+            dir.display()
+        );
+    }
+}
+
 /// Detaches the loop devices of the simulated drives in `dir`: first those built
 /// on those drives (volume devices), then the drives' own.
 pub fn detach_loops_under(dir: &Path) {

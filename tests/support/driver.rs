@@ -25,7 +25,7 @@ use serde::Deserialize;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::devices::{MountPoint, mounts_under, release_everything_under};
+use super::devices::{MountPoint, mounts_under, release_and_remove};
 use vdrive::csi::capability::{block, mount};
 use vdrive::csi::proto::controller_client::ControllerClient;
 use vdrive::csi::proto::identity_client::IdentityClient;
@@ -433,16 +433,7 @@ impl Drop for Driver {
                 self.log()
             );
         }
-        if release_everything_under(&self.dir) {
-            if let Err(e) = fs::remove_dir_all(&self.dir) {
-                eprintln!("cleanup: cannot remove {}: {e}", self.dir.display());
-            }
-        } else {
-            eprintln!(
-                "cleanup: something is still mounted under {}; leaving it in place",
-                self.dir.display()
-            );
-        }
+        release_and_remove(&self.dir);
     }
 }
 
