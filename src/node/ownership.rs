@@ -246,14 +246,20 @@ mod tests {
     use crate::node::claim_record::tests::claim;
     use crate::node::{GIB, signature::HEADER_BYTES};
 
-    #[test]
-    fn staging_a_grown_volume_replaces_its_smaller_claim_in_the_header() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A sparse 8 GiB drive image with a blank header.
+    fn drive_image(dir: &tempfile::TempDir) -> std::path::PathBuf {
         let path = dir.path().join("drive.img");
         std::fs::File::create(&path)
             .unwrap()
             .set_len(HEADER_BYTES + 8 * GIB)
             .unwrap();
+        path
+    }
+
+    #[test]
+    fn staging_a_grown_volume_replaces_its_smaller_claim_in_the_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = drive_image(&dir);
         record_claims("n", &path, &[&claim("a", 0, 2), &claim("b", 4, 1)]).unwrap();
         record_claims("n", &path, &[&claim("a", 0, 3)]).unwrap();
         let record = claim_record::read(&path).unwrap().unwrap().record;
@@ -280,11 +286,7 @@ mod tests {
     #[test]
     fn erasing_marks_only_what_the_header_lists_and_drops_stale_marks() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("drive.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(HEADER_BYTES + 8 * GIB)
-            .unwrap();
+        let path = drive_image(&dir);
         record_claims("n", &path, &[&claim("a", 0, 2), &claim("b", 4, 1)]).unwrap();
         mark_erased(&path, "a", &extent(0, 2)).unwrap();
         let stored = claim_record::read(&path).unwrap().unwrap();
