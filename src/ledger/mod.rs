@@ -38,8 +38,7 @@ pub use model::{
     VolumeSpec,
 };
 pub use placement::{
-    Capacity, NodeRoom, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib,
-    node_room, room_gib,
+    Capacity, Unfit, VolumeClass, Wanted, candidate_nodes, capacity, largest_volume_gib, room_gib,
 };
 pub use pool_share::{Pool, PoolSettings, node_allowance_gib};
 pub use store::{LedgerStore, Revision, Snapshot, StoreError};

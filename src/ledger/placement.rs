@@ -249,13 +249,13 @@ pub(super) fn capacity_with(
 
 /// What one node offers a class: its room and the largest volume it could take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct NodeRoom {
+pub(super) struct NodeRoom {
     pub room_gib: u64,
     pub largest_gib: u64,
 }
 
 /// [`room_gib`] and [`largest_volume_gib`] of `node` for `class`.
-pub fn node_room(node: &NodeLedger, class: &VolumeClass, pools: &PoolSettings) -> NodeRoom {
+pub(super) fn node_room(node: &NodeLedger, class: &VolumeClass, pools: &PoolSettings) -> NodeRoom {
     let room = room_gib(node, class, pools);
     NodeRoom {
         room_gib: room,
