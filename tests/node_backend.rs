@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use vdrive::drive::{Backend, DriveType};
 use vdrive::node::drives::{self, SignedDrive};
@@ -174,6 +175,61 @@ fn signing_refuses_data_mounts_and_stacked_devices() {
     }
     let resigned = drives::sign(dev, DriveType::Tlc, true).unwrap();
     assert_ne!(resigned.signature.uuid, signed.signature.uuid);
+}
+
+/// Holds `device` open exclusively, as a mount or a stacked driver would, for
+/// `hold`, from a thread of its own.
+fn claim_exclusively(device: &Path, hold: Duration) -> std::thread::JoinHandle<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let claim = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_EXCL)
+        .open(device)
+        .unwrap();
+    std::thread::spawn(move || {
+        std::thread::sleep(hold);
+        drop(claim);
+    })
+}
+
+/// A drive another holder lets go of within moments (a spawned helper that
+/// inherited one of vdrive's own descriptors until its exec) is signed; one
+/// claimed for longer is reported in use and left unsigned.
+#[test]
+fn signing_waits_out_a_brief_claim_and_refuses_a_lasting_one() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    File::create(&image)
+        .unwrap()
+        .set_len(HEADER_BYTES + GIB)
+        .unwrap();
+    let disk = Loop(loopdev::attach(&image, 0, 0).unwrap());
+    let dev = disk.0.as_path();
+
+    let lasting = claim_exclusively(dev, Duration::from_secs(3));
+    let err = drives::sign(dev, DriveType::Qlc, false).unwrap_err();
+    assert!(matches!(err, NodeError::InUse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("claimed by another driver"),
+        "{err}"
+    );
+    lasting.join().unwrap();
+    assert_eq!(
+        vdrive::node::signature::read(dev).unwrap(),
+        None,
+        "a refused sign leaves the drive as it was"
+    );
+
+    let brief = claim_exclusively(dev, Duration::from_millis(200));
+    let signed = drives::sign(dev, DriveType::Tlc, false).unwrap();
+    brief.join().unwrap();
+    assert_eq!(
+        vdrive::node::signature::read(dev).unwrap(),
+        Some(signed.signature)
+    );
 }
 
 #[test]

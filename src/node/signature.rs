@@ -15,6 +15,8 @@
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::thread;
+use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
@@ -181,6 +183,14 @@ fn check_size(path: &Path) -> Result<u64, NodeError> {
     Ok(size_bytes)
 }
 
+/// How long a drive claimed by someone else is asked again before signing
+/// reports it in use. A claim that long is a real user (a mount, dm, md); a
+/// shorter one is a descriptor of ours a helper process inherited: a thread
+/// that spawns mkfs or losetup copies every open file into the child until it
+/// execs, so the handle this process closed a moment ago (the header cleared,
+/// then written) can keep its exclusive claim for milliseconds after the close.
+const EXCLUSIVE_WAIT: Duration = Duration::from_secs(1);
+
 /// Writes the whole header and flushes it.
 fn write_header(path: &Path, header: &[u8]) -> Result<(), NodeError> {
     let mut options = OpenOptions::new();
@@ -190,16 +200,22 @@ fn write_header(path: &Path, header: &[u8]) -> Result<(), NodeError> {
         // holds it: the kernel's own last word on "is this in use".
         options.custom_flags(libc::O_EXCL);
     }
-    let file = options.open(path).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EBUSY) {
-            NodeError::InUse {
-                device: path.to_path_buf(),
-                user: "the kernel (it is mounted or claimed by another driver)".into(),
+    let start = Instant::now();
+    let file = loop {
+        match options.open(path) {
+            Ok(file) => break file,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                if start.elapsed() >= EXCLUSIVE_WAIT {
+                    return Err(NodeError::InUse {
+                        device: path.to_path_buf(),
+                        user: "the kernel (it is mounted or claimed by another driver)".into(),
+                    });
+                }
+                thread::sleep(Duration::from_millis(10));
             }
-        } else {
-            NodeError::io("open for writing", path)(e)
+            Err(e) => return Err(NodeError::io("open for writing", path)(e)),
         }
-    })?;
+    };
     file.write_all_at(header, 0)
         .map_err(NodeError::io("write the header of", path))?;
     file.sync_all()
