@@ -26,6 +26,8 @@
 //! VDRIVE_BENCH_HOSTPATH=/path/to/hostpathplugin cargo bench --bench compare
 //! ```
 //!
+//! `VDRIVE_BENCH_LOADS=mount:32` (a comma-separated list) runs only those loads.
+//!
 //! Needs root (loop devices, mounts), mkfs.ext4 and mount. host-path keeps its
 //! volumes in a sparse ext4 image of its own, mounted in its temp dir, as
 //! vdrive's simulated drives are sparse images: 256 fallocated GiB at once cost
@@ -57,6 +59,8 @@ use vdrive::node::loopdev;
 
 /// The environment variable naming the host-path driver's binary.
 const HOSTPATH_BINARY_VAR: &str = "VDRIVE_BENCH_HOSTPATH";
+/// Optional: only these loads, e.g. `mount:32,block:1` (all six when unset).
+const LOADS_VAR: &str = "VDRIVE_BENCH_LOADS";
 /// Rounds per driver and load; the median of them is reported.
 const ROUNDS: usize = 5;
 /// Workers at once, and the volumes each round of that many workers makes:
@@ -133,6 +137,35 @@ fn main() -> ExitCode {
     }
 }
 
+/// The loads `VDRIVE_BENCH_LOADS` names, or all of them; panics on a load
+/// that is not one of the six, naming them.
+fn chosen_loads() -> Vec<(Access, usize)> {
+    let all: Vec<(Access, usize)> = [Access::Mount, Access::Block]
+        .into_iter()
+        .flat_map(|a| LOADS.map(|(c, _)| (a, c)))
+        .collect();
+    let Ok(wanted) = std::env::var(LOADS_VAR) else {
+        return all;
+    };
+    wanted
+        .split(',')
+        .map(|load| {
+            all.iter()
+                .copied()
+                .find(|(a, c)| format!("{}:{c}", a.name()) == load.trim())
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{LOADS_VAR}: {load:?} is not a load; the loads are {}",
+                        all.iter()
+                            .map(|(a, c)| format!("{}:{c}", a.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+        })
+        .collect()
+}
+
 /// Starts both drivers, runs every load on both, checks that both are empty,
 /// and stops them; answers their temp dirs, to check that nothing is left.
 async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
@@ -163,8 +196,12 @@ async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
     ];
     let started = Instant::now();
     let mut rows = Vec::new();
+    let chosen = chosen_loads();
     for access in [Access::Mount, Access::Block] {
         for (concurrency, volumes) in LOADS {
+            if !chosen.contains(&(access, concurrency)) {
+                continue;
+            }
             println!(
                 "\n{} c={concurrency}: {volumes} volumes per round",
                 access.name()

@@ -453,6 +453,20 @@ pub fn survey(machine: &Machine) -> Vec<DiskReport> {
 /// Refuses the signature header, ranges past the end, and a range that a loop
 /// device is attached to.
 pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), NodeError> {
+    if let Some(device) = loopdev::covering(drive, offset_bytes, size_bytes)? {
+        return Err(NodeError::InUse {
+            device: drive.to_path_buf(),
+            user: format!("{} (attached to the range being erased)", device.display()),
+        });
+    }
+    erase_unheld(drive, offset_bytes, size_bytes)
+}
+
+/// [`erase`] of a range the caller has just found no device over: a node's
+/// backend looks for loop and dm devices both
+/// ([`super::backend::DeviceBackend::holder`]), so the loop devices are not
+/// listed a second time. The range's bounds are still checked here.
+pub fn erase_unheld(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), NodeError> {
     let refuse = |reason: String| NodeError::OutOfBounds {
         device: drive.to_path_buf(),
         offset_bytes,
@@ -473,12 +487,6 @@ pub fn erase(drive: &Path, offset_bytes: u64, size_bytes: u64) -> Result<(), Nod
     let end = offset_bytes.saturating_add(size_bytes);
     if end > drive_bytes {
         return Err(refuse(format!("the drive ends at byte {drive_bytes}")));
-    }
-    if let Some(device) = loopdev::covering(drive, offset_bytes, size_bytes)? {
-        return Err(NodeError::InUse {
-            device: drive.to_path_buf(),
-            user: format!("{} (attached to the range being erased)", device.display()),
-        });
     }
     let file = OpenOptions::new()
         .read(true)

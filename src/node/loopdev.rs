@@ -29,10 +29,32 @@ const DETACH_WAIT: Duration = Duration::from_secs(5);
 
 /// Every bound loop device, by name.
 pub fn list() -> Result<Vec<LoopInfo>, NodeError> {
+    // A device may be detached while we read it: then it is simply not listed.
+    Ok(loop_names()?
+        .iter()
+        .filter_map(|n| info_by_name(n))
+        .collect())
+}
+
+/// The bound loop devices over `backing` (canonical). Only their backing file
+/// is read of the others: this runs twice per DeleteVolume, and a node's own
+/// drives are loop devices too when simulated.
+fn over(backing: &Path) -> Result<Vec<LoopInfo>, NodeError> {
+    Ok(loop_names()?
+        .iter()
+        .filter(|n| {
+            blockdev::attribute(n, "loop/backing_file").is_some_and(|b| Path::new(&b) == backing)
+        })
+        .filter_map(|n| info_by_name(n))
+        .filter(|l| l.backing == backing)
+        .collect())
+}
+
+/// The names of the bound loop devices, in number order.
+fn loop_names() -> Result<Vec<String>, NodeError> {
     let mut names = bound_loop_names().map_or_else(all_loop_names, Ok)?;
     names.sort_by_cached_key(|n| n[4..].parse::<u64>().unwrap_or(u64::MAX));
-    // A device may be detached while we read it: then it is simply not listed.
-    Ok(names.iter().filter_map(|n| info_by_name(n)).collect())
+    Ok(names)
 }
 
 fn is_loop_name(name: &str) -> bool {
@@ -99,9 +121,9 @@ fn canonical(backing: &Path) -> Result<PathBuf, NodeError> {
 /// extent twice reuses it instead of binding a second one.
 pub fn find(backing: &Path, offset_bytes: u64) -> Result<Option<PathBuf>, NodeError> {
     let backing = canonical(backing)?;
-    Ok(list()?
+    Ok(over(&backing)?
         .into_iter()
-        .find(|l| l.backing == backing && l.offset_bytes == offset_bytes)
+        .find(|l| l.offset_bytes == offset_bytes)
         .map(|l| l.device))
 }
 
@@ -113,9 +135,8 @@ pub fn covering(
 ) -> Result<Option<PathBuf>, NodeError> {
     let backing = canonical(backing)?;
     let end = offset_bytes.saturating_add(size_bytes);
-    Ok(list()?
+    Ok(over(&backing)?
         .into_iter()
-        .filter(|l| l.backing == backing)
         .find(|l| {
             let lo_end = match l.sizelimit_bytes {
                 0 => u64::MAX,
@@ -162,14 +183,14 @@ fn detach_arg(device: &Path) -> OsString {
 pub fn attach(backing: &Path, offset_bytes: u64, size_bytes: u64) -> Result<PathBuf, NodeError> {
     let backing = canonical(backing)?;
     let args = |dio: bool| attach_args(&backing, offset_bytes, size_bytes, dio);
-    let before = list()?;
+    let before = over(&backing)?;
     let device = match cmd::run("losetup", &args(true)) {
         Ok(out) => out,
         Err(err) => {
             // Kernels or losetups that fail outright when direct I/O is refused may
             // leave the device bound: release it, then bind buffered.
             tracing::warn!(backing = %backing.display(), error = %err, "losetup with direct I/O failed; retrying buffered");
-            for stray in list()? {
+            for stray in over(&backing)? {
                 if stray.backing == backing
                     && stray.offset_bytes == offset_bytes
                     && !before.contains(&stray)

@@ -5,6 +5,7 @@
 //! detached and another attached in its place between two scans (a hot-swap,
 //! a loop device re-bound) leaves its old path naming another drive.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
@@ -143,6 +144,30 @@ impl DriveRegistry {
         found
     }
 
+    /// Keeps open, until the answer is dropped, the devices these drives were
+    /// last seen at. The kernel writes back and drops a block device's page
+    /// cache each time its last opener closes it, so the several reads of one
+    /// erase (signature, claim record before and after, size) would each go to
+    /// the drive again; while a handle is held they are answered from memory.
+    /// Read-only and not exclusive: it bars no other user of the drive, and a
+    /// device that now carries another drive is still caught by the reads
+    /// themselves. A device that cannot be opened is left out (its reads fail
+    /// on their own, with their own errors).
+    pub fn hold_open<'a>(&self, uuids: impl IntoIterator<Item = &'a Uuid>) -> Vec<File> {
+        let drives = self.drives.read().unwrap_or_else(|p| p.into_inner());
+        let mut paths: Vec<&Path> = uuids
+            .into_iter()
+            .filter_map(|uuid| drives.iter().find(|d| d.signature.uuid == *uuid))
+            .map(|d| d.path.as_path())
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths
+            .into_iter()
+            .filter_map(|p| File::open(p).ok())
+            .collect()
+    }
+
     /// The drive with this uuid, at the device that carries it now: the device
     /// it was last seen at is read again first, and if that holds another drive
     /// or none, the drives are rescanned. Extents are never located on a device
@@ -241,5 +266,28 @@ mod tests {
         std::fs::remove_file(&second).unwrap();
         let err = registry.locate("n", &extent).unwrap_err();
         assert!(matches!(err, NodeError::DriveNotAttached { .. }), "{err}");
+    }
+
+    #[test]
+    fn holding_opens_each_known_drive_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (signed(&dir.path().join("a")), signed(&dir.path().join("b")));
+        let registry = DriveRegistry::only(vec![a.clone(), b.clone()]);
+        let unknown = Uuid::new_v4();
+        let held = registry.hold_open([
+            &a.signature.uuid,
+            &a.signature.uuid,
+            &b.signature.uuid,
+            &unknown,
+        ]);
+        assert_eq!(held.len(), 2, "one handle per known drive");
+        // A drive whose device is gone is left out; its reads fail on their own.
+        std::fs::remove_file(&b.path).unwrap();
+        assert_eq!(
+            registry
+                .hold_open([&a.signature.uuid, &b.signature.uuid])
+                .len(),
+            1
+        );
     }
 }

@@ -829,6 +829,9 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 path: record.staging_path,
             });
         }
+        let _open = self
+            .drives
+            .hold_open(volume.extents.iter().map(|e| &e.physical_uuid));
         // Every extent is located and checked before any is erased: a volume
         // whose drive is missing keeps all of its claims until the drive is back.
         let parts = self.locate(&volume.extents)?;
@@ -849,8 +852,11 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 ownership::check_erasable(&self.node_id, &part.drive, &volume.id, extent)?;
             }
         }
+        // No device covered any extent a moment ago (the checks above); what
+        // could make one now is this volume's own stage, which its in-flight
+        // key keeps out.
         for part in &parts {
-            drives::erase(&part.drive, part.offset_bytes, part.size_bytes)?;
+            drives::erase_unheld(&part.drive, part.offset_bytes, part.size_bytes)?;
         }
         let _records = self.drives.claim_records().blocking_lock();
         for (part, extent) in parts.iter().zip(&volume.extents) {
