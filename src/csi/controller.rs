@@ -403,31 +403,36 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
         if req.max_entries < 0 {
             return Err(Status::invalid_argument("max_entries must not be negative"));
         }
-        let mut volumes = self.ledger.volumes().await?;
-        volumes.sort_by(|a, b| a.id.cmp(&b.id));
+        let not_ours = || {
+            Status::aborted(format!(
+                "starting_token {:?} is not a token this driver issued (or the list shrank): list again from the start",
+                req.starting_token
+            ))
+        };
         let start = if req.starting_token.is_empty() {
             0
         } else {
             req.starting_token
                 .parse::<usize>()
-                .ok()
-                .filter(|&start| start <= volumes.len())
-                .ok_or_else(|| Status::aborted(format!("starting_token {:?} is not a token this driver issued (or the list shrank): list again from the start", req.starting_token)))?
+                .map_err(|_| not_ours())?
         };
         let take = if req.max_entries == 0 {
             usize::MAX
         } else {
             req.max_entries as usize
         };
-        let end = start.saturating_add(take).min(volumes.len());
-        let entries = volumes[start..end]
-            .iter()
-            .map(|v| list_volumes_response::Entry {
-                volume: Some(csi_volume(v, "")),
+        let (entries, total) = self
+            .ledger
+            .volumes_page(start, take, |v| list_volumes_response::Entry {
+                volume: Some(csi_volume(&v, "")),
                 status: None,
             })
-            .collect();
-        let next_token = if end < volumes.len() {
+            .await?;
+        if start > total {
+            return Err(not_ours());
+        }
+        let end = start.saturating_add(take).min(total);
+        let next_token = if end < total {
             end.to_string()
         } else {
             String::new()

@@ -718,6 +718,39 @@ impl<S: LedgerStore> Ledger<S> {
             .collect())
     }
 
+    /// One page of every node's live volumes in volume id order: from the
+    /// `start`th on, at most `take` of them, each turned into what `each`
+    /// makes of it; and how many live volumes there are in all. Only the
+    /// page's volumes are assembled, one at a time: a page of a long list costs
+    /// a sort of its ids, not a copy of every volume, and a whole list never
+    /// holds each volume twice.
+    pub async fn volumes_page<T>(
+        &self,
+        start: usize,
+        take: usize,
+        each: impl FnMut(Volume) -> T,
+    ) -> Result<(Vec<T>, usize), LedgerError> {
+        let nodes = self.nodes().await?;
+        let mut ids: Vec<(&str, &NodeLedger)> = nodes
+            .iter()
+            .flat_map(|node| {
+                node.live_volume_ids()
+                    .into_iter()
+                    .map(move |id| (id, node.as_ref()))
+            })
+            .collect();
+        ids.sort_unstable_by(|a, b| a.0.cmp(b.0).then_with(|| a.1.node.cmp(&b.1.node)));
+        let total = ids.len();
+        let page = ids
+            .iter()
+            .skip(start)
+            .take(take)
+            .filter_map(|(id, node)| node.volume(id))
+            .map(each)
+            .collect();
+        Ok((page, total))
+    }
+
     /// Lets `change` decide on the node's ledger and writes the result, with
     /// whatever other changes to the node are waiting (see `group_commit`).
     async fn update<T, F>(&self, node: &str, change: F) -> Result<T, LedgerError>

@@ -515,6 +515,19 @@ impl NodeLedger {
         self.volumes_where(|c| !c.releasing)
     }
 
+    /// The ids of this node's live volumes, each once, in no particular order.
+    pub fn live_volume_ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self
+            .claims
+            .iter()
+            .filter(|c| !c.releasing)
+            .map(|c| c.volume_id.as_str())
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
     /// Deleted volumes whose extents wait for this node to erase them.
     pub fn releasing_volumes(&self) -> Vec<Volume> {
         self.volumes_where(|c| c.releasing)

@@ -982,6 +982,41 @@ fn an_existing_volume_of_an_accepted_size_is_the_one_asked_for() {
 }
 
 #[test]
+fn volumes_page_through_every_node_in_id_order_without_deleted_ones() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 100)]);
+    rt.block_on(
+        f.ledger
+            .sync_drives("node-b", blank(vec![drive(2, Tlc, 100)])),
+    )
+    .unwrap();
+    let mut ids = Vec::new();
+    for (i, node) in [NODE, "node-b", NODE, "node-b", NODE].iter().enumerate() {
+        let volume = rt
+            .block_on(f.ledger.claim(node, &tlc_request(&format!("v{i}"), 1)))
+            .unwrap();
+        ids.push(volume.id);
+    }
+    let deleted = ids.remove(1);
+    rt.block_on(f.ledger.retire_on("node-b", &deleted))
+        .unwrap()
+        .unwrap();
+    ids.sort();
+
+    let page = |start, take| {
+        rt.block_on(f.ledger.volumes_page(start, take, |v| v.id))
+            .unwrap()
+    };
+    assert_eq!(
+        page(0, usize::MAX),
+        (ids.clone(), 4),
+        "all, deleted left out"
+    );
+    assert_eq!(page(0, 3), (ids[..3].to_vec(), 4));
+    assert_eq!(page(3, 3), (ids[3..].to_vec(), 4));
+    assert_eq!(page(4, 3), (vec![], 4), "past the end: an empty page");
+}
+
+#[test]
 fn create_goes_to_the_next_node_when_the_preferred_one_is_full() {
     let (rt, f) = fixture(vec![drive(1, Tlc, 100)]);
     rt.block_on(
