@@ -205,7 +205,7 @@ pub struct Latencies {
 
 impl Latencies {
     /// The latencies of calls made during a run that took `elapsed`.
-    fn new(mut sorted: Vec<Duration>, elapsed: Duration) -> Latencies {
+    pub fn new(mut sorted: Vec<Duration>, elapsed: Duration) -> Latencies {
         sorted.sort_unstable();
         Latencies { sorted, elapsed }
     }

@@ -154,12 +154,16 @@ impl DriveRegistry {
     /// themselves. A device that cannot be opened is left out (its reads fail
     /// on their own, with their own errors).
     pub fn hold_open<'a>(&self, uuids: impl IntoIterator<Item = &'a Uuid>) -> Vec<File> {
-        let drives = self.drives.read().unwrap_or_else(|p| p.into_inner());
-        let mut paths: Vec<&Path> = uuids
-            .into_iter()
-            .filter_map(|uuid| drives.iter().find(|d| d.signature.uuid == *uuid))
-            .map(|d| d.path.as_path())
-            .collect();
+        let mut paths: Vec<PathBuf> = {
+            // Copied out: an open may wait (a loop device being bound), and a
+            // rescan must not wait for it.
+            let drives = self.drives.read().unwrap_or_else(|p| p.into_inner());
+            uuids
+                .into_iter()
+                .filter_map(|uuid| drives.iter().find(|d| d.signature.uuid == *uuid))
+                .map(|d| d.path.clone())
+                .collect()
+        };
         paths.sort();
         paths.dedup();
         paths
