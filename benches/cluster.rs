@@ -46,7 +46,7 @@ use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::CSIStorageCapacity;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use load::{CreateLoad, Latencies, delete_volumes, timed_calls};
+use load::{CreateLoad, Latencies, delete_volumes, timed_calls, walk_volumes};
 use serde_json::json;
 use support::cluster::{
     BIN_ENV, Cluster, Daemon, SIDECAR_NAMESPACE, chart_provisioner_pace, eventually,
@@ -259,27 +259,7 @@ async fn measure_calls(
     // next_token, every page timed, then the memory after them.
     const PAGE: i32 = 500;
     let walk = Instant::now();
-    let mut token = String::new();
-    let mut listed = 0;
-    let mut pages = Vec::new();
-    loop {
-        let started = Instant::now();
-        let page = controller
-            .clone()
-            .list_volumes(ListVolumesRequest {
-                max_entries: PAGE,
-                starting_token: token,
-            })
-            .await
-            .expect("ListVolumes page")
-            .into_inner();
-        pages.push(started.elapsed());
-        listed += page.entries.len();
-        token = page.next_token;
-        if token.is_empty() {
-            break;
-        }
-    }
+    let (listed, pages) = walk_volumes(controller, PAGE).await;
     assert_eq!(listed, nodes * volumes_per_node, "every volume listed once");
     println!(
         "scale: ListVolumes of all {listed} volumes in pages of {PAGE}: {} pages in {:.2}s, {}",

@@ -47,14 +47,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use load::{CreateLoad, PairReport};
+use load::{CreateLoad, PairReport, walk_volumes};
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
 use support::devices::{mounts_under, release_and_remove, volume_devices};
 use support::driver::{Driver, GIB, ext4, k8s_params, raw_block};
 use tonic::transport::Channel;
+use vdrive::csi::proto::VolumeCapability;
 use vdrive::csi::proto::controller_client::ControllerClient;
-use vdrive::csi::proto::{ListVolumesRequest, VolumeCapability};
 use vdrive::node::loopdev;
 
 /// The environment variable naming the host-path driver's binary.
@@ -247,8 +247,8 @@ async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
     print_table(&rows);
 
     let listed = [
-        list_volumes(vdrive.controller()).await,
-        list_volumes(hostpath.controller().await).await,
+        walk_volumes(&vdrive.controller(), 100).await.0,
+        walk_volumes(&hostpath.controller().await, 100).await.0,
     ];
     assert_eq!(
         listed,
@@ -361,27 +361,6 @@ fn print_table(rows: &[Row]) {
             ms(row.delete_p50[1]),
             ms(row.delete_p99[1]),
         );
-    }
-}
-
-/// ListVolumes, every page: how many volumes the driver has.
-async fn list_volumes(mut controller: ControllerClient<Channel>) -> usize {
-    let mut count = 0;
-    let mut token = String::new();
-    loop {
-        let page = controller
-            .list_volumes(ListVolumesRequest {
-                max_entries: 100,
-                starting_token: token,
-            })
-            .await
-            .expect("ListVolumes")
-            .into_inner();
-        count += page.entries.len();
-        if page.next_token.is_empty() {
-            return count;
-        }
-        token = page.next_token;
     }
 }
 

@@ -40,6 +40,27 @@ impl Drop for Loop {
     }
 }
 
+/// An unsigned drive of `data_gib` GiB after the header: a sparse image in a
+/// temp dir of its own, on a loop device.
+struct BlankDisk {
+    /// Declared first, so it is detached before its image goes.
+    device: Loop,
+    dir: tempfile::TempDir,
+}
+
+fn blank_disk(data_gib: u64) -> BlankDisk {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("disk.img");
+    File::create(&image)
+        .unwrap()
+        .set_len(HEADER_BYTES + data_gib * GIB)
+        .unwrap();
+    BlankDisk {
+        device: Loop(loopdev::attach(&image, 0, 0).unwrap()),
+        dir,
+    }
+}
+
 /// Whether this process holds CAP_SYS_RESOURCE (bit 24 of CapEff).
 fn has_cap_sys_resource() -> bool {
     let status = fs::read_to_string("/proc/self/status").unwrap();
@@ -129,14 +150,8 @@ fn signing_refuses_data_mounts_and_stacked_devices() {
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    File::create(&image)
-        .unwrap()
-        .set_len(HEADER_BYTES + 2 * GIB)
-        .unwrap();
-    let disk = Loop(loopdev::attach(&image, 0, 0).unwrap());
-    let dev = disk.0.as_path();
+    let disk = blank_disk(2);
+    let dev = disk.device.0.as_path();
 
     vfs::format(dev, FsType::Ext4, None).unwrap();
     let err = drives::sign(dev, DriveType::Tlc, false).unwrap_err();
@@ -147,7 +162,7 @@ fn signing_refuses_data_mounts_and_stacked_devices() {
     );
 
     {
-        let target = Mount(mount_dir(dir.path(), "mnt"));
+        let target = Mount(mount_dir(disk.dir.path(), "mnt"));
         mounts::mount(dev, &target.0, Some("ext4"), &[], false).unwrap();
         let err = drives::sign(dev, DriveType::Tlc, true).unwrap_err();
         assert!(matches!(err, NodeError::Mounted { .. }), "{err}");
@@ -200,14 +215,8 @@ fn signing_waits_out_a_brief_claim_and_refuses_a_lasting_one() {
     if !root() {
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let image = dir.path().join("disk.img");
-    File::create(&image)
-        .unwrap()
-        .set_len(HEADER_BYTES + GIB)
-        .unwrap();
-    let disk = Loop(loopdev::attach(&image, 0, 0).unwrap());
-    let dev = disk.0.as_path();
+    let disk = blank_disk(1);
+    let dev = disk.device.0.as_path();
 
     let lasting = claim_exclusively(dev, Duration::from_secs(3));
     let err = drives::sign(dev, DriveType::Qlc, false).unwrap_err();

@@ -16,7 +16,8 @@ use futures_util::StreamExt;
 use tonic::transport::Channel;
 use vdrive::csi::proto::controller_client::ControllerClient;
 use vdrive::csi::proto::{
-    CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, TopologyRequirement, VolumeCapability,
+    CapacityRange, CreateVolumeRequest, DeleteVolumeRequest, ListVolumesRequest,
+    TopologyRequirement, VolumeCapability,
 };
 
 /// One run of CreateVolume calls.
@@ -195,6 +196,35 @@ async fn connect(endpoint: &str) -> ControllerClient<Channel> {
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {endpoint}: {e}"));
     ControllerClient::new(channel)
+}
+
+/// Every volume `controller` lists, walked `page` at a time as a CO walks a
+/// long list: how many there were, and how long each page took.
+pub async fn walk_volumes(
+    controller: &ControllerClient<Channel>,
+    page: i32,
+) -> (usize, Vec<Duration>) {
+    let mut listed = 0;
+    let mut took = Vec::new();
+    let mut token = String::new();
+    loop {
+        let started = Instant::now();
+        let answer = controller
+            .clone()
+            .list_volumes(ListVolumesRequest {
+                max_entries: page,
+                starting_token: token,
+            })
+            .await
+            .expect("ListVolumes")
+            .into_inner();
+        took.push(started.elapsed());
+        listed += answer.entries.len();
+        if answer.next_token.is_empty() {
+            return (listed, took);
+        }
+        token = answer.next_token;
+    }
 }
 
 /// Latencies of a run of calls, and how long the run took.
