@@ -36,9 +36,9 @@ pub fn list() -> Result<Vec<LoopInfo>, NodeError> {
         .collect())
 }
 
-/// The bound loop devices over `backing` (canonical). Only their backing file
-/// is read of the others: this runs twice per DeleteVolume, and a node's own
-/// drives are loop devices too when simulated.
+/// The bound loop devices over `backing` (canonical). Of the others only the
+/// backing file is read: this runs on every DeleteVolume, and a simulated
+/// node's drives are loop devices themselves.
 fn over(backing: &Path) -> Result<Vec<LoopInfo>, NodeError> {
     Ok(loop_names()?
         .iter()

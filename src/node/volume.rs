@@ -829,6 +829,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 path: record.staging_path,
             });
         }
+        // Open until the end, so the reads below come from the page cache.
         let _open = self
             .drives
             .hold_open(volume.extents.iter().map(|e| &e.physical_uuid));
