@@ -5,7 +5,9 @@
 //! turns, round by round (vdrive, host-path, vdrive, …), so both see the machine
 //! in the same state; each round makes fresh volumes and deletes them all.
 //! Every round's figures are printed as it ends, then a table of the medians
-//! and the ratio vdrive / host-path.
+//! and the ratio vdrive / host-path. Beside the rates, each driver's CPU time
+//! per create + delete pair (its process's user and system time over the
+//! round): on a machine whose cores are busy, that is what bounds the rate.
 //!
 //! What each driver does for one volume:
 //! - vdrive (`all-in-one` on simulated TLC drives, the `k8s-pool-storage`
@@ -186,12 +188,14 @@ async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
             name: "vdrive",
             endpoint: vdrive.endpoint.clone(),
             parameters: k8s_params(),
+            pid: vdrive.child.as_ref().expect("vdrive runs").id(),
         },
         Side {
             name: "host-path",
             endpoint: hostpath.endpoint.clone(),
             // host-path reads no parameter but `kind`, which needs --capacity.
             parameters: HashMap::new(),
+            pid: hostpath.child.as_ref().expect("host-path runs").id(),
         },
     ];
     let started = Instant::now();
@@ -206,7 +210,7 @@ async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
                 "\n{} c={concurrency}: {volumes} volumes per round",
                 access.name()
             );
-            let mut figures: [Vec<PairReport>; 2] = [Vec::new(), Vec::new()];
+            let mut figures: [Vec<Round>; 2] = [Vec::new(), Vec::new()];
             for round in 1..=ROUNDS {
                 for (side, figures) in drivers.iter().zip(figures.iter_mut()) {
                     let load = CreateLoad {
@@ -223,7 +227,10 @@ async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
                             side.name
                         ),
                     };
+                    let cpu_before = cpu_time(side.pid);
                     let report = load.run_with_deletes().await;
+                    let cpu_per_pair =
+                        cpu_time(side.pid).saturating_sub(cpu_before) / volumes as u32;
                     assert!(
                         report.failures.is_empty(),
                         "{} round {round}: {} calls failed (volumes left: {:?}), the first: {:?}",
@@ -232,8 +239,16 @@ async fn compare(hostpath_binary: &Path) -> [PathBuf; 2] {
                         report.kept,
                         report.failures[0]
                     );
-                    println!("  round {round} {:<9} {}", side.name, describe(&report));
-                    figures.push(report);
+                    println!(
+                        "  round {round} {:<9} {}  CPU {} a pair",
+                        side.name,
+                        describe(&report),
+                        ms(cpu_per_pair)
+                    );
+                    figures.push(Round {
+                        report,
+                        cpu_per_pair,
+                    });
                 }
             }
             rows.push(Row::new(access, concurrency, &figures));
@@ -279,6 +294,42 @@ struct Side {
     name: &'static str,
     endpoint: String,
     parameters: HashMap<String, String>,
+    /// The driver's process, whose CPU time each round reads.
+    pid: u32,
+}
+
+/// One driver's round: its calls, and the CPU its process spent per create +
+/// delete pair (the kernel's own threads, such as loop workers and the
+/// journal, work for it uncounted).
+struct Round {
+    report: PairReport,
+    cpu_per_pair: Duration,
+}
+
+/// The user and system CPU time process `pid` (all its threads) has used so
+/// far, from /proc/<pid>/stat, to the kernel's clock tick (10 ms here; a round
+/// takes hundreds of them).
+fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // The fields after the command name (which ends at the last ')'): the
+    // state first, so utime and stime (fields 14 and 15) are the 12th and 13th.
+    let after_name = stat.rfind(')').map_or("", |at| &stat[at + 1..]);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| {
+            f.parse()
+                .unwrap_or_else(|e| panic!("/proc/{pid}/stat: {f:?}: {e}"))
+        })
+        .collect();
+    let ticks: u64 = fields.iter().sum();
+    // SAFETY: sysconf reads a configuration value and touches no memory of ours.
+    let per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
+    Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / per_second)
 }
 
 fn describe(report: &PairReport) -> String {
@@ -306,11 +357,12 @@ struct Row {
     create_p99: [Duration; 2],
     delete_p50: [Duration; 2],
     delete_p99: [Duration; 2],
+    cpu_per_pair: [Duration; 2],
 }
 
 impl Row {
-    fn new(access: Access, concurrency: usize, figures: &[Vec<PairReport>; 2]) -> Row {
-        let each = |f: &dyn Fn(&PairReport) -> Duration| {
+    fn new(access: Access, concurrency: usize, figures: &[Vec<Round>; 2]) -> Row {
+        let each = |f: &dyn Fn(&Round) -> Duration| {
             figures
                 .each_ref()
                 .map(|rounds| median(rounds.iter().map(f).collect()))
@@ -319,14 +371,16 @@ impl Row {
             access,
             concurrency,
             rate: figures.each_ref().map(|rounds| {
-                let mut rates: Vec<f64> = rounds.iter().map(|r| r.pairs.per_second()).collect();
+                let mut rates: Vec<f64> =
+                    rounds.iter().map(|r| r.report.pairs.per_second()).collect();
                 rates.sort_by(f64::total_cmp);
                 rates[rates.len() / 2]
             }),
-            create_p50: each(&|r| r.create.percentile(50.0)),
-            create_p99: each(&|r| r.create.percentile(99.0)),
-            delete_p50: each(&|r| r.delete.percentile(50.0)),
-            delete_p99: each(&|r| r.delete.percentile(99.0)),
+            create_p50: each(&|r| r.report.create.percentile(50.0)),
+            create_p99: each(&|r| r.report.create.percentile(99.0)),
+            delete_p50: each(&|r| r.report.delete.percentile(50.0)),
+            delete_p99: each(&|r| r.report.delete.percentile(99.0)),
+            cpu_per_pair: each(&|r| r.cpu_per_pair),
         }
     }
 }
@@ -341,12 +395,13 @@ fn print_table(rows: &[Row]) {
     println!(
         "| access | c | vdrive volumes/s | host-path volumes/s | vdrive / host-path | \
          create p50 / p99, vdrive | create p50 / p99, host-path | \
-         delete p50 / p99, vdrive | delete p50 / p99, host-path |"
+         delete p50 / p99, vdrive | delete p50 / p99, host-path | \
+         CPU a pair, vdrive / host-path |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for row in rows {
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {} / {} | {} / {} |",
+            "| {} | {} | {:.0} | {:.0} | {:.2} | {} / {} | {} / {} | {} / {} | {} / {} | {} / {} |",
             row.access.name(),
             row.concurrency,
             row.rate[0],
@@ -360,6 +415,8 @@ fn print_table(rows: &[Row]) {
             ms(row.delete_p99[0]),
             ms(row.delete_p50[1]),
             ms(row.delete_p99[1]),
+            ms(row.cpu_per_pair[0]),
+            ms(row.cpu_per_pair[1]),
         );
     }
 }
