@@ -709,13 +709,9 @@ impl<S: LedgerStore> Ledger<S> {
             .find_map(|n| n.volume_by_name(name)))
     }
 
+    /// Every node's live volumes, in volume id order.
     pub async fn volumes(&self) -> Result<Vec<Volume>, LedgerError> {
-        Ok(self
-            .nodes()
-            .await?
-            .iter()
-            .flat_map(|n| n.volumes())
-            .collect())
+        Ok(self.volumes_page(0, usize::MAX, |v| v).await?.0)
     }
 
     /// One page of every node's live volumes in volume id order: from the

@@ -278,15 +278,14 @@ impl Sysfs {
 /// (no stat, no second read), which counts: DeleteVolume reads the backing
 /// file of every loop device on the machine.
 fn read_attribute(path: &Path) -> Option<String> {
+    const PAGE: usize = 4096;
     let mut file = File::open(path).ok()?;
-    let mut buf = vec![0u8; 4096];
-    let mut len = file.read(&mut buf).ok()?;
-    if len == buf.len() {
-        buf.truncate(len);
-        file.read_to_end(&mut buf).ok()?;
-        len = buf.len();
-    }
+    let mut buf = vec![0u8; PAGE];
+    let len = file.read(&mut buf).ok()?;
     buf.truncate(len);
+    if len == PAGE {
+        file.read_to_end(&mut buf).ok()?;
+    }
     String::from_utf8(buf).ok()
 }
 
