@@ -1022,6 +1022,86 @@ async fn identity_and_node_info() {
 
 // ---- regressions: the node never tears down or hands out what is in use -------
 
+/// A loop device over a volume's extent that no staging record accounts for
+/// (left by a crash, or attached by hand) keeps DeleteVolume from erasing the
+/// extent: it answers FailedPrecondition naming the device, and the data under
+/// it stays. Once the device is gone, the delete erases.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_over_an_extent_keeps_it_from_being_erased() {
+    let Some(driver) = Driver::start("held", SMALL_DRIVES).await else {
+        return;
+    };
+    let volume = driver.create("held", 1, raw_block()).await.unwrap();
+    let context = vdrive::csi::context::decode(&volume.volume_context).unwrap();
+    let [extent] = context.extents.as_slice() else {
+        panic!("one extent: {:?}", context.extents);
+    };
+    let drive = vdrive::node::loopdev::list()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.backing.starts_with(&driver.dir) && l.offset_bytes == 0)
+        .map(|l| l.device)
+        .find(|d| {
+            matches!(vdrive::node::signature::read(d), Ok(Some(s)) if s.uuid == extent.physical_uuid)
+        })
+        .expect("the extent's drive");
+    let attach = || {
+        vdrive::node::loopdev::attach(
+            &drive,
+            vdrive::node::signature::Signature::data_offset_bytes(extent.offset_gib),
+            extent.size_gib * vdrive::node::GIB,
+        )
+        .unwrap()
+    };
+    let marker = b"written before the delete";
+    let held = attach();
+    {
+        let device = fs::OpenOptions::new().write(true).open(&held).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&device, marker, 4096).unwrap();
+        device.sync_all().unwrap();
+    }
+
+    let err = assert_code(
+        driver.delete(&volume.volume_id).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        err.message().contains("still has a device")
+            && err.message().contains(&held.display().to_string()),
+        "{}",
+        err.message()
+    );
+    let read_at = |device: &Path| {
+        let mut buf = vec![0u8; marker.len()];
+        std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(device).unwrap(), &mut buf, 4096)
+            .unwrap();
+        buf
+    };
+    assert_eq!(
+        read_at(&held),
+        marker,
+        "nothing was erased under the device"
+    );
+    assert!(
+        driver
+            .list()
+            .await
+            .iter()
+            .any(|v| v.volume_id == volume.volume_id),
+        "the volume keeps its claim"
+    );
+
+    vdrive::node::loopdev::detach(&held).unwrap();
+    driver.delete(&volume.volume_id).await.unwrap();
+    let after = attach();
+    let zeros = read_at(&after);
+    vdrive::node::loopdev::detach(&after).unwrap();
+    assert!(
+        zeros.iter().all(|b| *b == 0),
+        "erased once the device was gone"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_published_volume_cannot_be_unstaged_or_deleted() {
     let Some(driver) = Driver::start("busy", SMALL_DRIVES).await else {
