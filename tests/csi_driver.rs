@@ -22,10 +22,10 @@ use support::devices::{mounts_under, volume_devices};
 use support::driver::*;
 use vdrive::csi::proto::volume_capability;
 use vdrive::csi::proto::{
-    CapacityRange, CreateVolumeRequest, GetPluginInfoRequest, NodeExpandVolumeRequest,
-    NodeGetInfoRequest, NodeGetVolumeStatsRequest, NodePublishVolumeRequest,
-    NodeStageVolumeRequest, ProbeRequest, Topology, TopologyRequirement, Volume, VolumeCapability,
-    volume_usage,
+    CapacityRange, CreateVolumeRequest, GetPluginInfoRequest, ListVolumesRequest,
+    NodeExpandVolumeRequest, NodeGetInfoRequest, NodeGetVolumeStatsRequest,
+    NodePublishVolumeRequest, NodeStageVolumeRequest, ProbeRequest, Topology, TopologyRequirement,
+    Volume, VolumeCapability, volume_usage,
 };
 
 // ---------------------------------------------------------------------------
@@ -1021,6 +1021,75 @@ async fn identity_and_node_info() {
 }
 
 // ---- regressions: the node never tears down or hands out what is in use -------
+
+/// ListVolumes pages in volume id order and hands out tokens that lead through
+/// the whole list once; a token it never issued, or one past the end of the
+/// list, is Aborted with what to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn list_volumes_pages_and_refuses_tokens_it_never_issued() {
+    let Some(driver) = Driver::start("pages", SMALL_DRIVES).await else {
+        return;
+    };
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let volume = driver
+            .create(&format!("page-{i}"), 1, ext4())
+            .await
+            .unwrap();
+        ids.push(volume.volume_id);
+    }
+    ids.sort();
+    let page = |max_entries: i32, starting_token: &str| {
+        let mut controller = driver.controller();
+        let request = ListVolumesRequest {
+            max_entries,
+            starting_token: starting_token.to_string(),
+        };
+        async move {
+            controller
+                .list_volumes(request)
+                .await
+                .map(|r| r.into_inner())
+        }
+    };
+    let mut walked = Vec::new();
+    let mut token = String::new();
+    let mut tokens = Vec::new();
+    loop {
+        let answer = page(2, &token).await.unwrap();
+        assert!(answer.entries.len() <= 2, "{:?}", answer.entries);
+        walked.extend(
+            answer
+                .entries
+                .into_iter()
+                .filter_map(|e| e.volume.map(|v| v.volume_id)),
+        );
+        if answer.next_token.is_empty() {
+            break;
+        }
+        token = answer.next_token;
+        tokens.push(token.clone());
+    }
+    assert_eq!(walked, ids, "every volume once, in id order");
+    assert_eq!(tokens, ["2", "4"]);
+    let whole = page(0, "").await.unwrap();
+    assert_eq!(whole.entries.len(), 5);
+    assert!(whole.next_token.is_empty());
+
+    for bad in ["not-a-token", "6"] {
+        let err = assert_code(page(2, bad).await.map(|_| ()), Code::Aborted);
+        assert!(
+            err.message().contains("list again from the start"),
+            "{}",
+            err.message()
+        );
+    }
+    let err = assert_code(page(-1, "").await.map(|_| ()), Code::InvalidArgument);
+    assert!(err.message().contains("max_entries"), "{}", err.message());
+    for id in &ids {
+        driver.delete(id).await.unwrap();
+    }
+}
 
 /// A loop device over a volume's extent that no staging record accounts for
 /// (left by a crash, or attached by hand) keeps DeleteVolume from erasing the
