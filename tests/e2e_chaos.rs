@@ -37,9 +37,7 @@ use tonic::transport::Channel;
 use support::chaos::{Bed, Chaos, Rng, assert_nothing_left, env_or, images};
 use support::cluster::{Cluster, Daemon, bin_dir_from_env, eventually};
 use support::e2e::ReleaseUnder;
-use vdrive::csi::proto::ProbeRequest;
 use vdrive::csi::proto::controller_client::ControllerClient;
-use vdrive::csi::proto::identity_client::IdentityClient;
 use vdrive::csi::proto::node_client::NodeClient;
 use vdrive::ledger::NodeLedger;
 
@@ -91,8 +89,8 @@ impl ClusterBed {
             ],
         );
         let mut controller = cluster.spawn("vdrive-controller", controller);
-        let node_channel = serving(&cluster.endpoint(NODE), &mut node).await;
-        let controller_channel = serving(&cluster.endpoint("controller"), &mut controller).await;
+        let node_channel = node.serving(&cluster.endpoint(NODE)).await;
+        let controller_channel = controller.serving(&cluster.endpoint("controller")).await;
         let bed = ClusterBed {
             _release: ReleaseUnder::cluster(&cluster),
             controller,
@@ -120,30 +118,6 @@ impl ClusterBed {
         )
         .await;
         bed
-    }
-}
-
-/// Probes `endpoint` until the process behind it answers; panics with its log
-/// if it exits or does not serve within a minute.
-async fn serving(endpoint: &str, daemon: &mut Daemon) -> Channel {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        daemon.assert_running();
-        if let Ok(channel) = vdrive::csi::server::connect(endpoint).await
-            && IdentityClient::new(channel.clone())
-                .probe(ProbeRequest {})
-                .await
-                .is_ok()
-        {
-            return channel;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not serve {endpoint} within 60 s; its log:\n{}",
-            daemon.name(),
-            daemon.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -214,12 +188,12 @@ impl Bed for ClusterBed {
             // Reaps the killed process, then starts it again.
             self.node.restart();
             let endpoint = self.cluster.endpoint(NODE);
-            self.node_channel = Some(serving(&endpoint, &mut self.node).await);
+            self.node_channel = Some(self.node.serving(&endpoint).await);
         }
         if controller {
             self.controller.restart();
             let endpoint = self.cluster.endpoint("controller");
-            self.controller_channel = Some(serving(&endpoint, &mut self.controller).await);
+            self.controller_channel = Some(self.controller.serving(&endpoint).await);
         }
     }
 

@@ -257,6 +257,17 @@ impl Daemon {
         read_log(&self.log_path)
     }
 
+    /// Waits until this CSI driver answers Probe at `endpoint` (60 s at most)
+    /// and returns its channel; panics with its log if it exits first or never
+    /// answers.
+    pub async fn serving(&mut self, endpoint: &str) -> tonic::transport::Channel {
+        let log_path = self.log_path.clone();
+        super::driver::wait_until_serving(&mut self.child, endpoint, &self.name, || {
+            read_log(&log_path)
+        })
+        .await
+    }
+
     /// How it ended, if it was started and has exited.
     pub fn exit_status(&mut self) -> Option<ExitStatus> {
         self.child
