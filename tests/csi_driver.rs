@@ -508,29 +508,7 @@ async fn a_lost_ledger_quarantines_the_drive_until_adopted_from_its_header() {
         err.message()
     );
 
-    // Adopt the drive's claims back (all-in-one stopped: it holds the ledger).
-    let status = driver.stop().expect("running");
-    assert!(status.success(), "{}", driver.log());
-    let images: Vec<PathBuf> = fs::read_dir(driver.state_dir().join("simulated-drives"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "img"))
-        .collect();
-    assert_eq!(images.len(), 1, "{images:?}");
-    let adopt = std::process::Command::new(env!("CARGO_BIN_EXE_vdrive"))
-        .args(["drives", "adopt", "--node-id", &driver.node_id])
-        .arg("--state-dir")
-        .arg(driver.state_dir())
-        .arg("--device")
-        .arg(&images[0])
-        .output()
-        .unwrap();
-    let said = String::from_utf8_lossy(&adopt.stdout).to_string()
-        + &String::from_utf8_lossy(&adopt.stderr);
-    assert!(adopt.status.success(), "{said}");
-    assert!(said.contains("1 claim(s) brought back"), "{said}");
-
-    driver.spawn().await;
+    adopt_the_only_drive(&mut driver).await;
     let listed = driver.list().await;
     assert_eq!(
         listed.iter().map(|v| &v.volume_id).collect::<Vec<_>>(),
@@ -538,20 +516,125 @@ async fn a_lost_ledger_quarantines_the_drive_until_adopted_from_its_header() {
         "the volume is back in the ledger"
     );
     let other = driver.create("pvc-new", 1, cap.clone()).await.unwrap();
-    let kept = extents(&volume);
-    for e in extents(&other) {
-        assert!(
-            kept.iter().all(|k| k.drive != e.drive
-                || e.offset_gib >= k.offset_gib + k.size_gib
-                || e.offset_gib + e.size_gib <= k.offset_gib),
-            "the new volume {e:?} overlaps the adopted one {kept:?}"
-        );
-    }
+    assert_apart(&other, &extents(&volume));
     let staging = driver.stage(&volume, &cap).await.unwrap();
     assert_eq!(fs::read(staging.join("data.txt")).unwrap(), payload);
     driver.unstage(&id, &staging).await.unwrap();
     driver.delete(&id).await.unwrap();
     driver.delete(&other.volume_id).await.unwrap();
+}
+
+/// The image of the driver's one simulated drive.
+fn the_only_drive_image(driver: &Driver) -> PathBuf {
+    let images: Vec<PathBuf> = fs::read_dir(driver.state_dir().join("simulated-drives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "img"))
+        .collect();
+    assert_eq!(images.len(), 1, "{images:?}");
+    images[0].clone()
+}
+
+/// Stops the driver (all-in-one holds the ledger), brings the claims its one
+/// drive's header lists back into the ledger with `vdrive drives adopt`, and
+/// starts it again.
+async fn adopt_the_only_drive(driver: &mut Driver) {
+    let status = driver.stop().expect("running");
+    assert!(status.success(), "{}", driver.log());
+    let adopt = std::process::Command::new(env!("CARGO_BIN_EXE_vdrive"))
+        .args(["drives", "adopt", "--node-id", &driver.node_id])
+        .arg("--state-dir")
+        .arg(driver.state_dir())
+        .arg("--device")
+        .arg(the_only_drive_image(driver))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&adopt.stdout).to_string()
+        + &String::from_utf8_lossy(&adopt.stderr);
+    assert!(adopt.status.success(), "{said}");
+    assert!(said.contains("1 claim(s) brought back"), "{said}");
+    driver.spawn().await;
+}
+
+/// Asserts that no extent of `volume` overlaps one of `kept`.
+fn assert_apart(volume: &Volume, kept: &[Extent]) {
+    for e in extents(volume) {
+        assert!(
+            kept.iter().all(|k| k.drive != e.drive
+                || e.offset_gib >= k.offset_gib + k.size_gib
+                || e.offset_gib + e.size_gib <= k.offset_gib),
+            "the new volume {e:?} overlaps the kept one {kept:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_grown_while_staged_is_on_its_drives_header_before_the_ledger_can_lose_it() {
+    // One drive, so a new ledger would place the next volume where this one grew;
+    // no rescan in the test's time, so only the grow itself writes the header.
+    let Some(mut driver) =
+        Driver::start_with("grown-header", "tlc:8x1", &["--rescan-interval", "3600"]).await
+    else {
+        return;
+    };
+    let cap = xfs();
+    let volume = driver.create("pvc-grows", 1, cap.clone()).await.unwrap();
+    let id = volume.volume_id.clone();
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    driver.expand(&id, 2 * GIB, &cap).await.unwrap();
+    driver
+        .node_expand(&id, &staging, &staging, 2 * GIB, &cap)
+        .await
+        .unwrap();
+    // What only the grown GiB holds: the file's blocks land past the first GiB
+    // once the first is full.
+    fill_past_the_first_gib(&staging);
+    let header = vdrive::node::claim_record::read(&the_only_drive_image(&driver))
+        .unwrap()
+        .expect("the drive has a claim record");
+    let listed: Vec<(u64, u64)> = header
+        .record
+        .live_claims()
+        .filter(|c| c.volume_id == id)
+        .map(|c| (c.offset_gib, c.size_gib))
+        .collect();
+    assert_eq!(listed, [(0, 2)], "the header lists the grown claim");
+    driver.unstage(&id, &staging).await.unwrap();
+
+    // The ledger is lost before any rescan: the header alone brings the whole
+    // grown volume back, and a new volume does not land on its second GiB.
+    let status = driver.stop().expect("running");
+    assert!(status.success(), "{}", driver.log());
+    fs::remove_file(driver.state_dir().join("ledger.redb")).unwrap();
+    driver.spawn().await;
+    adopt_the_only_drive(&mut driver).await;
+    let back = driver.list().await;
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0].capacity_bytes, 2 * GIB, "adopted at its grown size");
+    let other = driver.create("pvc-after", 1, cap.clone()).await.unwrap();
+    assert_apart(&other, &extents(&back[0]));
+    let staging = driver.stage(&volume, &cap).await.unwrap();
+    assert_eq!(
+        fs::read(staging.join("fill")).unwrap().len() as u64,
+        FILL_BYTES,
+        "the grown volume's data is whole"
+    );
+    driver.unstage(&id, &staging).await.unwrap();
+    driver.delete(&id).await.unwrap();
+    driver.delete(&other.volume_id).await.unwrap();
+}
+
+/// More than the first GiB of a 2 GiB volume can hold.
+const FILL_BYTES: u64 = 1_200 << 20;
+
+/// Writes [`FILL_BYTES`] of a pattern into `dir/fill`, synced.
+fn fill_past_the_first_gib(dir: &Path) {
+    let mut file = fs::File::create(dir.join("fill")).unwrap();
+    let chunk = vec![0xa5u8; 1 << 20];
+    for _ in 0..FILL_BYTES >> 20 {
+        file.write_all(&chunk).unwrap();
+    }
+    file.sync_all().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]

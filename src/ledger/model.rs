@@ -500,6 +500,15 @@ impl NodeLedger {
         self.claims.iter().any(|c| c.volume_id == volume_id)
     }
 
+    /// The claims of volume `volume_id` on this node (its virtual drives).
+    pub fn claims_of(&self, volume_id: &str) -> Vec<Claim> {
+        self.claims
+            .iter()
+            .filter(|c| c.volume_id == volume_id)
+            .cloned()
+            .collect()
+    }
+
     /// The volume `volume_id` as recorded on this node, if any.
     pub fn volume(&self, volume_id: &str) -> Option<Volume> {
         self.assemble(|c| c.volume_id == volume_id)

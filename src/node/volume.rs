@@ -227,12 +227,7 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 volume: volume_id.to_string(),
             });
         }
-        let claims = ledger
-            .claims
-            .iter()
-            .filter(|c| c.volume_id == volume.id)
-            .cloned()
-            .collect();
+        let claims = ledger.claims_of(&volume.id);
         Ok((volume, claims))
     }
 
@@ -354,8 +349,8 @@ impl<S: LedgerStore> NodeVolumes<S> {
             })?;
         // The controller has just grown the claims: a cached copy may predate it.
         let min_gib = required_bytes.div_ceil(GIB);
-        let volume = self
-            .ledger_volume(volume_id, |v| v.capacity_gib >= min_gib)
+        let (ledger, volume) = self
+            .ledger_with_volume(volume_id, |v| v.capacity_gib >= min_gib)
             .await?;
         // Saturating: no byte count above u64 can be asked for anyway.
         let claimed = volume.capacity_gib.saturating_mul(GIB);
@@ -366,8 +361,9 @@ impl<S: LedgerStore> NodeVolumes<S> {
                 asked_bytes: required_bytes,
             });
         }
+        let claims = ledger.claims_of(&volume.id);
         let node = self.on_node();
-        blocking(move || node.expand(record, volume.extents)).await?;
+        blocking(move || node.expand(record, &claims, volume.extents)).await?;
         Ok(claimed)
     }
 }
@@ -787,9 +783,14 @@ impl OnNode {
     fn expand(
         &self,
         mut record: StagingRecord,
+        claims: &[Claim],
         extents: Vec<VolumeExtent>,
     ) -> Result<(), NodeError> {
         let parts = self.locate(&extents)?;
+        // As for a stage: the grown claims are on their drives' headers before
+        // the tenant can write there (the filesystem grows into them at once),
+        // so a ledger lost before the next rescan still finds them.
+        self.record_on_drives(claims, &extents, &parts)?;
         // Intent first: once the device has grown, unstage must know its new
         // extents even if growing the filesystem fails below.
         if record.extents != extents {
