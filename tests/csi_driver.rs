@@ -1178,6 +1178,102 @@ async fn list_volumes_pages_and_refuses_tokens_it_never_issued() {
 /// (left by a crash, or attached by hand) keeps DeleteVolume from erasing the
 /// extent: it answers FailedPrecondition naming the device, and the data under
 /// it stays. Once the device is gone, the delete erases.
+/// The device of the simulated drive `extent` is on.
+fn drive_device(driver: &Driver, extent: &vdrive::ledger::VolumeExtent) -> PathBuf {
+    vdrive::node::loopdev::list()
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.backing.starts_with(&driver.dir) && l.offset_bytes == 0)
+        .map(|l| l.device)
+        .find(|d| {
+            matches!(vdrive::node::signature::read(d), Ok(Some(s)) if s.uuid == extent.physical_uuid)
+        })
+        .expect("the extent's drive")
+}
+
+/// A drive whose header lists a volume the ledger no longer has (its ledger
+/// was restored from an older copy while the node ran, before the node's next
+/// drive scan quarantines the drive): a new volume placed over that claim is
+/// neither staged nor erased, and the lost volume's bytes stay as they are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_volume_placed_over_a_claim_the_ledger_lost_is_neither_staged_nor_erased() {
+    let Some(driver) =
+        Driver::start_with("over-lost", "tlc:8x1", &["--rescan-interval", "3600"]).await
+    else {
+        return;
+    };
+    let cap = ext4();
+    let volume = driver.create("pvc-over", 1, cap.clone()).await.unwrap();
+    let context = vdrive::csi::context::decode(&volume.volume_context).unwrap();
+    let [extent] = context.extents.as_slice() else {
+        panic!("one extent: {:?}", context.extents);
+    };
+    let drive = drive_device(&driver, extent);
+    // The drive still lists the lost volume, live, where the ledger has just
+    // placed the new one, and still holds its data.
+    let stored = vdrive::node::claim_record::read(&drive).unwrap();
+    let mut record = stored
+        .as_ref()
+        .map(|s| s.record.clone())
+        .expect("the node wrote the drive's record at start");
+    record.claims.push(vdrive::ledger::Claim {
+        virtual_uuid: uuid::Uuid::new_v4(),
+        volume_id: "the-lost-volume".into(),
+        volume_name: "pvc-lost".into(),
+        owner: "default:data".into(),
+        pool: None,
+        physical_uuid: extent.physical_uuid,
+        offset_gib: extent.offset_gib,
+        size_gib: 1,
+        part: 0,
+        fixed: false,
+        releasing: false,
+        spec: None,
+    });
+    vdrive::node::claim_record::write(&drive, stored.as_ref(), &record).unwrap();
+    let marker = b"the lost volume's data";
+    let at = vdrive::node::signature::Signature::data_offset_bytes(extent.offset_gib) + 4096;
+    {
+        let device = fs::OpenOptions::new().write(true).open(&drive).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&device, marker, at).unwrap();
+        device.sync_all().unwrap();
+    }
+
+    let err = assert_code(driver.stage(&volume, &cap).await, Code::FailedPrecondition);
+    assert!(
+        err.message().contains("the-lost-volume")
+            && err.message().contains("is not staged")
+            && err.message().contains("vdrive drives adopt"),
+        "{}",
+        err.message()
+    );
+    assert!(
+        volume_devices(&driver.dir).is_empty() && mounts_under(&driver.dir).is_empty(),
+        "the refused stage left no device and no mount"
+    );
+    let err = assert_code(
+        driver.delete(&volume.volume_id).await,
+        Code::FailedPrecondition,
+    );
+    assert!(
+        err.message().contains("the-lost-volume"),
+        "{}",
+        err.message()
+    );
+    let mut read = vec![0u8; marker.len()];
+    std::os::unix::fs::FileExt::read_exact_at(&fs::File::open(&drive).unwrap(), &mut read, at)
+        .unwrap();
+    assert_eq!(read, marker, "the lost volume's data is untouched");
+    let after = vdrive::node::claim_record::read(&drive).unwrap().unwrap();
+    assert!(
+        after
+            .record
+            .live_claims()
+            .any(|c| c.volume_id == "the-lost-volume"),
+        "the header still counts the lost volume"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_over_an_extent_keeps_it_from_being_erased() {
     let Some(driver) = Driver::start("held", SMALL_DRIVES).await else {
@@ -1188,15 +1284,7 @@ async fn a_device_over_an_extent_keeps_it_from_being_erased() {
     let [extent] = context.extents.as_slice() else {
         panic!("one extent: {:?}", context.extents);
     };
-    let drive = vdrive::node::loopdev::list()
-        .unwrap()
-        .into_iter()
-        .filter(|l| l.backing.starts_with(&driver.dir) && l.offset_bytes == 0)
-        .map(|l| l.device)
-        .find(|d| {
-            matches!(vdrive::node::signature::read(d), Ok(Some(s)) if s.uuid == extent.physical_uuid)
-        })
-        .expect("the extent's drive");
+    let drive = drive_device(&driver, extent);
     let attach = || {
         vdrive::node::loopdev::attach(
             &drive,

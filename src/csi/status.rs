@@ -125,6 +125,7 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::ClaimedDrive { .. }
         | NodeError::NotOurDrive { .. }
         | NodeError::ClaimedByAnother { .. }
+        | NodeError::StagedOverAnother { .. }
         | NodeError::Shrunk { .. }
         | NodeError::TooSmall { .. }
         | NodeError::NotBlockDevice { .. }

@@ -59,13 +59,26 @@ pub enum NodeError {
     BadClaimRecord { path: PathBuf, reason: String },
 
     #[error(
-        "{path} belongs to node {owner:?} by its header, not to {node:?}: nothing on it is erased from here; \
+        "{path} belongs to node {owner:?} by its header, not to {node:?}: nothing on it is staged or erased from here; \
          if the drive moved or the node was renamed, run `vdrive drives adopt` on this node first"
     )]
     NotOurDrive {
         path: PathBuf,
         owner: String,
         node: String,
+    },
+
+    #[error(
+        "{path}'s header lists volume {other}'s virtual drive at {offset_gib} GiB ({size_gib} GiB) where volume {volume} is placed: \
+         the ledger and the drive disagree (the ledger lost {other}, or was restored from a copy without it), so volume {volume} is not staged, \
+         which would hand it {other}'s data; the drive is quarantined at the node's next drive scan until `vdrive drives adopt` reconciles them"
+    )]
+    StagedOverAnother {
+        path: PathBuf,
+        volume: String,
+        other: String,
+        offset_gib: u64,
+        size_gib: u64,
     },
 
     #[error(

@@ -201,10 +201,13 @@ pub fn mark_erased(path: &Path, volume: &str, extent: &VolumeExtent) -> Result<(
 }
 
 /// Makes sure the drive's record lists `claims` (a volume about to be staged on
-/// it) before any tenant data is written there: a volume staged a moment after
-/// it was created is on its drives' headers even if the ledger is lost before
-/// the next report. A drive whose header names another node is refused.
-/// Blocking; the caller holds the claim-record lock.
+/// it, or grown while staged) as live before any tenant data is written there:
+/// a volume staged a moment after it was created is on its drives' headers even
+/// if the ledger is lost before the next report. Refused, with the header left
+/// as it is: a drive whose header names another node, and a claim over another
+/// volume's live claim (the ledger placed it there after losing that volume, so
+/// staging would hand that volume's data to this one). Blocking; the caller
+/// holds the claim-record lock.
 pub fn record_claims(node: &str, path: &Path, claims: &[&Claim]) -> Result<(), NodeError> {
     let stored = claim_record::read(path)?;
     let mut record = match &stored {
@@ -221,7 +224,28 @@ pub fn record_claims(node: &str, path: &Path, claims: &[&Claim]) -> Result<(), N
             ..ClaimRecord::default()
         },
     };
-    let before = record.claims.clone();
+    for claim in claims {
+        let span = claim.extent();
+        if let Some(other) = record
+            .live_claims()
+            .find(|c| c.volume_id != claim.volume_id && c.extent().overlaps(&span))
+        {
+            return Err(NodeError::StagedOverAnother {
+                path: path.to_path_buf(),
+                volume: claim.volume_id.clone(),
+                other: other.volume_id.clone(),
+                offset_gib: other.offset_gib,
+                size_gib: other.size_gib,
+            });
+        }
+    }
+    let before = record.clone();
+    // The volume is live (a deleted one is not staged): a mark left by a delete
+    // that erased it and then failed to release it would keep its new data
+    // uncounted.
+    record
+        .erased
+        .retain(|e| !claims.iter().any(|claim| e.is(claim)));
     for claim in claims {
         if record.claims.contains(claim) {
             continue;
@@ -234,7 +258,7 @@ pub fn record_claims(node: &str, path: &Path, claims: &[&Claim]) -> Result<(), N
         });
         record.claims.push((*claim).clone());
     }
-    if record.claims == before {
+    if record == before {
         return Ok(());
     }
     claim_record::write(path, stored.as_ref(), &record).map(|_| ())
@@ -271,6 +295,59 @@ mod tests {
         assert_eq!(listed, [("b".to_string(), 1), ("a".to_string(), 3)]);
         let err = record_claims("m", &path, &[&claim("c", 6, 1)]).unwrap_err();
         assert!(matches!(err, NodeError::NotOurDrive { .. }), "{err}");
+    }
+
+    #[test]
+    fn staging_over_another_volumes_live_claim_is_refused_and_the_header_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = drive_image(&dir);
+        // b is live on the drive; a ledger that lost it placed x over it.
+        record_claims("n", &path, &[&claim("b", 2, 2)]).unwrap();
+        let stored = claim_record::read(&path).unwrap().unwrap();
+        let err = record_claims("n", &path, &[&claim("x", 3, 2)]).unwrap_err();
+        match &err {
+            NodeError::StagedOverAnother {
+                volume,
+                other,
+                offset_gib,
+                size_gib,
+                ..
+            } => assert_eq!(
+                (volume.as_str(), other.as_str(), *offset_gib, *size_gib),
+                ("x", "b", 2, 2)
+            ),
+            other => panic!("expected StagedOverAnother, got {other}"),
+        }
+        assert!(err.to_string().contains("vdrive drives adopt"), "{err}");
+        assert_eq!(
+            claim_record::read(&path).unwrap().unwrap(),
+            stored,
+            "the header is left as it was"
+        );
+        // Right next to b, or over b's space once b is erased, is fine.
+        record_claims("n", &path, &[&claim("x", 4, 2)]).unwrap();
+        mark_erased(&path, "b", &extent(2, 2)).unwrap();
+        record_claims("n", &path, &[&claim("y", 2, 2)]).unwrap();
+        let record = claim_record::read(&path).unwrap().unwrap().record;
+        let live: Vec<&str> = record.live_claims().map(|c| c.volume_id.as_str()).collect();
+        assert_eq!(live, ["x", "y"]);
+    }
+
+    #[test]
+    fn staging_a_volume_whose_delete_was_cut_short_counts_it_live_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = drive_image(&dir);
+        record_claims("n", &path, &[&claim("a", 0, 2)]).unwrap();
+        // Erased and marked, but the release never happened: the ledger still
+        // has a live, and a stage writes to it again.
+        mark_erased(&path, "a", &extent(0, 2)).unwrap();
+        let marked = claim_record::read(&path).unwrap().unwrap().record;
+        assert_eq!(marked.live_claims().count(), 0);
+        record_claims("n", &path, &[&claim("a", 0, 2)]).unwrap();
+        let record = claim_record::read(&path).unwrap().unwrap().record;
+        assert!(record.erased.is_empty(), "{record:?}");
+        let live: Vec<&str> = record.live_claims().map(|c| c.volume_id.as_str()).collect();
+        assert_eq!(live, ["a"], "a lost ledger would find a on the drive");
     }
 
     fn extent(offset_gib: u64, size_gib: u64) -> VolumeExtent {
