@@ -596,3 +596,78 @@ fn erased_extents_come_back_blank() {
         Some(drive.path.clone())
     );
 }
+
+/// A drive scan that reads the ledger after a volume was erased but before its
+/// release was committed (the node's periodic scan can land there) leaves the
+/// volume out of the drive's header, so the scan after the release does not
+/// take the header for a lost ledger. The volume was never staged: its drive's
+/// header never listed it, so there was no claim there to mark erased.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_drive_scan_between_an_erase_and_its_release_does_not_quarantine_the_drive() {
+    use std::sync::Arc;
+    use vdrive::allocator::{Ratio, Request};
+    use vdrive::ledger::{ClaimRequest, EmbeddedStore, Ledger, PoolSettings, SizeRange};
+    use vdrive::node::{DriveRegistry, Erasure, ExtentEraser, NodeVolumes, backend, ownership};
+
+    if !root() {
+        return;
+    }
+    let node = "scan-node";
+    let (_sim, found) = simulate("tlc:8x1");
+    let state = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(state.path().join("ledger.redb")).unwrap();
+    let ledger = Arc::new(Ledger::new(store, PoolSettings::default()));
+    let registry = Arc::new(DriveRegistry::only(found.clone()));
+    let scan = || ownership::report_drives(&ledger, &registry, node, found.clone(), Backend::Loop);
+    scan().await.unwrap();
+    let volumes = Arc::new(NodeVolumes::new(
+        node.to_string(),
+        ledger.clone(),
+        registry.clone(),
+        &state.path().join("node"),
+        backend::of_kind(Backend::Loop).unwrap(),
+    ));
+    let mut layout = Request::with_ratio(1, Ratio { tlc: 1, qlc: 0 }, 1);
+    layout.min_drive_gib = 1;
+    let request = ClaimRequest {
+        volume_name: "pvc-never-staged".into(),
+        owner: String::new(),
+        pool: None,
+        layout,
+        accepts: SizeRange::exactly(1),
+        access: None,
+        image: None,
+        image_format: None,
+    };
+    let volume = ledger.claim(node, &request).await.unwrap();
+
+    // DeleteVolume's erase, then a scan before its release.
+    let eraser = volumes.clone();
+    let doomed = volume.clone();
+    let erased = tokio::task::spawn_blocking(move || eraser.erase(&doomed))
+        .await
+        .unwrap();
+    assert!(matches!(erased, Erasure::Erased), "{erased:?}");
+    let sync = scan().await.unwrap();
+    assert!(sync.quarantined.is_empty(), "{:?}", sync.quarantined);
+    let header = claim_record::read(&found[0].path).unwrap().unwrap();
+    assert!(
+        header
+            .record
+            .live_claims()
+            .all(|c| c.volume_id != volume.id),
+        "the erased volume is not written into the header as live: {:?}",
+        header.record
+    );
+
+    // The release, and the next scan.
+    ledger.release_on(node, &volume.id).await.unwrap();
+    let sync = scan().await.unwrap();
+    assert!(
+        sync.quarantined.is_empty(),
+        "the drive is not quarantined: {:?}",
+        sync.quarantined
+    );
+    let next = ledger.claim(node, &request).await.unwrap();
+    assert_eq!(next.capacity_gib, 1, "the drive takes claims");
+}

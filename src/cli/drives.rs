@@ -214,7 +214,13 @@ async fn adopt<S: LedgerStore>(
             forget_moved(ledger, old, uuid, &mut lines).await;
         }
         let now = ledger.node(node).await.map_err(|e| e.to_string())?;
-        let record = ownership::record_for(&now, uuid, stored.as_ref().map(|s| &s.record));
+        // This process erased nothing: every claim the ledger has is live here.
+        let record = ownership::record_for(
+            &now,
+            uuid,
+            stored.as_ref().map(|s| &s.record),
+            &ownership::ErasedUnreleased::default(),
+        );
         let path = f.drive.path.clone();
         let previous = stored.clone();
         tokio::task::spawn_blocking(move || claim_record::write(&path, previous.as_ref(), &record))

@@ -10,6 +10,7 @@
 //! erase also takes to mark what it erased: a report never works from a header
 //! read before an erase that the ledger has since released.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use uuid::Uuid;
@@ -22,6 +23,37 @@ use crate::drive::{Backend, Extent};
 use crate::ledger::{
     Claim, DriveHeader, DriveSync, Ledger, LedgerStore, NodeLedger, ReportedDrive, VolumeExtent,
 };
+
+/// The volumes this node has erased whose release the ledger may not have
+/// committed yet, kept under the claim-record lock. A drive scan that reads the
+/// ledger in that window would otherwise write such a volume into a header it
+/// was never in (a volume deleted before it was staged has no claim there to
+/// mark erased), as a live claim, and the scan after the release would take
+/// that for a lost ledger and quarantine the drive.
+#[derive(Debug, Default, Clone)]
+pub struct ErasedUnreleased(HashSet<String>);
+
+impl ErasedUnreleased {
+    /// `volume` was erased here; its release follows.
+    pub fn erased(&mut self, volume: &str) {
+        self.0.insert(volume.to_string());
+    }
+
+    /// `volume` is being staged: it is live after all (its delete was cut
+    /// short before the release, and the volume is used again).
+    pub fn staged(&mut self, volume: &str) {
+        self.0.remove(volume);
+    }
+
+    pub fn contains(&self, volume: &str) -> bool {
+        self.0.contains(volume)
+    }
+
+    /// Forgets the volumes `ledger` no longer has: released.
+    pub fn keep_only_in(&mut self, ledger: &NodeLedger) {
+        self.0.retain(|volume| ledger.has_volume(volume));
+    }
+}
 
 /// A drive found on this node and its claim record as read.
 pub struct FoundDrive {
@@ -53,12 +85,22 @@ pub fn header_of(record: &Result<Option<Stored>, NodeError>) -> DriveHeader {
 }
 
 /// The record drive `uuid` should carry for `ledger`: the ledger's claims on it,
-/// and of the extents erased earlier those whose claims the ledger still holds.
-pub fn record_for(ledger: &NodeLedger, uuid: Uuid, previous: Option<&ClaimRecord>) -> ClaimRecord {
+/// but none of an `erased` volume the drive does not list already (a listed one
+/// carries its erased mark), and of the extents erased earlier those whose
+/// claims the ledger still holds.
+pub fn record_for(
+    ledger: &NodeLedger,
+    uuid: Uuid,
+    previous: Option<&ClaimRecord>,
+    erased: &ErasedUnreleased,
+) -> ClaimRecord {
+    let listed =
+        |volume: &str| previous.is_some_and(|p| p.claims.iter().any(|c| c.volume_id == volume));
     let claims: Vec<Claim> = ledger
         .claims
         .iter()
         .filter(|c| c.physical_uuid == uuid)
+        .filter(|c| !erased.contains(&c.volume_id) || listed(&c.volume_id))
         .cloned()
         .collect();
     let erased = previous
@@ -78,7 +120,11 @@ pub fn record_for(ledger: &NodeLedger, uuid: Uuid, previous: Option<&ClaimRecord
 /// Writes the record of every drive the ledger trusts (present, not quarantined)
 /// where it differs from what the drive carries. Blocking. Returns the drives
 /// whose record could not be written, with why.
-pub fn write_records(ledger: &NodeLedger, found: &[FoundDrive]) -> Vec<(Uuid, NodeError)> {
+pub fn write_records(
+    ledger: &NodeLedger,
+    found: &[FoundDrive],
+    erased: &ErasedUnreleased,
+) -> Vec<(Uuid, NodeError)> {
     let mut failed = Vec::new();
     for found in found {
         let uuid = found.drive.signature.uuid;
@@ -89,7 +135,7 @@ pub fn write_records(ledger: &NodeLedger, found: &[FoundDrive]) -> Vec<(Uuid, No
         if !trusted {
             continue;
         }
-        let wanted = record_for(ledger, uuid, previous.as_ref().map(|p| &p.record));
+        let wanted = record_for(ledger, uuid, previous.as_ref().map(|p| &p.record), erased);
         if previous.as_ref().is_some_and(|p| p.record == wanted) {
             continue;
         }
@@ -109,7 +155,7 @@ pub async fn report_drives<S: LedgerStore>(
     found: Vec<SignedDrive>,
     backend: Backend,
 ) -> Result<DriveSync, NodeError> {
-    let _records = registry.claim_records().lock().await;
+    let mut records = registry.claim_records().lock().await;
     let found = tokio::task::spawn_blocking(move || read_records(found))
         .await
         .map_err(|e| NodeError::Task(e.to_string()))?;
@@ -122,9 +168,12 @@ pub async fn report_drives<S: LedgerStore>(
         .collect();
     let sync = ledger.sync_drives(node, reported).await?;
     let written = sync.ledger.clone();
-    let failed = tokio::task::spawn_blocking(move || write_records(&written, &found))
+    let erased = records.clone();
+    let failed = tokio::task::spawn_blocking(move || write_records(&written, &found, &erased))
         .await
         .map_err(|e| NodeError::Task(e.to_string()))?;
+    records.keep_only_in(&sync.ledger);
+    drop(records);
     for (drive, err) in failed {
         tracing::warn!(%drive, %err, "could not write the drive's claim record");
     }
@@ -348,6 +397,65 @@ mod tests {
         assert!(record.erased.is_empty(), "{record:?}");
         let live: Vec<&str> = record.live_claims().map(|c| c.volume_id.as_str()).collect();
         assert_eq!(live, ["a"], "a lost ledger would find a on the drive");
+    }
+
+    #[test]
+    fn a_scan_between_an_erase_and_its_release_leaves_the_erased_volume_out_of_the_header() {
+        let drive = Uuid::from_u128(7);
+        let (v, b, w) = (claim("v", 0, 2), claim("b", 4, 1), claim("w", 6, 1));
+        let ledger = NodeLedger {
+            node: "n".into(),
+            pool: None,
+            drives: Vec::new(),
+            claims: vec![v.clone(), b.clone(), w.clone()],
+        };
+        // The header lists b (staged) and w (staged, then erased): v was
+        // created, never staged, and has just been erased.
+        let previous = ClaimRecord {
+            owner: "n".into(),
+            claims: vec![b.clone(), w.clone()],
+            erased: vec![ErasedExtent::of(&w)],
+        };
+        let listed = |record: &ClaimRecord| {
+            let mut ids: Vec<String> = record.claims.iter().map(|c| c.volume_id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        let none = ErasedUnreleased::default();
+        assert_eq!(
+            listed(&record_for(&ledger, drive, Some(&previous), &none)),
+            ["b", "v", "w"],
+            "a scan lists the ledger's claims, v too while it is not erased"
+        );
+
+        let mut erased = ErasedUnreleased::default();
+        erased.erased("v");
+        erased.erased("w");
+        let record = record_for(&ledger, drive, Some(&previous), &erased);
+        assert_eq!(
+            listed(&record),
+            ["b", "w"],
+            "v is left out; w keeps its mark"
+        );
+        let live: Vec<&str> = record.live_claims().map(|c| c.volume_id.as_str()).collect();
+        assert_eq!(live, ["b"]);
+        // After the releases, the header agrees with the ledger.
+        let released = NodeLedger {
+            claims: vec![b.clone()],
+            ..ledger.clone()
+        };
+        let header = DriveHeader::Owned {
+            owner: "n".into(),
+            claims: record.live_claims().cloned().collect(),
+        };
+        assert_eq!(header.disagreement("n", drive, &released.claims), None);
+
+        // Released volumes are forgotten; a volume staged again is live again.
+        erased.erased("b");
+        erased.keep_only_in(&released);
+        assert!(!erased.contains("v") && !erased.contains("w"));
+        erased.staged("b");
+        assert!(!erased.contains("b"));
     }
 
     fn extent(offset_gib: u64, size_gib: u64) -> VolumeExtent {

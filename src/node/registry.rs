@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::backend::Segment;
 use super::drives::{self, SignedDrive};
+use super::ownership::ErasedUnreleased;
 use super::{GIB, NodeError, loopdev, signature};
 use crate::ledger::VolumeExtent;
 
@@ -34,7 +35,7 @@ pub struct DriveRegistry {
     sim_dir: Option<PathBuf>,
     /// Held while the drives' claim records are read and written (see
     /// [`super::ownership`]).
-    claim_records: tokio::sync::Mutex<()>,
+    claim_records: tokio::sync::Mutex<ErasedUnreleased>,
 }
 
 impl DriveRegistry {
@@ -46,7 +47,7 @@ impl DriveRegistry {
             images: Vec::new(),
             scan_machine: true,
             sim_dir: None,
-            claim_records: tokio::sync::Mutex::new(()),
+            claim_records: tokio::sync::Mutex::new(ErasedUnreleased::default()),
         }
     }
 
@@ -96,8 +97,8 @@ impl DriveRegistry {
         self
     }
 
-    /// The lock over the drives' claim records.
-    pub fn claim_records(&self) -> &tokio::sync::Mutex<()> {
+    /// The lock over the drives' claim records, and what it guards besides.
+    pub fn claim_records(&self) -> &tokio::sync::Mutex<ErasedUnreleased> {
         &self.claim_records
     }
 

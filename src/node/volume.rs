@@ -489,7 +489,7 @@ impl OnNode {
         extents: &[VolumeExtent],
         parts: &[Segment],
     ) -> Result<(), NodeError> {
-        let _records = self.drives.claim_records().blocking_lock();
+        let mut records = self.drives.claim_records().blocking_lock();
         for (part, extent) in parts.iter().zip(extents) {
             let on_drive: Vec<&Claim> = claims
                 .iter()
@@ -498,6 +498,9 @@ impl OnNode {
                 })
                 .collect();
             ownership::record_claims(&self.node_id, &part.drive, &on_drive)?;
+        }
+        for claim in claims {
+            records.staged(&claim.volume_id);
         }
         Ok(())
     }
@@ -860,10 +863,11 @@ impl<S: LedgerStore> NodeVolumes<S> {
         for part in &parts {
             drives::erase_unheld(&part.drive, part.offset_bytes, part.size_bytes)?;
         }
-        let _records = self.drives.claim_records().blocking_lock();
+        let mut records = self.drives.claim_records().blocking_lock();
         for (part, extent) in parts.iter().zip(&volume.extents) {
             ownership::mark_erased(&part.drive, &volume.id, extent)?;
         }
+        records.erased(&volume.id);
         Ok(())
     }
 }
