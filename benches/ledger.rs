@@ -66,7 +66,7 @@ fn claim_and_release(c: &mut Criterion) {
                     let start = Instant::now();
                     for _ in 0..iterations {
                         let volume = ledger.claim(&name, &request).await.expect("claim");
-                        ledger.release_on(&name, &volume.id).await.expect("release");
+                        ledger.release_on(&name, &volume).await.expect("release");
                     }
                     start.elapsed()
                 })
@@ -99,7 +99,7 @@ fn claim_and_release(c: &mut Criterion) {
                                 (ledger.clone(), name.clone(), request.clone());
                             tasks.spawn(async move {
                                 let volume = ledger.claim(&name, &request).await.expect("claim");
-                                ledger.release_on(&name, &volume.id).await.expect("release");
+                                ledger.release_on(&name, &volume).await.expect("release");
                             });
                         }
                         while let Some(done) = tasks.join_next().await {

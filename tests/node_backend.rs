@@ -661,7 +661,7 @@ async fn a_drive_scan_between_an_erase_and_its_release_does_not_quarantine_the_d
     );
 
     // The release, and the next scan.
-    ledger.release_on(node, &volume.id).await.unwrap();
+    ledger.release_on(node, &volume).await.unwrap();
     let sync = scan().await.unwrap();
     assert!(
         sync.quarantined.is_empty(),

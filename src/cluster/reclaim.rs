@@ -107,7 +107,7 @@ pub async fn erase_once<S: LedgerStore>(
         match erased {
             Erasure::Erased => {
                 ledger
-                    .release_on(node, &volume.id)
+                    .release_on(node, &volume)
                     .await
                     .map_err(|e| e.to_string())?;
                 tracing::info!(volume = %volume.id, gib = volume.capacity_gib, "deleted volume erased and released");

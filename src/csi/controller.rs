@@ -318,7 +318,7 @@ impl<S: LedgerStore> Controller for ControllerService<S> {
                 return Ok(Response::new(DeleteVolumeResponse {}));
             }
         }
-        self.ledger.release_on(&volume.node, &volume.id).await?;
+        self.ledger.release_on(&volume.node, &volume).await?;
         info!(node = %volume.node, gib = volume.capacity_gib, "volume deleted");
         Ok(Response::new(DeleteVolumeResponse {}))
     }

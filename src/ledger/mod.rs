@@ -49,7 +49,6 @@ use placement::capacity_with;
 use room_cache::RoomCache;
 
 use crate::allocator::{self, AllocError, MAX_CAPACITY_GIB, Plan, Request};
-#[cfg(test)]
 use crate::drive::Extent;
 
 /// A request to claim capacity for one volume on one node.
@@ -608,9 +607,10 @@ impl<S: LedgerStore> Ledger<S> {
     /// error (it may have been released already): it returns None.
     pub async fn release(&self, volume_id: &str) -> Result<Option<Volume>, LedgerError> {
         for name in self.store.node_names().await? {
-            if let Some(volume) = self.release_on(&name, volume_id).await? {
-                return Ok(Some(volume));
-            }
+            let Some(volume) = self.node(&name).await?.volume(volume_id) else {
+                continue;
+            };
+            return self.release_on(&name, &volume).await;
         }
         Ok(None)
     }
@@ -658,18 +658,33 @@ impl<S: LedgerStore> Ledger<S> {
         .await
     }
 
-    /// Releases `volume_id` on a known node.
+    /// Releases on a known node the claims of volume `erased` as it was erased:
+    /// those within its extents. A claim the volume gained after that (adopted
+    /// back from a drive's header, or grown) was not erased and stays until it
+    /// is. Returns the volume as the ledger had it, None when it had none of it.
     pub async fn release_on(
         &self,
         node: &str,
-        volume_id: &str,
+        erased: &Volume,
     ) -> Result<Option<Volume>, LedgerError> {
-        let volume_id = volume_id.to_string();
+        let erased = erased.clone();
         self.update(node, move |ledger| {
-            let Some(volume) = ledger.volume(&volume_id) else {
+            let Some(volume) = ledger.volume(&erased.id) else {
                 return Ok(Change::Unchanged(None));
             };
-            ledger.claims.retain(|c| c.volume_id != volume_id);
+            let was_erased = |c: &Claim| {
+                erased.extents.iter().any(|e| {
+                    e.virtual_uuid == c.virtual_uuid
+                        && e.physical_uuid == c.physical_uuid
+                        && Extent::new(e.offset_gib, e.size_gib).contains(&c.extent())
+                })
+            };
+            ledger
+                .claims
+                .retain(|c| c.volume_id != erased.id || !was_erased(c));
+            if ledger.has_volume(&erased.id) {
+                tracing::warn!(volume = %erased.id, "claims the volume gained after its erase stay until they are erased");
+            }
             // A missing drive stays in the ledger only while claims point at it.
             let claims = &ledger.claims;
             ledger

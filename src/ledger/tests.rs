@@ -196,7 +196,7 @@ fn a_retired_volume_keeps_its_space_until_its_node_releases_it() {
             .is_err()
     );
     assert_eq!(
-        rt.block_on(f.ledger.release_on(NODE, &volume.id))
+        rt.block_on(f.ledger.release_on(NODE, &volume))
             .unwrap()
             .map(|v| v.id),
         Some(volume.id.clone())
@@ -205,6 +205,54 @@ fn a_retired_volume_keeps_its_space_until_its_node_releases_it() {
         .block_on(f.ledger.claim(NODE, &tlc_request("a", 1000)))
         .unwrap();
     assert_ne!(again.id, volume.id, "a new volume under the old name");
+}
+
+#[test]
+fn a_release_frees_only_what_was_erased() {
+    let (rt, f) = fixture(vec![drive(1, Tlc, 1000)]);
+    let node = |rt: &tokio::runtime::Runtime| rt.block_on(f.ledger.node(NODE)).unwrap();
+    // a is erased as it is; then a claim of it comes back from another drive's
+    // header (`vdrive drives adopt`) before the release.
+    let a = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("a", 100)))
+        .unwrap();
+    let mut adopted = node(&rt).claims_of(&a.id).remove(0);
+    adopted.virtual_uuid = uuid::Uuid::new_v4();
+    adopted.physical_uuid = drive(2, Tlc, 1000).uuid;
+    adopted.part = 1;
+    adopted.size_gib = 50;
+    rt.block_on(
+        f.ledger
+            .adopt(NODE, drive(2, Tlc, 1000), vec![adopted.clone()]),
+    )
+    .unwrap();
+    assert_eq!(
+        rt.block_on(f.ledger.release_on(NODE, &a))
+            .unwrap()
+            .map(|v| v.capacity_gib),
+        Some(150),
+        "the volume as the ledger had it"
+    );
+    assert_eq!(
+        node(&rt).claims_of(&a.id),
+        [adopted],
+        "the claim that was not erased stays"
+    );
+
+    // b is erased at 100 GiB, then grows in place before the release.
+    let b = rt
+        .block_on(f.ledger.claim(NODE, &tlc_request("b", 100)))
+        .unwrap();
+    rt.block_on(f.ledger.grow(&b.id, 200)).unwrap();
+    rt.block_on(f.ledger.release_on(NODE, &b)).unwrap();
+    assert_eq!(
+        node(&rt).volume(&b.id).map(|v| v.capacity_gib),
+        Some(200),
+        "a claim larger than what was erased stays whole"
+    );
+    let grown = node(&rt).volume(&b.id).unwrap();
+    rt.block_on(f.ledger.release_on(NODE, &grown)).unwrap();
+    assert_eq!(node(&rt).volume(&b.id), None);
 }
 
 #[test]
@@ -1599,7 +1647,7 @@ fn remembered_capacity_is_always_what_the_ledger_says_now() {
         made.push(volume);
     }
     for volume in made.iter().step_by(2) {
-        rt.block_on(f.ledger.release_on(NODE, &volume.id)).unwrap();
+        rt.block_on(f.ledger.release_on(NODE, volume)).unwrap();
         check(&format!("after releasing {}", volume.name));
     }
     rt.block_on(f.ledger.grow(&made[1].id, 400)).unwrap();
