@@ -6,7 +6,7 @@
 //!   without erasing them (the drive is gone): loudly named, because it is the one
 //!   way claims leave the ledger unerased.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
@@ -15,9 +15,9 @@ use uuid::Uuid;
 use super::all_in_one::node_name;
 use crate::cluster::{self, KubeStore, Scope};
 use crate::drive::Backend;
-use crate::ledger::{DriveHeader, EmbeddedStore, Ledger, LedgerStore};
+use crate::ledger::{DriveHeader, EmbeddedStore, Ledger, LedgerStore, NodeLedger};
 use crate::node::drives;
-use crate::node::{claim_record, ownership};
+use crate::node::{NodeError, claim_record, ownership};
 use crate::pools::PoolSettings;
 
 #[derive(Debug, Clone, Args)]
@@ -159,6 +159,42 @@ fn confirm_forget(drive: Uuid, confirmed: bool) -> Result<(), String> {
     ))
 }
 
+/// Writes adopted drive `uuid`'s header at `path` from `ledger`, after
+/// `previous` (the record adopt read). A node running beside this command may
+/// rewrite the header meanwhile (the adoption lets it trust the drive again):
+/// then the record is read again and written from that, a few times at most.
+fn write_adopted_header(
+    path: &Path,
+    uuid: Uuid,
+    ledger: &NodeLedger,
+    mut previous: Option<claim_record::Stored>,
+) -> Result<(), NodeError> {
+    const TRIES: usize = 3;
+    for _ in 1..TRIES {
+        match write_header_from(path, uuid, ledger, previous.as_ref()) {
+            Err(NodeError::ClaimRecordChanged { .. }) => previous = claim_record::read(path)?,
+            done => return done,
+        }
+    }
+    write_header_from(path, uuid, ledger, previous.as_ref())
+}
+
+fn write_header_from(
+    path: &Path,
+    uuid: Uuid,
+    ledger: &NodeLedger,
+    previous: Option<&claim_record::Stored>,
+) -> Result<(), NodeError> {
+    // This process erased nothing: every claim the ledger has is live here.
+    let record = ownership::record_for(
+        ledger,
+        uuid,
+        previous.map(|s| &s.record),
+        &ownership::ErasedUnreleased::default(),
+    );
+    claim_record::write(path, previous, &record).map(|_| ())
+}
+
 async fn adopt<S: LedgerStore>(
     ledger: &Ledger<S>,
     node: &str,
@@ -214,16 +250,9 @@ async fn adopt<S: LedgerStore>(
             forget_moved(ledger, old, uuid, &mut lines).await;
         }
         let now = ledger.node(node).await.map_err(|e| e.to_string())?;
-        // This process erased nothing: every claim the ledger has is live here.
-        let record = ownership::record_for(
-            &now,
-            uuid,
-            stored.as_ref().map(|s| &s.record),
-            &ownership::ErasedUnreleased::default(),
-        );
         let path = f.drive.path.clone();
         let previous = stored.clone();
-        tokio::task::spawn_blocking(move || claim_record::write(&path, previous.as_ref(), &record))
+        tokio::task::spawn_blocking(move || write_adopted_header(&path, uuid, &now, previous))
             .await
             .map_err(|e| e.to_string())?
             .map_err(|e| {
@@ -278,6 +307,49 @@ async fn forget_moved<S: LedgerStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::claim_record::tests::claim;
+    use crate::node::claim_record::{ClaimRecord, read, write};
+
+    #[test]
+    fn adopt_writes_the_header_again_over_a_node_that_rewrote_it_meanwhile() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drive.img");
+        std::fs::File::create(&path)
+            .unwrap()
+            .set_len(crate::node::signature::HEADER_BYTES + crate::node::GIB)
+            .unwrap();
+        let drive = Uuid::from_u128(7);
+        let adopted = claim("a", 0, 2);
+        let old = ClaimRecord {
+            owner: "old".into(),
+            claims: vec![adopted.clone()],
+            erased: vec![],
+        };
+        let read_by_adopt = write(&path, None, &old).unwrap();
+        // The node rewrites the header after adopt read it.
+        let by_node = ClaimRecord {
+            owner: "n".into(),
+            ..old.clone()
+        };
+        write(&path, Some(&read_by_adopt), &by_node).unwrap();
+        let ledger = NodeLedger {
+            node: "n".into(),
+            pool: None,
+            drives: Vec::new(),
+            claims: vec![adopted.clone(), claim("b", 4, 1)],
+        };
+        write_adopted_header(&path, drive, &ledger, Some(read_by_adopt)).unwrap();
+        let now = read(&path).unwrap().unwrap();
+        assert_eq!(now.generation, 3, "written after the node's copy");
+        assert_eq!(now.record.owner, "n");
+        let listed: Vec<&str> = now
+            .record
+            .claims
+            .iter()
+            .map(|c| c.volume_id.as_str())
+            .collect();
+        assert_eq!(listed, ["a", "b"]);
+    }
 
     #[test]
     fn forget_needs_its_loud_flag() {

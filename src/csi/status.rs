@@ -168,8 +168,9 @@ fn node_code(err: &NodeError) -> Code {
         | NodeError::ImageFile { .. }
         | NodeError::ImageHttpStatus { .. }
         | NodeError::ImageTooLarge { .. } => Code::FailedPrecondition,
-        // CSI's answer to a call on a volume another call is still working on.
-        NodeError::InProgress { .. } => Code::Aborted,
+        // CSI's answer to a call on a volume another call is still working on,
+        // or that lost a race for a drive's header to another writer.
+        NodeError::InProgress { .. } | NodeError::ClaimRecordChanged { .. } => Code::Aborted,
         // Transient: the kernel is still letting go; the CO retries.
         NodeError::MountBusy { .. }
         | NodeError::DetachStuck { .. }

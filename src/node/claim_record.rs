@@ -209,12 +209,25 @@ pub fn read(path: &Path) -> Result<Option<Stored>, NodeError> {
 }
 
 /// Writes `record` as the drive's newest copy, after `previous` (what [`read`]
-/// returned), into the other slot, and flushes it.
+/// returned), into the other slot, and flushes it. Refused, with nothing
+/// written, when the drive's newest copy is no longer `previous`: another
+/// process (`vdrive drives adopt` beside a running node) wrote it since, and
+/// writing over that would lose its change. Within one process the callers
+/// hold the claim-record lock from their read to this write.
 pub fn write(
     path: &Path,
     previous: Option<&Stored>,
     record: &ClaimRecord,
 ) -> Result<Stored, NodeError> {
+    let on_drive = read(path)?.map(|s| s.generation);
+    let expected = previous.map(|p| p.generation);
+    if on_drive != expected {
+        return Err(NodeError::ClaimRecordChanged {
+            path: path.to_path_buf(),
+            read: expected.unwrap_or(0),
+            now: on_drive.unwrap_or(0),
+        });
+    }
     let generation = previous.map_or(1, |p| p.generation.saturating_add(1));
     let bytes = encode(generation, record).map_err(|reason| NodeError::BadClaimRecord {
         path: path.to_path_buf(),
@@ -297,6 +310,46 @@ pub(crate) mod tests {
         assert_eq!(read(&path).unwrap(), Some(second.clone()));
         let third = write(&path, Some(&second), &record(vec![])).unwrap();
         assert_eq!(read(&path).unwrap(), Some(third));
+    }
+
+    #[test]
+    fn a_write_from_a_copy_another_writer_has_replaced_is_refused() {
+        let (_dir, path) = image();
+        let first = write(&path, None, &record(vec![claim("a", 0, 10)])).unwrap();
+        // Another process writes after this one read `first`.
+        let theirs = write(&path, Some(&first), &record(vec![claim("b", 10, 5)])).unwrap();
+        let err = write(&path, Some(&first), &record(vec![claim("c", 20, 5)])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NodeError::ClaimRecordChanged {
+                    read: 1,
+                    now: 2,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("run it again"), "{err}");
+        assert_eq!(read(&path).unwrap(), Some(theirs.clone()), "theirs is kept");
+        // A first write onto a drive someone else has just given a record too.
+        let (_dir, blank) = image();
+        write(&blank, None, &record(vec![])).unwrap();
+        let err = write(&blank, None, &record(vec![claim("d", 0, 1)])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                NodeError::ClaimRecordChanged {
+                    read: 0,
+                    now: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // Read again, the write goes through.
+        let now = read(&path).unwrap();
+        write(&path, now.as_ref(), &record(vec![claim("c", 20, 5)])).unwrap();
     }
 
     #[test]

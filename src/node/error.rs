@@ -69,6 +69,12 @@ pub enum NodeError {
     },
 
     #[error(
+        "{path}'s claim record changed while it was being updated (generation {now} on the drive, {read} when it was read; 0: none): \
+         another process wrote it meanwhile, so nothing was written; run it again"
+    )]
+    ClaimRecordChanged { path: PathBuf, read: u64, now: u64 },
+
+    #[error(
         "{path}'s header lists volume {other}'s virtual drive at {offset_gib} GiB ({size_gib} GiB) where volume {volume} is placed: \
          the ledger and the drive disagree (the ledger lost {other}, or was restored from a copy without it), so volume {volume} is not staged, \
          which would hand it {other}'s data; the drive is quarantined at the node's next drive scan until `vdrive drives adopt` reconciles them"
