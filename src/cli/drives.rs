@@ -307,17 +307,12 @@ async fn forget_moved<S: LedgerStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::claim_record::tests::claim;
+    use crate::node::claim_record::tests::{claim, image};
     use crate::node::claim_record::{ClaimRecord, read, write};
 
     #[test]
     fn adopt_writes_the_header_again_over_a_node_that_rewrote_it_meanwhile() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("drive.img");
-        std::fs::File::create(&path)
-            .unwrap()
-            .set_len(crate::node::signature::HEADER_BYTES + crate::node::GIB)
-            .unwrap();
+        let (_dir, path) = image();
         let drive = Uuid::from_u128(7);
         let adopted = claim("a", 0, 2);
         let old = ClaimRecord {

@@ -253,7 +253,8 @@ pub(crate) mod tests {
     use crate::node::GIB;
     use uuid::Uuid;
 
-    fn image() -> (tempfile::TempDir, std::path::PathBuf) {
+    /// A sparse drive image with a blank header.
+    pub(crate) fn image() -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("drive.img");
         File::create(&path)
